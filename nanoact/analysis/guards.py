@@ -1,0 +1,157 @@
+"""Guards: checks that make the failures of the flawed report (FACTS.md §1, §5) loud.
+
+Each check takes plain data and returns a ``GuardResult``. A failed guard is an anomaly: the report still
+writes everything, puts the failure at the top, and the CLI exits non-zero unless ``--allow-anomalies``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nanoact.analysis.runs import MissingCell, RunRecord
+
+IDENTICAL_OUTCOMES = ("final/val_loss", "best/val_loss", "final/train_loss")  # continuous: ties mean duplication
+
+
+@dataclass
+class GuardResult:
+    name: str  # stable id, e.g. "identical-predictions"
+    title: str  # what it checks, in words
+    passed: bool
+    details: list[str] = field(default_factory=list)  # one line per failure (or per note when passed)
+
+    def anomalies(self) -> list[str]:
+        return [] if self.passed else [f"{self.name}: {d}" for d in self.details]
+
+
+def _differs(a: RunRecord, b: RunRecord) -> str:
+    if a.activation != b.activation:
+        return f"different activations ({a.activation} vs {b.activation})"
+    return f"same activation, different seeds ({a.seed} vs {b.seed})"
+
+
+def check_identical_outcomes(runs: Sequence[RunRecord], keys: Sequence[str] = IDENTICAL_OUTCOMES) -> GuardResult:
+    """Two different cells with bit-identical continuous outcomes: the treatment (or seed) was not applied."""
+    details = []
+    for key in keys:
+        groups: dict[float, list[RunRecord]] = defaultdict(list)
+        for r in runs:
+            v = r.metric(key)
+            if math.isfinite(v):
+                groups[v].append(r)
+        for v, group in groups.items():
+            for i in range(len(group)):
+                for j in range(i + 1, len(group)):
+                    a, b = group[i], group[j]
+                    details.append(f"{key} = {v!r} for both {a.label()} and {b.label()}: {_differs(a, b)}")
+    return GuardResult("identical-outcomes", "no two cells share a bit-identical loss", not details, details)
+
+
+def check_identical_predictions(runs: Sequence[RunRecord], fingerprints: Mapping[str, str], step: int) -> GuardResult:
+    """Two different cells whose stored probabilities are byte-identical (sha256 of the probs array)."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        if r.run_id in fingerprints:
+            groups[fingerprints[r.run_id]].append(r)
+    details = []
+    for fp, group in groups.items():
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                a, b = group[i], group[j]
+                details.append(
+                    f"step-{step} predictions of {a.label()} and {b.label()} are byte-identical "
+                    f"(sha256 {fp[:12]}…): {_differs(a, b)}"
+                )
+    return GuardResult("identical-predictions", "no two cells share a prediction fingerprint", not details, details)
+
+
+def check_variance(outcomes: Iterable[tuple[str, float, float, float]]) -> GuardResult:
+    """Exactly zero between-activation or residual variance is an alarm, not a finding (FACTS.md §5).
+
+    ``outcomes`` yields (label, SS_A, SS_E, SS_total) per analysed outcome.
+    """
+    details = []
+    for label, ss_a, ss_e, ss_tot in outcomes:
+        scale = max(ss_tot, 1e-300)
+        if ss_a <= 1e-12 * scale:
+            details.append(f"{label}: between-activation sum of squares is {ss_a:.3g} (zero): identical treatments?")
+        if ss_e <= 1e-12 * scale:
+            details.append(f"{label}: residual sum of squares is {ss_e:.3g} (zero): duplicated or fabricated results?")
+    return GuardResult("zero-variance", "activation and residual variance are both non-zero", not details, details)
+
+
+def check_pd_self(
+    self_pd: Mapping[str, Mapping[str, float]],
+    asymmetry: Sequence[tuple[str, str, str, float]],
+    frechet: Sequence[str],
+) -> GuardResult:
+    """PD(a, a) = 0 for every run and metric; PD(a, b) = PD(b, a); top-1 disagreement within the Fréchet bounds."""
+    details = []
+    for run_id, vals in self_pd.items():
+        bad = {k: v for k, v in vals.items() if v != 0.0}
+        if bad:
+            details.append(f"PD({run_id}, copy of itself) is not 0: " + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()))
+    for a, b, metric, gap in asymmetry:
+        details.append(f"{metric}({a}, {b}) differs from {metric}({b}, {a}) by {gap:.3g}")
+    details.extend(frechet)
+    return GuardResult("pd-self-check", "PD(a,a)=0, PD symmetric, pd_top1 within Fréchet bounds", not details, details)
+
+
+def check_cells(missing: Sequence[MissingCell], duplicates: Sequence[tuple[RunRecord, RunRecord]]) -> GuardResult:
+    """Every activation × seed cell has exactly one FINISHED run."""
+    details = [f"missing cell {m.describe()}" for m in missing]
+    for old, new in duplicates:
+        details.append(
+            f"duplicated cell {new.activation} s{new.seed}: FINISHED runs {old.run_id} (grid key {old.grid_key!r}) "
+            f"and {new.run_id} (grid key {new.grid_key!r}); the newer one is analysed"
+        )
+    return GuardResult("cells", "complete grid, one FINISHED run per activation × seed", not details, details)
+
+
+def _modules(tag: str | None) -> frozenset[str] | None:
+    if tag is None:
+        return None
+    return frozenset(s.strip() for s in tag.split(";") if s.strip())
+
+
+def check_activation_modules(runs: Sequence[RunRecord]) -> GuardResult:
+    """The activation modules a run logged match what its configured activation builds.
+
+    Uses ``nanoact.activation_modules_expected`` when logged; otherwise requires a non-empty set that differs
+    between activations. Also fails runs whose ``nanoact.wiring_check`` starts with "failed".
+    """
+    details, notes = [], []
+    by_act: dict[str, set[frozenset[str]]] = defaultdict(set)
+    for r in runs:
+        found = _modules(r.tags.get("nanoact.activation_modules"))
+        expected = _modules(r.tags.get("nanoact.activation_modules_expected"))
+        wiring = r.tags.get("nanoact.wiring_check", "")
+        if wiring.startswith("failed"):
+            details.append(f"{r.label()}: wiring check {wiring}")
+        if found is None:
+            notes.append(f"{r.label()}: no nanoact.activation_modules tag; the wiring cannot be checked")
+            continue
+        if not found:
+            details.append(f"{r.label()}: no activation module was found in the model")
+            continue
+        if expected is not None and found != expected:
+            details.append(
+                f"{r.label()}: model has {sorted(found)} but activation {r.activation!r} builds {sorted(expected)}"
+            )
+        if expected is None:
+            by_act[r.activation].add(found)
+    acts = sorted(by_act)
+    for i in range(len(acts)):
+        for j in range(i + 1, len(acts)):
+            shared = by_act[acts[i]] & by_act[acts[j]]
+            for s in shared:
+                details.append(
+                    f"activations {acts[i]!r} and {acts[j]!r} logged the same modules {sorted(s)}: "
+                    "the configured activation was not applied"
+                )
+    passed = not details
+    return GuardResult("activation-modules", "logged activation modules match the configured activation",
+                       passed, details if details else notes)

@@ -1,0 +1,343 @@
+"""Read the cells of an experiment from MLflow (docs/TRACKING.md schema) and fetch their prediction artifacts.
+
+Works on any runs logged in that schema, not only nanoact's: a run counts as a grid cell when it has the tag
+``nanoact.role = cell``, or has the params ``activation`` and ``seed`` (and is not a parent run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from nanoact.errors import NanoactError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PRED_DIR = "predictions"
+_STEP_RE = re.compile(r"^step_(\d+)\.npz$")
+HISTORY_KEYS = ("train/loss", "val/loss")  # curves for the plots; everything else comes from final metrics
+
+
+@dataclass
+class RunRecord:
+    """One MLflow run, reduced to what the analysis reads."""
+
+    run_id: str
+    run_name: str
+    experiment: str
+    activation: str
+    seed: str
+    grid_key: str
+    status: str
+    start_time: int  # ms since epoch
+    end_time: int | None
+    parent_id: str | None
+    artifact_uri: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def cell(self) -> tuple[str, str]:
+        return self.activation, self.seed
+
+    def label(self) -> str:
+        return f"{self.activation} s{self.seed} ({self.run_id[:8]})"
+
+    def metric(self, key: str) -> float:
+        """A logged final metric, falling back to the step curves for runs that log only those."""
+        if key in self.metrics:
+            return float(self.metrics[key])
+        curve = {"final/val_loss": ("val/loss", "last"), "final/train_loss": ("train/loss", "last"),
+                 "best/val_loss": ("val/loss", "min"), "final/val_acc": ("val/acc", "last"),
+                 "final/train_acc": ("train/acc", "last"), "best/val_acc": ("val/acc", "max")}.get(key)
+        if curve and self.history.get(curve[0]):
+            vals = [v for _, v in sorted(self.history[curve[0]])]
+            return float({"last": vals[-1], "min": min(vals), "max": max(vals)}[curve[1]])
+        return math.nan
+
+
+@dataclass
+class MissingCell:
+    activation: str
+    seed: str
+    attempts: list[RunRecord]  # every non-FINISHED attempt seen for the cell (possibly none)
+
+    def describe(self) -> str:
+        if not self.attempts:
+            return f"{self.activation} s{self.seed}: no run at all"
+        parts = []
+        for r in self.attempts:
+            err = r.tags.get("nanoact.error", "")
+            parts.append(f"{r.run_id} {r.status}" + (f" ({err})" if err else ""))
+        return f"{self.activation} s{self.seed}: " + "; ".join(parts)
+
+
+@dataclass
+class ExperimentRuns:
+    """The cells of one experiment after choosing one FINISHED attempt per grid cell."""
+
+    name: str
+    experiment_id: str
+    runs: list[RunRecord]  # selected, sorted by (activation, seed)
+    activations: list[str]  # the complete grid, from every child run of any status
+    seeds: list[str]
+    missing: list[MissingCell]
+    duplicates: list[tuple[RunRecord, RunRecord]]  # same activation+seed, different grid keys (both FINISHED)
+    superseded: list[RunRecord]  # older FINISHED attempts of a selected grid key
+    not_finished: list[RunRecord]  # FAILED / KILLED / RUNNING children
+    parents: list[RunRecord]
+
+    def parent_run_id(self) -> str | None:
+        """Newest parent named by the selected cells' ``mlflow.parentRunId`` tags."""
+        ids = {r.parent_id for r in self.runs if r.parent_id}
+        known = [p for p in self.parents if p.run_id in ids]
+        if known:
+            return max(known, key=lambda p: p.start_time).run_id
+        return sorted(ids)[0] if len(ids) == 1 else None
+
+
+def _seed_key(s: str) -> tuple[int, float | str]:
+    try:
+        return 0, float(s)
+    except ValueError:
+        return 1, s
+
+
+def sort_seeds(seeds: set[str] | list[str]) -> list[str]:
+    return sorted(set(seeds), key=_seed_key)
+
+
+def make_client(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient on an explicit URI (never the global ``mlflow.set_tracking_uri``)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _record(run, experiment: str) -> RunRecord:
+    params, tags = dict(run.data.params), dict(run.data.tags)
+    activation = params.get("activation") or tags.get("nanoact.activation") or params.get("model.activation", "")
+    seed = params.get("seed") or tags.get("nanoact.seed") or params.get("train.seed", "")
+    grid_key = tags.get("nanoact.grid_key") or f"activation={activation}|seed={seed}"
+    return RunRecord(
+        run_id=run.info.run_id, run_name=run.info.run_name or "", experiment=experiment,
+        activation=str(activation), seed=str(seed), grid_key=grid_key, status=run.info.status,
+        start_time=int(run.info.start_time or 0), end_time=run.info.end_time, parent_id=tags.get("mlflow.parentRunId"),
+        artifact_uri=run.info.artifact_uri, params=params, tags=tags, metrics=dict(run.data.metrics),
+    )
+
+
+def _is_cell(rec: RunRecord) -> bool:
+    role = rec.tags.get("nanoact.role")
+    if role == "parent":
+        return False
+    return role == "cell" or ("activation" in rec.params and "seed" in rec.params)
+
+
+def load_experiment(
+    client: MlflowClient, name: str, progress: Callable[[str], None] | None = None
+) -> ExperimentRuns:
+    """All runs of experiment ``name``; one FINISHED run per grid cell (newest attempt by start time)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise NanoactError(f"no experiment named {name!r} in the tracking store; it has: {', '.join(names) or 'none'}")
+    raw, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], "", max_results=1000, page_token=token)
+        raw.extend(page)
+        token = page.token
+        if not token:
+            break
+    records = [_record(r, name) for r in raw]
+    parents = [r for r in records if r.tags.get("nanoact.role") == "parent"]
+    children = [r for r in records if _is_cell(r)]
+    if progress:
+        progress(f"{name}: {len(children)} cell runs, {len(parents)} parent runs")
+
+    finished = [r for r in children if r.status == "FINISHED"]
+    if not finished:
+        raise NanoactError(
+            f"experiment {name!r} has no FINISHED cell runs ({len(children)} cell runs in other states); "
+            "run or resume the sweep first"
+        )
+    by_key: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in finished:
+        by_key[r.grid_key].append(r)
+    selected, superseded = [], []
+    for runs in by_key.values():
+        runs.sort(key=lambda r: (r.start_time, r.run_id))
+        selected.append(runs[-1])
+        superseded.extend(runs[:-1])
+
+    by_cell: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in selected:
+        by_cell[r.cell].append(r)
+    duplicates, kept = [], []
+    for runs in by_cell.values():
+        runs.sort(key=lambda r: (r.start_time, r.run_id))
+        kept.append(runs[-1])  # analyse the newest; the duplicate is reported as a guard failure
+        duplicates.extend((old, runs[-1]) for old in runs[:-1])
+
+    activations = sorted({r.activation for r in children})
+    seeds = sort_seeds({r.seed for r in children})
+    have = {r.cell for r in kept}
+    not_finished = [r for r in children if r.status != "FINISHED"]
+    missing = [
+        MissingCell(a, s, sorted((r for r in not_finished if r.cell == (a, s)), key=lambda r: r.start_time))
+        for a in activations for s in seeds if (a, s) not in have
+    ]
+    kept.sort(key=lambda r: (r.activation, _seed_key(r.seed)))
+    return ExperimentRuns(name=name, experiment_id=exp.experiment_id, runs=kept, activations=activations,
+                          seeds=seeds, missing=missing, duplicates=duplicates, superseded=superseded,
+                          not_finished=not_finished, parents=parents)
+
+
+def load_histories(client: MlflowClient, runs: list[RunRecord], keys: tuple[str, ...] = HISTORY_KEYS) -> None:
+    """Fill ``run.history`` with (step, value) curves; ``val/acc`` too when a run lacks final metrics."""
+    for r in runs:
+        wanted = list(keys)
+        if "final/val_acc" not in r.metrics:
+            wanted.append("val/acc")
+        if "final/train_acc" not in r.metrics:
+            wanted.append("train/acc")
+        for key in wanted:
+            hist = client.get_metric_history(r.run_id, key)
+            if hist:
+                by_step = {}
+                for m in sorted(hist, key=lambda m: (m.step, m.timestamp)):
+                    by_step[int(m.step)] = float(m.value)  # a re-logged step keeps its latest value
+                r.history[key] = sorted(by_step.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prediction artifacts
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded artifacts are kept: ``$NANOACT_CACHE_DIR``, else ``$XDG_CACHE_HOME/nanoact/artifacts``."""
+    if os.environ.get("NANOACT_CACHE_DIR"):
+        return Path(os.environ["NANOACT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nanoact" / "artifacts"
+
+
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The local folder of a ``file:`` or plain-path artifact URI; None for remote stores."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and artifact_uri.startswith("/"):
+        return Path(artifact_uri)
+    return None
+
+
+class ArtifactFetcher:
+    """Finds ``predictions/step_<N>.npz`` of runs; reads local stores in place, caches remote downloads.
+
+    The cache is keyed by run id: artifacts of a FINISHED run do not change, and a file whose size differs from
+    the store's listing is fetched again.
+    """
+
+    def __init__(self, client: MlflowClient, cache_dir: str | Path | None = None, prefer_local: bool = True):
+        self.client = client
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.prefer_local = prefer_local
+        self.downloads = 0  # number of files actually downloaded (the rest came from the cache or in place)
+        self._sizes: dict[tuple[str, int], int | None] = {}
+
+    def steps(self, run: RunRecord) -> list[int]:
+        """Checkpoint steps with a prediction file, ascending."""
+        local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
+        steps = []
+        if local is not None:
+            d = local / PRED_DIR
+            names = [(p.name, None) for p in d.iterdir()] if d.is_dir() else []
+        else:
+            names = [(Path(f.path).name, f.file_size) for f in self.client.list_artifacts(run.run_id, PRED_DIR)]
+        for name, size in names:
+            m = _STEP_RE.match(name)
+            if m:
+                steps.append(int(m.group(1)))
+                self._sizes[(run.run_id, int(m.group(1)))] = size
+        return sorted(steps)
+
+    def path(self, run: RunRecord, step: int) -> Path:
+        """Local path of one prediction file, downloading it into the cache when needed."""
+        rel = f"{PRED_DIR}/step_{step}.npz"
+        local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
+        if local is not None:
+            return local / rel
+        dst = self.cache_dir / run.run_id
+        target = dst / rel
+        size = self._sizes.get((run.run_id, step))
+        if target.is_file() and (size is None or target.stat().st_size == size):
+            return target
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            got = Path(self.client.download_artifacts(run.run_id, rel, str(dst)))
+        except Exception as e:  # any store error is a missing artifact from the user's point of view
+            raise NanoactError(f"run {run.run_id}: cannot download {rel} ({type(e).__name__}: {e})") from e
+        self.downloads += 1
+        return got
+
+
+@dataclass
+class Predictions:
+    """One ``predictions/step_<N>.npz`` (docs/TRACKING.md)."""
+
+    probs: np.ndarray  # (N, V) float16 as stored
+    targets: np.ndarray  # (N,) int64
+    top1: np.ndarray  # (N,) int64
+    label_prob: np.ndarray  # (N,) float32
+    step: int
+
+
+def read_predictions(path: Path, run_id: str, step: int) -> Predictions:
+    """Load and validate one prediction file; a broken file is a NanoactError naming the run and the file."""
+    where = f"run {run_id}: predictions/step_{step}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+            if "probs" not in names or "targets" not in names:
+                raise NanoactError(f"{where} lacks 'probs' or 'targets' (has {sorted(names)}); it is not in the schema")
+            probs = z["probs"]
+            targets = z["targets"].astype(np.int64, copy=False)
+            top1 = z["top1"].astype(np.int64, copy=False) if "top1" in names else None
+            label_prob = z["label_prob"].astype(np.float32, copy=False) if "label_prob" in names else None
+            got_step = int(z["step"]) if "step" in names else step
+    except NanoactError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise NanoactError(f"{where} is unreadable or corrupted ({type(e).__name__}: {e}); re-log or delete it") from e
+    if probs.ndim != 2 or targets.shape != (probs.shape[0],):
+        raise NanoactError(f"{where} has probs {probs.shape} and targets {targets.shape}; expected (N, V) and (N,)")
+    n, v = probs.shape
+    if targets.size and (targets.min() < 0 or targets.max() >= v):
+        raise NanoactError(f"{where} has targets outside [0, {v}); the file is corrupted")
+    sums = probs.sum(axis=1, dtype=np.float32)
+    if not np.all(np.isfinite(sums)) or np.abs(sums - 1).max(initial=0) > 1e-2:
+        raise NanoactError(f"{where}: probability rows do not sum to 1 (worst {sums.min():.4g}..{sums.max():.4g}); "
+                           "the file is corrupted or not softmax output")
+    if got_step != step:
+        raise NanoactError(f"{where} says it is step {got_step}; the file is misnamed or corrupted")
+    if top1 is None:
+        top1 = probs.astype(np.float32).argmax(axis=1)
+    if label_prob is None:
+        label_prob = probs[np.arange(n), targets].astype(np.float32)
+    if top1.shape != (n,) or label_prob.shape != (n,):
+        raise NanoactError(f"{where} has top1/label_prob of the wrong shape; the file is corrupted")
+    return Predictions(probs=probs, targets=targets, top1=top1, label_prob=label_prob, step=step)

@@ -1,0 +1,254 @@
+"""Log synthetic runs in the docs/TRACKING.md schema into any MLflow store, through ``MlflowClient`` only.
+
+Used by the tests, by ``benchmarks/report_speed.py``, and to show that the report reads runs nanoact did not
+produce. Nothing here is hard-coded output: every "model" is a fixed random function of the context whose
+predictions are real softmax outputs, and every logged loss and accuracy is computed from those predictions.
+
+Per cell (activation a, seed s) the final logits on context n are
+
+    L = q_a · Z + act_scale · A_a + seed_scale · S_s + run_scale · E_as
+
+with Z the true logits (targets are sampled from softmax(Z)), A_a an activation-specific offset (the treatment
+effect on predictions), S_s a seed offset shared by all activations (the block), E_as run noise, and q_a a
+per-activation sharpness (``quality``) that moves the loss. Checkpoint t predicts with f_t·L + (1−f_t)·I_as,
+f_t = t / max_step, I_as a small "initialisation" term. ``copy_of`` makes an activation silently reuse another
+activation's model: the failure of the flawed report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MODULE_NAMES = {"relu": "ReLU()", "gelu": "GELU(approximate='none')", "gelu_tanh": "GELU(approximate='tanh')",
+                "swish": "SiLU()", "silu": "SiLU()"}
+
+
+@dataclass
+class SyntheticSpec:
+    """What to log. Defaults: a small 3 × 3 grid with a real activation effect on predictions and none on loss."""
+
+    experiment: str = "synthetic"
+    activations: Sequence[str] = ("relu", "gelu", "swish")
+    seeds: Sequence[int] = (42, 43, 44)
+    n_contexts: int = 256
+    vocab_size: int = 65
+    steps: Sequence[int] = (0, 50, 100)
+    quality: Mapping[str, float] = field(default_factory=dict)  # activation -> sharpness q_a (default 1.0)
+    act_scale: float = 0.6
+    seed_scale: float = 0.3
+    run_scale: float = 0.3
+    copy_of: Mapping[str, str] = field(default_factory=dict)  # activation -> activation it silently reuses
+    failed: Sequence[tuple[str, int]] = ()  # cells with only a FAILED attempt
+    retried: Sequence[tuple[str, int]] = ()  # cells with an older FINISHED attempt before the kept one
+    eval_sha256: Mapping[tuple[str, int], str] = field(default_factory=dict)  # per-cell override (refusal test)
+    nanoact_tags: bool = True  # False: log like a foreign tool (no nanoact.role/grid_key/module tags)
+    parent: bool = True
+    model: str = "charlm"
+    data_seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class SyntheticLog:
+    experiment_id: str
+    parent_run_id: str | None
+    run_ids: dict[tuple[str, int], str]  # the kept (newest FINISHED) run per cell
+    all_run_ids: list[str]
+
+
+def _rng(*key: object) -> np.random.Generator:
+    # stable across processes (unlike hash()): the same key always gives the same stream
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+class _World:
+    """The shared truth: true logits Z and targets; cached offsets per activation and seed."""
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        n, v = spec.n_contexts, spec.vocab_size
+        g = _rng("truth", spec.data_seed, n, v)
+        self.z = (2.0 * g.standard_normal((n, v))).astype(np.float32)
+        gumbel = -np.log(-np.log(g.random((n, v))))
+        self.targets = np.argmax(self.z + gumbel, axis=1).astype(np.int64)  # y ~ softmax(Z)
+        self.eval_sha256 = hashlib.sha256(self.targets.tobytes() + str(spec.data_seed).encode()).hexdigest()
+        self.spec = spec
+        self._act: dict[str, np.ndarray] = {}
+        self._seed: dict[int, np.ndarray] = {}
+
+    def act(self, a: str) -> np.ndarray:
+        if a not in self._act:
+            self._act[a] = _rng("act", a, self.spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+        return self._act[a]
+
+    def seed(self, s: int) -> np.ndarray:
+        if s not in self._seed:
+            self._seed[s] = _rng("seed", s, self.spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+        return self._seed[s]
+
+    def final_logits(self, a: str, s: int, attempt: int) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.spec
+        g = _rng("run", a, s, attempt, spec.data_seed)
+        logits = spec.quality.get(a, 1.0) * self.z
+        logits += spec.act_scale * self.act(a)
+        logits += spec.seed_scale * self.seed(s)
+        logits += spec.run_scale * g.standard_normal(self.z.shape, dtype=np.float32)
+        init = 0.1 * g.standard_normal(self.z.shape, dtype=np.float32)
+        return logits, init
+
+
+def _metrics_for(probs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    p = probs[np.arange(len(targets)), targets].astype(np.float64)
+    return float(-np.log(np.maximum(p, 1e-12)).mean()), float((probs.argmax(axis=1) == targets).mean())
+
+
+def _experiment(client, name: str, artifact_root: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None)
+
+
+def log_synthetic_runs(
+    tracking_uri: str, spec: SyntheticSpec | None = None, *, artifact_root: str | Path | None = None
+) -> SyntheticLog:
+    """Log ``spec``'s grid as cell runs (plus a parent run) into the store at ``tracking_uri``.
+
+    ``artifact_root`` (a folder or URI) holds the experiment's artifacts; by default the folder next to a
+    sqlite DB (``nanoact.tracking_uri.default_artifact_root``).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    from nanoact.tracking_uri import default_artifact_root
+
+    spec = spec or SyntheticSpec()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if artifact_root is not None:
+        root = Path(artifact_root).resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
+    else:
+        root = default_artifact_root(tracking_uri)
+    exp_id = _experiment(client, spec.experiment, root)
+    world = _World(spec)
+    t0 = int(time.time() * 1000)
+    clock = [0]
+
+    def tick() -> int:
+        clock[0] += 1000  # strictly increasing start times, so "newest attempt" is well defined
+        return t0 + clock[0]
+
+    parent_id = None
+    if spec.parent:
+        tags = {"nanoact.role": "parent", "nanoact.study": spec.experiment} if spec.nanoact_tags else {}
+        parent_id = client.create_run(exp_id, start_time=tick(), tags=tags, run_name=f"{spec.experiment}-sweep").info.run_id
+
+    max_step = max(spec.steps)
+    run_ids: dict[tuple[str, int], str] = {}
+    all_ids: list[str] = []
+    attempts: list[tuple[str, int, int, str]] = []  # (activation, seed, attempt, final status)
+    for a in spec.activations:
+        for s in spec.seeds:
+            if (a, s) in spec.retried:
+                attempts.append((a, s, 0, "FINISHED"))
+            if (a, s) in spec.failed:
+                attempts.append((a, s, 0, "FAILED"))
+            else:
+                attempts.append((a, s, 1, "FINISHED"))
+
+    for trial, (a, s, attempt, status) in enumerate(attempts):
+        src = spec.copy_of.get(a, a)  # the model that really "ran"
+        config = {
+            "model": {"name": spec.model, "activation": a, "n_layer": 2, "n_embd": 64, "n_head": 4,
+                      "block_size": 64, "dropout": 0.0, "bias": False},
+            "train": {"seed": s, "lr": 3e-4, "max_iters": max_step, "batch_size": 32},
+            "data": {"corpus": "synthetic"},
+            "eval": {"n_contexts": spec.n_contexts, "seed": 1234},
+        }
+        flat = {f"{sec}.{k}": str(v) for sec, d in config.items() for k, v in d.items()}
+        flat.update({"activation": a, "seed": str(s)})
+        grid_key = f"model.activation={a}|train.seed={s}"
+        tags = {"mlflow.runName": f"{spec.model}-{a}-s{s}",
+                "nanoact.eval_set_sha256": spec.eval_sha256.get((a, s), world.eval_sha256)}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        if spec.nanoact_tags:
+            tags.update({
+                "nanoact.role": "cell", "nanoact.study": spec.experiment, "nanoact.grid_key": grid_key,
+                "optuna.trial_number": str(trial), "nanoact.activation": a, "nanoact.seed": str(s),
+                "nanoact.model": spec.model, "nanoact.data_sha256": "0" * 64,
+                "nanoact.activation_modules": MODULE_NAMES.get(src, f"{src}()"),
+                "nanoact.activation_modules_expected": MODULE_NAMES.get(a, f"{a}()"),
+                "nanoact.wiring_check": "passed", "nanoact.n_params": str(100_000 + 1000 * len(a)),
+                "nanoact.device": spec.device, "nanoact.version": "synthetic",
+            })
+        run = client.create_run(exp_id, start_time=tick(), tags=tags, run_name=f"{spec.model}-{a}-s{s}")
+        rid = run.info.run_id
+        all_ids.append(rid)
+        client.log_batch(rid, params=[Param(k, v) for k, v in flat.items()])
+        if status != "FINISHED":
+            client.set_tag(rid, "nanoact.error", "synthetic failure: CUDA out of memory")
+            client.set_terminated(rid, status)
+            continue
+
+        # copies share the source's predictions exactly, as the flawed report's runs did
+        logits, init = world.final_logits(src, s, attempt)
+        g = _rng("timing", a, s, attempt)
+        tps = 5000.0 * (1 + 0.02 * g.standard_normal(len(spec.steps)))
+        ts = t0 + clock[0]
+        metrics: list[Metric] = []
+        val_losses = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, step in enumerate(spec.steps):
+                f = step / max_step if max_step else 1.0
+                probs32 = _softmax(f * logits + (1 - f) * init)
+                vl, va = _metrics_for(probs32, world.targets)
+                tl, ta = vl - 0.05 * f, min(1.0, va + 0.01 * f)
+                val_losses.append(vl)
+                for key, val in (("val/loss", vl), ("val/acc", va), ("train/loss", tl), ("train/acc", ta),
+                                 ("lr", 3e-4 * (1 - 0.9 * f)), ("tokens_per_s", float(tps[i]))):
+                    metrics.append(Metric(key, val, ts + i, step))
+                np.savez(
+                    Path(tmp) / f"step_{step}.npz",
+                    probs=probs32.astype(np.float16), targets=world.targets, step=np.asarray(step, dtype=np.int64),
+                    top1=probs32.argmax(axis=1).astype(np.int64),
+                    label_prob=probs32[np.arange(spec.n_contexts), world.targets].astype(np.float32),
+                )
+            client.log_artifacts(rid, tmp, "predictions")
+        train_s = 10.0 + g.random()
+        final = {"final/train_loss": tl, "final/val_loss": vl, "final/train_acc": ta, "final/val_acc": va,
+                 "best/val_loss": min(val_losses), "best/val_acc": va, "time/train_s": train_s,
+                 "time/wall_s": train_s + 2.0, "tokens_per_s_mean": float(tps.mean())}
+        metrics += [Metric(k, v, ts + len(spec.steps), max_step) for k, v in final.items()]
+        client.log_batch(rid, metrics=metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1))
+            client.log_artifact(rid, str(Path(tmp) / "config.json"))
+        client.set_terminated(rid, "FINISHED", end_time=tick())
+        run_ids[(a, s)] = rid
+
+    if parent_id:
+        client.set_terminated(parent_id, "FINISHED", end_time=tick())
+    return SyntheticLog(experiment_id=exp_id, parent_run_id=parent_id, run_ids=run_ids, all_run_ids=all_ids)
+
+
+def spec_dict(spec: SyntheticSpec) -> dict:
+    """The spec as plain JSON-able data (for benchmark logs)."""
+    d = asdict(spec)
+    d["retried"], d["failed"] = [list(x) for x in spec.retried], [list(x) for x in spec.failed]
+    d["eval_sha256"] = {f"{a}:{s}": v for (a, s), v in spec.eval_sha256.items()}
+    return d

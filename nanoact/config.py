@@ -1,0 +1,229 @@
+"""Configs: one dataclass per concern, defaults in exactly one place, names instead of objects.
+
+``RunConfig`` is what one training run needs. It is built from defaults, a sweep file and ``--set key=value``
+overrides; every key is checked, so an unknown key or a value of the wrong type is an error naming the key
+(nothing is silently ignored, FACTS §1.3).
+
+The defaults are nanoGPT's CPU recipe for ``shakespeare_char`` (FACTS §2) on ``minigpt``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from nanoact.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minigpt"
+    """Model name from the model registry (``nanoact.models``)."""
+    activation: str = "gelu"
+    """Activation spec (``relu``, ``smelu(beta=0.5)``, ...) or one per layer, comma-separated."""
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = False
+    """Biases in Linear and LayerNorm layers (nanoGPT: False is a bit better and faster)."""
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    max_iters: int = 2000
+    batch_size: int = 12
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    """Cosine decay from lr to min_lr ends here; set equal to max_iters for a full cosine."""
+    decay_lr: bool = True
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    """Clip the global grad norm at this value; 0 disables clipping."""
+    eval_interval: int = 250
+    eval_iters: int = 20
+    """Fixed batches per split for train/val loss and accuracy at each eval step."""
+    eval_batch_seed: int = 1234
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    dtype: str = "float32"
+    """``float32`` or ``bfloat16`` (autocast, CUDA only)."""
+    tf32: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    """Use deterministic algorithms; on CPU a rerun is then bit-identical."""
+    threads: int = 0
+    """torch intra-op threads; 0 leaves torch's default."""
+    predictions: bool = True
+    """Log predictions on the fixed evaluation set at each eval step."""
+    checkpoint: bool = True
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "tinyshakespeare"
+    """``tinyshakespeare`` (downloaded and checksummed, or found in the cache) or a path to a UTF-8 text file."""
+    cache_dir: str = ""
+    """Where downloaded corpora live; empty means ``$NANOACT_DATA_DIR`` or the user cache dir."""
+    train_fraction: float = 0.9
+
+
+@dataclass
+class EvalConfig:
+    n_contexts: int = 2048
+    """Size of the fixed evaluation set that predictions and PD are computed on."""
+    seed: int = 0
+    """Seed of the evaluation set draw, independent of the training seed."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.n_layer": 4, ...}``: what MLflow params hold."""
+        return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
+
+    def copy(self) -> RunConfig:
+        return copy.deepcopy(self)
+
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _section_fields(cfg: RunConfig, section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(getattr(cfg, section))}
+
+
+def coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` (a python value or a string from the command line) to the type of ``default``."""
+    typ = type(default)
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite float, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {typ.__name__}")  # pragma: no cover
+
+
+def valid_keys() -> list[str]:
+    return sorted(RunConfig().flat())
+
+
+def set_key(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set ``section.name`` on ``cfg`` in place, with type checking; unknown keys are errors."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise ConfigError(f"unknown config key {key!r}; keys look like 'train.lr' (sections: {', '.join(SECTIONS)})")
+    fs = _section_fields(cfg, section)
+    if name not in fs:
+        raise ConfigError(
+            f"unknown config key {key!r}; valid keys in [{section}]: {', '.join(sorted(fs))}"
+        )
+    sub = getattr(cfg, section)
+    setattr(sub, name, coerce(key, value, getattr(sub, name)))
+
+
+def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | list[str] | tuple[str, ...]) -> RunConfig:
+    """Return a copy of ``cfg`` with overrides applied: a mapping, or ``key=value`` strings."""
+    cfg = cfg.copy()
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for s in overrides:
+            key, eq, value = s.partition("=")
+            if not eq or not key.strip():
+                raise ConfigError(f"bad override {s!r}; expected key=value, e.g. train.lr=3e-4")
+            items.append((key.strip(), value))
+    for key, value in items:
+        set_key(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(d: Mapping[str, Any], base: RunConfig | None = None, where: str = "config") -> RunConfig:
+    """Build a config from nested ``{"model": {...}, ...}`` (e.g. a TOML table); unknown keys are errors."""
+    cfg = (base or RunConfig()).copy()
+    for section, sub in d.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{section}]; valid: {', '.join(SECTIONS)}")
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        for name, value in sub.items():
+            set_key(cfg, f"{section}.{name}", value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks that a type check cannot make. Names (model, activation) are checked where they resolve."""
+    m, t, e, d = cfg.model, cfg.train, cfg.eval, cfg.data
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(m.n_layer >= 1, "model.n_layer must be >= 1")
+    need(m.n_head >= 1, "model.n_head must be >= 1")
+    need(m.n_embd >= 1, "model.n_embd must be >= 1")
+    need(m.block_size >= 1, "model.block_size must be >= 1")
+    need(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+    need(t.max_iters >= 0, "train.max_iters must be >= 0")
+    need(t.batch_size >= 1, "train.batch_size must be >= 1")
+    need(t.lr > 0, "train.lr must be > 0")
+    need(0 <= t.min_lr <= t.lr, "train.min_lr must be in [0, train.lr]")
+    need(t.warmup_iters >= 0, "train.warmup_iters must be >= 0")
+    need(t.lr_decay_iters >= t.warmup_iters, "train.lr_decay_iters must be >= train.warmup_iters")
+    need(t.weight_decay >= 0, "train.weight_decay must be >= 0")
+    need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+    need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
+    need(t.eval_interval >= 1, "train.eval_interval must be >= 1")
+    need(t.eval_iters >= 1, "train.eval_iters must be >= 1")
+    need(t.dtype in ("float32", "bfloat16"), "train.dtype must be 'float32' or 'bfloat16'")
+    need(t.threads >= 0, "train.threads must be >= 0")
+    need(e.n_contexts >= 1, "eval.n_contexts must be >= 1")
+    need(0.5 <= d.train_fraction < 1.0, "data.train_fraction must be in [0.5, 1)")
+    need(bool(d.corpus.strip()), "data.corpus must not be empty")

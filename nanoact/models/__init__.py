@@ -1,0 +1,133 @@
+"""Model registry: every model is built by name from a ``ModelConfig`` and honours one contract,
+``forward(idx, targets=None) -> (logits, loss)``.
+
+Initialisation is done here, not in the constructors: each parameter is drawn from its own generator, seeded
+from (seed, parameter name). Two models built with the same seed therefore have identical parameters wherever
+names and shapes agree, whatever activation (and MLP shape) they use, which is what makes the activation the
+only difference between the arms of an experiment.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from nanoact import activations
+from nanoact.config import ModelConfig
+from nanoact.errors import ConfigError
+from nanoact.models.base import CharLM
+
+_MODELS: dict[str, Callable[[ModelConfig, int], CharLM]] = {}
+
+
+def register_model(name: str, cls: Callable[[ModelConfig, int], CharLM], *, overwrite: bool = False) -> None:
+    """Register a model class (``cls(cfg, vocab_size)``) under ``name``: the public extension point."""
+    if name in _MODELS and not overwrite:
+        raise ConfigError(f"model {name!r} is already registered; pass overwrite=True to replace it")
+    _MODELS[name] = cls
+
+
+def model_names() -> list[str]:
+    _ensure_builtins()
+    return sorted(_MODELS)
+
+
+def get_model_class(name: str) -> Callable[[ModelConfig, int], CharLM]:
+    _ensure_builtins()
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def _ensure_builtins() -> None:
+    # The built-in modules register themselves on first use, not at import of nanoact.
+    if "minigpt" not in _MODELS:
+        from nanoact.models import conv, recurrent, transformers  # noqa: F401
+
+        for mod in (transformers, recurrent, conv):
+            for name, cls in mod.MODELS.items():
+                _MODELS.setdefault(name, cls)
+
+
+def layer_activations(cfg: ModelConfig) -> list[str]:
+    """One activation spec per layer: a single spec is repeated, a list must have ``n_layer`` entries."""
+    specs = activations.split_layer_spec(cfg.activation)
+    if len(specs) == 1:
+        specs = specs * cfg.n_layer
+    if len(specs) != cfg.n_layer:
+        raise ConfigError(
+            f"model.activation lists {len(specs)} activations but model.n_layer is {cfg.n_layer}; "
+            "give one activation or one per layer"
+        )
+    for s in specs:
+        activations.parse_activation(s)
+    return specs
+
+
+def check_fields(cfg: ModelConfig, cls: type) -> None:
+    """A field the model does not use must stay at its default: otherwise the user set it for nothing."""
+    unused = getattr(cls, "unused_fields", frozenset())
+    default = ModelConfig()
+    for f in fields(ModelConfig):
+        if f.name in unused and getattr(cfg, f.name) != getattr(default, f.name):
+            raise ConfigError(
+                f"model.{f.name} has no effect on model {cfg.name!r}; leave it at its default "
+                f"({getattr(default, f.name)!r})"
+            )
+
+
+def _param_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+
+
+@torch.no_grad()
+def init_parameters(model: CharLM, seed: int) -> None:
+    """Initialise every parameter from a generator seeded by (seed, name); see the module docstring."""
+    owners: dict[int, nn.Module] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), m)
+    for name, p in model.named_parameters():
+        g = torch.Generator().manual_seed(_param_seed(seed, name))
+        owner = owners[id(p)]
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(owner, nn.LSTM):
+            # PyTorch's own LSTM init: U(-1/sqrt(h), 1/sqrt(h)) for weights and biases.
+            k = 1.0 / math.sqrt(owner.hidden_size)
+            p.copy_(torch.empty_like(p).uniform_(-k, k, generator=g))
+        elif type(owner).__name__ == "LayerNorm" or isinstance(owner, nn.LayerNorm):
+            p.fill_(1.0 if leaf == "weight" else 0.0)
+        elif leaf == "bias":
+            p.zero_()
+        else:
+            std = model.init_std(name)
+            p.copy_(torch.empty_like(p).normal_(0.0, std, generator=g))
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> CharLM:
+    """Build ``cfg.name`` for ``vocab_size`` characters, with parameters drawn from ``seed``."""
+    cls = get_model_class(cfg.name)
+    check_fields(cfg, cls)
+    layer_activations(cfg)  # validate the activation spec before building anything
+    try:
+        model = cls(cfg, vocab_size)
+    except ValueError as e:  # shape constraints such as n_embd % n_head
+        raise ConfigError(str(e)) from None
+    init_parameters(model, seed)
+    return model
+
+
+__all__ = [
+    "CharLM",
+    "build_model",
+    "get_model_class",
+    "init_parameters",
+    "layer_activations",
+    "model_names",
+    "register_model",
+]

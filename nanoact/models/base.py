@@ -1,0 +1,37 @@
+"""The contract every nanoact model follows."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from nanoact.config import ModelConfig
+
+
+class CharLM(nn.Module):
+    """Base class: ``forward(idx, targets=None) -> (logits, loss)`` with logits (B, T, vocab).
+
+    Subclasses build their layers in ``__init__(cfg, vocab_size)`` and never initialise or seed there:
+    ``nanoact.models.init_parameters`` does that. ``unused_fields`` names ``ModelConfig`` fields the model
+    ignores; setting one of them away from its default is an error.
+    """
+
+    unused_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.block_size = cfg.block_size
+
+    def init_std(self, name: str) -> float:
+        """Std of the normal init for weight ``name``; GPT-style N(0, 0.02) unless a model says otherwise."""
+        return 0.02
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,136 @@
+"""The one training loop: schedule, eval, predictions, determinism, divergence, config effects."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nanoact.config import RunConfig, apply_overrides
+from nanoact.errors import ConfigError, DivergenceError
+from nanoact.tracking import MemoryTracker
+from nanoact.trainer import get_lr, train
+
+from conftest import tiny_overrides
+
+
+def run(tiny_data, tracker=None, **kw):
+    cfg = apply_overrides(RunConfig(), tiny_overrides(**kw))
+    return train(cfg, data=tiny_data, tracker=tracker)
+
+
+def test_lr_schedule_matches_nanogpt():
+    t = RunConfig().train  # lr 1e-3, min 1e-4, warmup 100, decay 2000
+    assert get_lr(0, t) == pytest.approx(1e-3 * 1 / 101)
+    assert get_lr(99, t) == pytest.approx(1e-3 * 100 / 101)
+    assert get_lr(100, t) == pytest.approx(1e-3)
+    assert get_lr(1050, t) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+    assert get_lr(2000, t) == pytest.approx(1e-4)
+    assert get_lr(5000, t) == pytest.approx(1e-4)
+
+
+def test_training_logs_evals_and_predictions(tiny_data):
+    tr = MemoryTracker()
+    res = run(tiny_data, tr, **{"train.max_iters": 30, "train.eval_interval": 10, "train.lr": 3e-3})
+    steps = [s for s, m in tr.metrics if "val/loss" in m]
+    assert steps == [0, 10, 20, 30]
+    first, last = res.history[0], res.history[-1]
+    assert last["train/loss"] < first["train/loss"]  # it learns
+    assert set(tr.predictions) == {0, 10, 20, 30}
+    probs, targets = tr.predictions[30]
+    assert probs.shape == (32, tiny_data.vocab.size) and targets.shape == (32,)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert tr.status == "FINISHED"
+    assert tr.tags["nanoact.wiring_check"] == "passed"
+    assert tr.tags["nanoact.activation_modules"] == "GELU(approximate='none');GELU(approximate='none')"
+    assert tr.params["activation"] == "gelu" and tr.params["model.n_layer"] == 2
+    assert tr.checkpoint is not None and tr.checkpoint["iter"] == 30
+    assert res.metrics["final/val_loss"] == last["val/loss"]
+    assert res.metrics["best/val_loss"] == min(h["val/loss"] for h in res.history)
+    assert res.metrics["tokens_per_s_mean"] > 0
+
+
+def test_eval_set_is_shared_and_hashed(tiny_data):
+    a, b = MemoryTracker(), MemoryTracker()
+    run(tiny_data, a, **{"model.activation": "relu", "train.seed": 1})
+    run(tiny_data, b, **{"model.activation": "gelu", "train.seed": 2})
+    assert a.tags["nanoact.eval_set_sha256"] == b.tags["nanoact.eval_set_sha256"]
+    assert np.array_equal(a.predictions[20][1], b.predictions[20][1])
+    assert not np.array_equal(a.predictions[20][0], b.predictions[20][0])
+    c = MemoryTracker()
+    run(tiny_data, c, **{"eval.seed": 5})
+    assert c.tags["nanoact.eval_set_sha256"] != a.tags["nanoact.eval_set_sha256"]
+
+
+def test_deterministic_rerun_is_bit_identical(tiny_data):
+    kw = {"train.deterministic": True, "model.dropout": 0.1}
+    a, b = MemoryTracker(), MemoryTracker()
+    run(tiny_data, a, **kw)
+    run(tiny_data, b, **kw)
+    for (sa, ma), (sb, mb) in zip(a.metrics, b.metrics):
+        assert sa == sb
+        assert {k: v for k, v in ma.items() if "time" not in k and "tokens" not in k} == {
+            k: v for k, v in mb.items() if "time" not in k and "tokens" not in k
+        }
+    for k in a.checkpoint["model"]:
+        assert torch.equal(a.checkpoint["model"][k], b.checkpoint["model"][k])
+
+
+def test_activations_give_different_results(tiny_data):
+    losses = {act: run(tiny_data, **{"model.activation": act}).metrics["final/val_loss"]
+              for act in ("relu", "gelu", "swish")}
+    assert len(set(losses.values())) == 3
+
+
+def test_dropout_changes_training(tiny_data):
+    a = run(tiny_data, **{"model.dropout": 0.0}).metrics["final/train_loss"]
+    b = run(tiny_data, **{"model.dropout": 0.3}).metrics["final/train_loss"]
+    assert a != b
+
+
+def test_every_train_field_takes_effect_or_is_rejected(tiny_data):
+    base = run(tiny_data).metrics["final/val_loss"]
+    for key, value in [("train.lr", 3e-3), ("train.weight_decay", 0.5), ("train.beta2", 0.9),
+                       ("train.grad_clip", 0.01), ("train.batch_size", 6), ("train.warmup_iters", 10),
+                       ("train.min_lr", 0.0), ("train.beta1", 0.5), ("train.seed", 99),
+                       ("train.decay_lr", False), ("train.lr_decay_iters", 10)]:
+        assert run(tiny_data, **{key: value}).metrics["final/val_loss"] != base, key
+    assert run(tiny_data, **{"train.eval_batch_seed": 3}).metrics["final/val_loss"] != base
+
+
+def test_divergence_is_a_specific_error(tiny_data):
+    tr = MemoryTracker()
+    with pytest.raises(DivergenceError, match="diverged"):
+        run(tiny_data, tr, **{"train.lr": 1e6, "train.min_lr": 0.0, "train.grad_clip": 0.0,
+                              "train.warmup_iters": 0})
+    assert tr.status == "FAILED" and "diverged" in tr.error
+
+
+def test_cuda_switches_rejected_on_cpu(tiny_data):
+    with pytest.raises(ConfigError, match="bfloat16"):
+        run(tiny_data, **{"train.dtype": "bfloat16"})
+    with pytest.raises(ConfigError, match="tf32"):
+        run(tiny_data, **{"train.tf32": True})
+
+
+def test_interrupt_marks_run_killed(tiny_data):
+    class Interrupting(MemoryTracker):
+        def log_metrics(self, metrics, step):
+            super().log_metrics(metrics, step)
+            if step == 10:
+                raise KeyboardInterrupt
+
+    tr = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_data, tr)
+    assert tr.status == "KILLED"
+
+
+@pytest.mark.parametrize("name", ["minigpt", "nanotransformer", "charlm", "tinylstm", "convlm", "hybridlm"])
+def test_every_model_trains(tiny_data, name):
+    heads = 4 if name == "tinylstm" else 2
+    res = run(tiny_data, **{"model.name": name, "model.n_head": heads, "train.lr": 3e-3})
+    assert math.isfinite(res.metrics["final/val_loss"])
+    assert res.history[-1]["train/loss"] < res.history[0]["train/loss"]
