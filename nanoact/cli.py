@@ -177,6 +177,242 @@ def activations_command() -> None:
         click.echo(f"{name + (f'({params})' if params else ''):50s} {doc}")
 
 
+# ----------------------------------------------------------------------------------------------------------
+# sweeps
+
+def _experiment_option(f):
+    f = click.option("--file", "sweep_file", type=click.Path(dir_okay=False), default=None,
+                     help="A sweep TOML file instead of a built-in experiment.")(f)
+    return click.option("--experiment", "-e", default=None,
+                        help="Built-in experiment name (see `nanoact experiments`).")(f)
+
+
+def _storage_options(f):
+    f = click.option("--storage", default=None, envvar="NANOACT_STORAGE",
+                     help="Optuna storage: a journal file path (default mlruns/optuna-journal.log) or an RDB URL "
+                          "such as postgresql+psycopg2://user@host/db.")(f)
+    return click.option("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")(f)
+
+
+def _load_spec(experiment, sweep_file, overrides=(), study=None):
+    from nanoact.sweep import load_sweep
+
+    if (experiment is None) == (sweep_file is None):
+        raise click.UsageError("give exactly one of --experiment NAME or --file PATH")
+    spec = load_sweep(experiment, sweep_file, overrides)
+    if study:
+        spec.study = study
+    return spec
+
+
+class SweepProgress(Progress):
+    """Cells done/total, the current cell's iteration, and an ETA for the whole sweep."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = self.done = self.todo = self.finished_here = 0
+        self.cell_t0 = time.perf_counter()
+        self.cell_times: list[float] = []
+        self.key = ""
+
+    def sweep_eta(self, frac_current: float = 0.0) -> str:
+        if not self.cell_times:
+            return "ETA --"
+        per = sum(self.cell_times) / len(self.cell_times)
+        left = self.todo - self.finished_here - frac_current
+        return f"sweep ETA {_fmt_secs(max(left, 0) * per)}"
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        e = ev["event"]
+        if e == "plan":
+            self.total, self.done, self.todo = ev["total"], ev["done"], ev["todo"]
+            self.line(f"{self.total} cells: {self.done} done already, {self.todo} to run")
+        elif e == "cell_start":
+            self.key, self.cell_t0 = ev["key"], time.perf_counter()
+            self.line(f"[{self.done + 1}/{self.total}] {ev['key']} (trial {ev['trial']})")
+        elif e == "iter":
+            frac = ev["iter"] / max(ev["max_iters"], 1)
+            self.status(f"[{self.done + 1}/{self.total}] iter {ev['iter']}/{ev['max_iters']} "
+                        f"loss {ev['loss']:.4f} | {self.sweep_eta(frac)}")
+        elif e == "eval":
+            self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: val loss {ev['val/loss']:.4f}")
+        elif e == "cell_done":
+            self.done += 1
+            self.finished_here += 1
+            self.cell_times.append(time.perf_counter() - self.cell_t0)
+            m = ev["metrics"]
+            self.line(f"[{self.done}/{self.total}] done {ev['key']}: val loss {m['final/val_loss']:.4f}, "
+                      f"val acc {m['final/val_acc']:.4f}, {m['time/wall_s']:.1f} s | {self.sweep_eta()}")
+        elif e == "cell_failed":
+            self.finished_here += 1
+            self.line(f"FAILED {ev['key']}: {ev['error']}")
+        elif e == "status":
+            self.status(f"{ev['done']}/{ev['total']} cells done, {ev['running']} running, "
+                        f"{ev['failed']} failed")
+
+
+@cli.command("sweep", short_help="Run or resume an experiment's grid.")
+@_experiment_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@_storage_options
+@click.option("--study", default=None, help="Optuna study name (default: the experiment name).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine; CPU threads are split between them.")
+@click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
+@click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
+@click.option("--dry-run", is_flag=True, help="Print the grid and what would run; change nothing.")
+@click.option("--init", "init_only", is_flag=True,
+              help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
+@click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=None,
+              help="RDB storage: heartbeat interval in seconds (about 60), so a dead worker's cell is retried.")
+@click.option("--grace-period", type=click.IntRange(min=1), default=None,
+              help="RDB storage: seconds without heartbeat before a trial counts as dead (default 3x heartbeat, >= 180).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE in every worker first (registers custom activations or models).")
+@click.option("--train-log", type=click.Path(dir_okay=False), default=None,
+              help="Append one line per cell a worker starts training to this file (an audit of what ran).")
+def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, retry_failed,
+                  dry_run, init_only, heartbeat_interval, grace_period, plugins, train_log) -> None:
+    """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
+
+    Running the same command again trains only the missing cells (and cells a killed run left behind).
+    """
+    import importlib
+
+    from nanoact import sweep
+    from nanoact.tracking_uri import mask_url, resolve_tracking_uri
+
+    for mod in plugins:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
+    spec = _load_spec(experiment, sweep_file, overrides, study)
+    device_list = [d.strip() for d in devices.split(",")] if devices else None
+    uri = resolve_tracking_uri(tracking_uri)
+    if dry_run:
+        res = sweep.run(spec, storage=storage, tracking_uri=uri, retry_failed=retry_failed, dry_run=True)
+        click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
+                   + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
+        for s in res.states:
+            action = "would run" if s.cell.key in res.planned else s.state
+            click.echo(f"  {s.cell.key:60s} {action}")
+        click.echo(f"{len(res.planned)} cell(s) would run; tracking {mask_url(uri)}; storage "
+                   f"{mask_url(storage) if storage else sweep.default_storage_path()}")
+        return
+    click.echo(f"experiment {spec.name}: tracking {mask_url(uri)}; storage "
+               f"{mask_url(storage) if storage else sweep.default_storage_path()}")
+    progress = SweepProgress()
+    try:
+        res = sweep.run(spec, storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
+                        devices=device_list, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                        plugins=plugins, progress=progress, init_only=init_only,
+                        train_log=train_log)
+    except KeyboardInterrupt:
+        progress.line("interrupted: the current cell is marked KILLED; run the same command to resume")
+        sys.exit(130)
+    if init_only:
+        click.echo(f"study {res.study} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
+                   "command without --init")
+        return
+    counts: dict[str, int] = {}
+    for s in res.states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    click.echo(f"sweep {res.study}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+               + f" of {len(res.states)} cells; parent run {res.parent_run_id}")
+    failed = [s for s in res.states if s.state == "failed"]
+    for s in failed:
+        click.echo(f"  failed {s.cell.key}: {s.error}")
+    if failed:
+        click.echo("rerun with --retry-failed to try the failed cells again")
+        sys.exit(1)
+    if not res.complete:
+        sys.exit(1)
+
+
+@cli.command("status", short_help="Show the state of every cell of an experiment.")
+@_experiment_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--study", default=None, help="Optuna study name (default: the experiment name).")
+@click.option("--storage", default=None, envvar="NANOACT_STORAGE", help="Optuna storage (as for sweep).")
+def status_command(experiment, sweep_file, overrides, study, storage) -> None:
+    """A table of cells with their state, MLflow run id, final val loss and wall time."""
+    from nanoact import sweep
+
+    spec = _load_spec(experiment, sweep_file, overrides, study)
+    states = sweep.status(spec, storage=storage)
+    click.echo(f"{'cell':52s} {'state':11s} {'trial':>5s} {'run id':32s} {'val loss':>8s} {'wall s':>7s}")
+    for s in states:
+        vl = f"{s.final_val_loss:.4f}" if s.final_val_loss is not None else "-"
+        wt = f"{s.wall_s:.1f}" if s.wall_s is not None else "-"
+        tn = str(s.trial_number) if s.trial_number is not None else "-"
+        click.echo(f"{s.cell.key:52s} {s.state:11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
+    done = sum(s.state == "done" for s in states)
+    click.echo(f"{done}/{len(states)} cells done")
+
+
+@cli.command("experiments", short_help="List the built-in experiments.")
+def experiments_command() -> None:
+    """List sweep files with their grid sizes."""
+    from nanoact.sweep import experiment_names, load_sweep
+
+    for name in experiment_names():
+        spec = load_sweep(name)
+        axes = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
+        click.echo(f"{name:10s} {len(spec.cells()):4d} cells ({axes}): {spec.description}")
+
+
+@cli.command("ui", short_help="Open the MLflow UI on the same store.")
+@click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
+@click.option("--port", type=int, default=5000, show_default=True, help="Port.")
+def ui_command(tracking_uri, host, port) -> None:
+    """Start `mlflow ui` on the store nanoact writes to, bound to 127.0.0.1 unless told otherwise."""
+    import subprocess
+
+    from nanoact.tracking_uri import default_artifact_root, mask_url, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    root = default_artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    click.echo(f"MLflow UI for {mask_url(uri)} at http://{host}:{port} (Ctrl-C to stop)")
+    try:
+        sys.exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@cli.command("report", short_help="Analyse an experiment's runs and write a report.")
+@click.option("--experiment", "-e", "experiments", multiple=True, required=True,
+              help="Experiment (MLflow experiment name); repeat to compare several.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default reports/<experiment>/).")
+@click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
+@click.option("--allow-anomalies", is_flag=True, help="Exit 0 even when a guard fires.")
+@click.option("--no-log", is_flag=True, help="Do not log the report to the sweep's parent run.")
+def report_command(experiments, out, tracking_uri, allow_anomalies, no_log) -> None:
+    """PD on the shared evaluation set, blocked (RCBD) statistics, guards and plots, as report.md,
+    summary.json and PNGs."""
+    from nanoact.analysis.report import run_report
+
+    progress = Progress()
+    res = run_report(list(experiments), tracking_uri=tracking_uri, out_dir=out, allow_anomalies=allow_anomalies,
+                     log_to_parent=not no_log, progress=progress.line)
+    click.echo(res.headline)
+    click.echo(f"wrote {res.report_md}, {res.summary_json}")
+    if res.anomalies:
+        for a in res.anomalies:
+            click.echo(f"ANOMALY: {a}", err=True)
+        if not allow_anomalies:
+            click.echo("guards fired (see the top of report.md); rerun with --allow-anomalies to exit 0",
+                       err=True)
+            sys.exit(3)
+
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2; bugs keep their traceback."""
     try:

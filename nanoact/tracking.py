@@ -18,7 +18,7 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -146,14 +146,17 @@ class MlflowTracker:
         tracking_uri: where the run goes.
         experiment_id: the MLflow experiment.
         tags: tags set at creation (grid key, study, parent run id, ...).
+        on_start: called with the new run id as soon as the run exists (the sweep links trial and run).
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, tags: Mapping[str, str] | None = None):
+    def __init__(self, tracking_uri: str, experiment_id: str, tags: Mapping[str, str] | None = None,
+                 on_start: Callable[[str], None] | None = None):
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id
         self.base_tags = dict(tags or {})
+        self.on_start = on_start
         self.run_id: str | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="nanoact-run-"))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanoact-upload")
@@ -174,6 +177,8 @@ class MlflowTracker:
             self.experiment_id, run_name=run_name, tags={**self.base_tags, **tags}
         )
         self.run_id = run.info.run_id
+        if self.on_start:
+            self.on_start(self.run_id)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag

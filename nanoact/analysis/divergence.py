@@ -20,7 +20,9 @@ nearly cancel when two models agree closely.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,6 +31,7 @@ DENSE = ("pd_tv", "js")  # the metrics that read the full (N, V) probabilities
 
 _TINY = np.finfo(np.float32).tiny  # floor for probabilities so log(p) is finite; far below float16's 6e-8
 CHUNK = 1 << 17  # elements per chunk of a run's flattened probabilities (512 KiB of float32)
+THREADS = min(2, os.cpu_count() or 1)  # a modest default: the dev machine has 2 cores, shared
 _PAIR_BLOCK = 64  # pairs per block for the (pairs, N) gathers of the cheap per-context metrics
 
 
@@ -71,17 +74,16 @@ class PredictionStack:
         self._sigma = np.zeros((self.n_runs, len(self._bounds)))  # Σp per chunk (float32 sum, as the pair path)
         self._t = np.zeros((self.n_runs, len(self._bounds)))  # T(p) per chunk
         self._have_self = np.zeros(self.n_runs, dtype=bool)
-        self._b1 = np.empty(min(CHUNK, n), dtype=np.float32)
-        self._b2 = np.empty(min(CHUNK, n), dtype=np.float32)
 
     def accuracy(self) -> np.ndarray:
         """(R,) top-1 accuracy of each run on the evaluation set."""
         return (self.top1 == self.targets[None, :]).mean(axis=1)
 
     # -- the one code path for both pair and self terms (bit-identical results for identical inputs)
-    def _chunk_terms(self, a: np.ndarray, b: np.ndarray, want_js: bool) -> tuple[float, float]:
+    @staticmethod
+    def _chunk_terms(a: np.ndarray, b: np.ndarray, b1: np.ndarray, b2: np.ndarray, want_js: bool) -> tuple[float, float]:
         n = a.shape[0]
-        b1, b2 = self._b1[:n], self._b2[:n]
+        b1, b2 = b1[:n], b2[:n]
         np.minimum(a, b, out=b1)
         summin = float(b1.sum())
         s = 0.0
@@ -92,20 +94,46 @@ class PredictionStack:
             s = float(b2.sum(dtype=np.float64))
         return summin, s
 
-    def _ensure_self(self, runs: Iterable[int], want_js: bool) -> None:
-        for r in runs:
-            if self._have_self[r]:
-                continue
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        n = min(CHUNK, self._flat.shape[1])
+        return np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+
+    def _ensure_self(self, runs: Iterable[int]) -> None:
+        todo = [r for r in runs if not self._have_self[r]]
+        b1, b2 = self._scratch()
+        for r in todo:
             for c, (lo, hi) in enumerate(self._bounds):
                 a = self._flat[r, lo:hi]
-                self._sigma[r, c], self._t[r, c] = self._chunk_terms(a, a, True)
+                self._sigma[r, c], self._t[r, c] = self._chunk_terms(a, a, b1, b2, True)
             self._have_self[r] = True
+
+    def _dense(self, i_idx: np.ndarray, j_idx: np.ndarray, want_js: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Σ-terms of pd_tv and js for the given pairs (self terms must exist)."""
+        m = len(i_idx)
+        tv, js = np.zeros(m), np.zeros(m)
+        b1, b2 = self._scratch()
+        flat, sigma, t = self._flat, self._sigma, self._t
+        # chunk-outer: the chunk of every run stays hot in cache while all pairs that use it are visited
+        for c, (lo, hi) in enumerate(self._bounds):
+            for k in range(m):
+                i, j = i_idx[k], j_idx[k]
+                summin, s = self._chunk_terms(flat[i, lo:hi], flat[j, lo:hi], b1, b2, want_js)
+                tv[k] += 0.5 * (sigma[i, c] + sigma[j, c]) - summin
+                if want_js:
+                    js[k] += 0.25 * (t[i, c] + t[j, c]) - 0.5 * s
+        return tv, js
 
 
 def pair_metrics(
-    stack: PredictionStack, pairs: np.ndarray | Sequence[tuple[int, int]], metrics: Sequence[str] = METRICS
+    stack: PredictionStack,
+    pairs: np.ndarray | Sequence[tuple[int, int]],
+    metrics: Sequence[str] = METRICS,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """PD metrics for each pair (i, j) of run indices of ``stack``; returns name -> (n_pairs,) float64."""
+    """PD metrics for each pair (i, j) of run indices of ``stack``; returns name -> (n_pairs,) float64.
+
+    ``threads`` (default ``THREADS``) splits the pairs between threads; results do not depend on it.
+    """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     unknown = set(metrics) - set(METRICS)
     assert not unknown, f"unknown PD metrics {sorted(unknown)}; choose from {METRICS}"
@@ -117,18 +145,15 @@ def pair_metrics(
 
     want_tv, want_js = "pd_tv" in metrics, "js" in metrics
     if want_tv or want_js:
-        stack._ensure_self(np.unique(pairs), want_js)
-        tv = np.zeros(m)
-        js = np.zeros(m)
-        # chunk-outer: the chunk of every run stays hot in cache while all pairs that use it are visited
-        for c, (lo, hi) in enumerate(stack._bounds):
-            flat = stack._flat
-            for k in range(m):
-                i, j = i_idx[k], j_idx[k]
-                summin, s = stack._chunk_terms(flat[i, lo:hi], flat[j, lo:hi], want_js)
-                tv[k] += 0.5 * (stack._sigma[i, c] + stack._sigma[j, c]) - summin
-                if want_js:
-                    js[k] += 0.25 * (stack._t[i, c] + stack._t[j, c]) - 0.5 * s
+        stack._ensure_self(np.unique(pairs))
+        n_threads = max(1, min(threads or THREADS, m // 8))  # numpy releases the GIL in ufunc loops
+        if n_threads == 1:
+            tv, js = stack._dense(i_idx, j_idx, want_js)
+        else:
+            parts = np.array_split(np.arange(m), n_threads)
+            with ThreadPoolExecutor(n_threads) as ex:
+                res = list(ex.map(lambda p: stack._dense(i_idx[p], j_idx[p], want_js), parts))
+            tv, js = np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
         if want_tv:
             out["pd_tv"] = np.maximum(tv / n_ctx, 0.0)  # rounding can give -1e-12 for identical rows
         if want_js:
