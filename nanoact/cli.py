@@ -77,6 +77,9 @@ def cli(verbose: bool) -> None:
     Typical use: `nanoact sweep --experiment smoke`, then `nanoact report --experiment smoke`.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if not verbose:  # MLflow and alembic announce schema migrations at INFO
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _config(model: str | None, activation: str | None, seed: int | None, overrides: tuple[str, ...]):

@@ -403,6 +403,7 @@ def prepare(spec: SweepSpec, *, storage: str | None = None, tracking_uri: str | 
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _check_corpora(spec)
     uri = resolve_tracking_uri(tracking_uri)
     journal_missing = (not storage or "://" not in storage) and not Path(
         (storage or str(default_storage_path())).removeprefix("journal:")).exists()
@@ -453,6 +454,14 @@ def prepare(spec: SweepSpec, *, storage: str | None = None, tracking_uri: str | 
     return result, ctx
 
 
+def _check_corpora(spec: SweepSpec) -> None:
+    """A missing or corrupt corpus is a one-line error before anything is created or trained."""
+    from nanoact.data import resolve_corpus
+
+    for d in {(c.data.corpus, c.data.cache_dir) for c in map(spec.cell_config, spec.cells())}:
+        resolve_corpus(d[0], d[1] or None)
+
+
 def _create_parent_run(uri: str, exp_id: str, spec: SweepSpec) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Param
@@ -487,6 +496,38 @@ def run_worker(ctx: SweepContext, progress: ProgressFn | None = None) -> tuple[i
     counts = {"trained": 0, "failed": 0}
     data_cache: dict[tuple, Any] = {}
 
+    def train_cell(trial: optuna.Trial, key: str):
+        values = json.loads(trial.user_attrs[A_CELL])
+        for k in values:
+            if k in ctx.spec.grid:  # visible as params in Optuna's own tools
+                trial.suggest_categorical(k, ctx.spec.grid[k])
+        cfg = ctx.spec.cell_config(Cell(key, values))
+        if ctx.threads:
+            cfg.train.threads = ctx.threads
+        if ctx.device:
+            cfg.train.device = ctx.device
+        dkey = (cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
+        if dkey not in data_cache:
+            from nanoact.data import CharDataset
+
+            data_cache[dkey] = CharDataset.from_config(*dkey)
+        tracker = MlflowTracker(ctx.tracking_uri, ctx.experiment_id, tags={
+            "mlflow.parentRunId": ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
+            "nanoact.study": ctx.spec.study_name, "optuna.trial_number": str(trial.number),
+        }, on_start=lambda run_id: trial.set_user_attr(A_RUN_ID, run_id))
+        if ctx.train_log:
+            with open(ctx.train_log, "a") as f:  # the trainer's own count, independent of MLflow and Optuna
+                f.write(f"{key}\t{trial.number}\t{_worker_id()}\n")
+        if progress:
+            progress({"event": "cell_start", "key": key, "trial": trial.number, "worker": ctx.worker_name})
+
+        def on_train(ev: dict[str, Any]) -> None:
+            if progress:
+                progress({**ev, "key": key, "worker": ctx.worker_name})
+
+        return train(cfg, data=data_cache[dkey], tracker=tracker, progress=on_train,
+                     run_name=f"{cfg.model.name}-{cfg.model.activation}-s{cfg.train.seed}")
+
     def objective(trial: optuna.Trial) -> float:
         key = trial.user_attrs.get(A_GRID_KEY)
         if key is None:  # the queue is empty: ask() created a fresh trial
@@ -498,41 +539,7 @@ def run_worker(ctx: SweepContext, progress: ProgressFn | None = None) -> tuple[i
             raise optuna.TrialPruned("duplicate cell")
         trial.set_user_attr(A_WORKER, _worker_id())
         try:
-            values = json.loads(trial.user_attrs[A_CELL])
-            for k, v in values.items():
-                if k in ctx.spec.grid:  # visible as params in Optuna's own tools
-                    trial.suggest_categorical(k, ctx.spec.grid[k])
-            cfg = ctx.spec.cell_config(Cell(key, values))
-        except Exception as e:
-            trial.set_user_attr(A_ERROR, " ".join(f"{type(e).__name__}: {e}".split())[:500])
-            counts["failed"] += 1
-            raise
-        if ctx.threads:
-            cfg.train.threads = ctx.threads
-        if ctx.device:
-            cfg.train.device = ctx.device
-        tracker = MlflowTracker(ctx.tracking_uri, ctx.experiment_id, tags={
-            "mlflow.parentRunId": ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
-            "nanoact.study": ctx.spec.study_name, "optuna.trial_number": str(trial.number),
-        }, on_start=lambda run_id: trial.set_user_attr(A_RUN_ID, run_id))
-        dkey = (cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
-        if dkey not in data_cache:
-            from nanoact.data import CharDataset
-
-            data_cache[dkey] = CharDataset.from_config(*dkey)
-        if ctx.train_log:
-            with open(ctx.train_log, "a") as f:  # the trainer's own count, independent of MLflow and Optuna
-                f.write(f"{key}\t{trial.number}\t{_worker_id()}\n")
-        if progress:
-            progress({"event": "cell_start", "key": key, "trial": trial.number, "worker": ctx.worker_name})
-
-        def on_train(ev: dict[str, Any]) -> None:
-            if progress:
-                progress({**ev, "key": key, "worker": ctx.worker_name})
-
-        try:
-            res = train(cfg, data=data_cache[dkey], tracker=tracker, progress=on_train,
-                        run_name=f"{cfg.model.name}-{cfg.model.activation}-s{cfg.train.seed}")
+            res = train_cell(trial, key)
         except KeyboardInterrupt:
             trial.set_user_attr(A_INTERRUPTED, True)
             trial.set_user_attr(A_ERROR, "interrupted (Ctrl-C)")

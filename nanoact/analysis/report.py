@@ -13,6 +13,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -152,34 +153,47 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     pair_idx = np.array([(i, j) for i, j, _ in pairs], dtype=np.int64).reshape(-1, 2)
     pair_values = {m: np.full((len(pairs), len(steps)), np.nan) for m in dv.METRICS}
     R = len(runs)
-    ref_targets, ref_run, buf, shape = None, None, None, None
+    first = read_predictions(fetcher.path(runs[0], steps[0]), runs[0].run_id, steps[0])
+    shape, ref_targets, ref_run = first.probs.shape, first.targets, runs[0].run_id
+    del first
     eval_acc, fingerprints, frechet = {}, {}, []
     self_pd: dict[str, dict[str, float]] = {}
     asym: list[tuple[str, str, str, float]] = []
     heat = np.zeros((R, R))
     scores = np.full(R, np.nan)
-    for si, step in enumerate(steps):
-        progress(f"{name}: step {step} ({si + 1}/{len(steps)}): loading {R} prediction files")
-        top1 = label_prob = None
+
+    def load(step: int, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # runs in a prefetch thread: reading and the float16 -> float32 cast release the GIL
+        top1 = np.empty((R, shape[0]), dtype=np.int64)
+        label_prob = np.empty((R, shape[0]), dtype=np.float32)
         for ri, r in enumerate(runs):
             pred = read_predictions(fetcher.path(r, step), r.run_id, step)
-            if shape is None:
-                shape = pred.probs.shape
-                buf = np.empty((R, *shape), dtype=np.float32)  # reused for every step: one float32 stack in RAM
-                ref_targets, ref_run = pred.targets, r.run_id
             if pred.probs.shape != shape:
                 raise NanoactError(f"runs {ref_run} and {r.run_id} stored predictions of different shapes "
                                    f"{shape} vs {pred.probs.shape}; they were not evaluated on the same eval set")
             if not np.array_equal(pred.targets, ref_targets):
                 raise NanoactError(f"runs {ref_run} and {r.run_id} stored different targets (step {step}); they were "
                                    "not evaluated on the same eval set, refusing to compare them")
-            if top1 is None:
-                top1 = np.empty((R, shape[0]), dtype=np.int64)
-                label_prob = np.empty((R, shape[0]), dtype=np.float32)
             buf[ri] = pred.probs
             top1[ri], label_prob[ri] = pred.top1, pred.label_prob
             if step == steps[-1]:
                 fingerprints[r.run_id] = hashlib.sha256(np.ascontiguousarray(pred.probs).tobytes()).hexdigest()
+        return top1, label_prob
+
+    # two float32 stacks: the next step loads while PD runs on the current one
+    bufs = [np.empty((R, *shape), dtype=np.float32) for _ in range(min(2, len(steps)))]
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(load, steps[0], bufs[0])
+    for si, step in enumerate(steps):
+        progress(f"{name}: step {step} ({si + 1}/{len(steps)}): loading {R} prediction files")
+        try:
+            top1, label_prob = future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        buf = bufs[si % len(bufs)]
+        if si + 1 < len(steps):
+            future = pool.submit(load, steps[si + 1], bufs[(si + 1) % len(bufs)])
         stack = dv.PredictionStack(buf, ref_targets, top1, label_prob, copy=False)
         progress(f"{name}: step {step}: PD over {len(pairs)} pairs")
         vals = dv.pair_metrics(stack, pair_idx)
@@ -219,6 +233,8 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
                         a, b = runs[pair_idx[sample[k], 0]], runs[pair_idx[sample[k], 1]]
                         asym.append((a.run_id, b.run_id, m, float(gap[k])))
         del stack
+    pool.shutdown(wait=True)
+    del bufs
 
     within = _within_summary(runs, pairs, pair_values, steps)
     cross = _cross_summary(runs, pairs, pair_values, steps)

@@ -281,16 +281,23 @@ class ArtifactFetcher:
         local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
         if local is not None:
             return local / rel
-        dst = self.cache_dir / run.run_id
-        target = dst / rel
+        dst = self.cache_dir / run.run_id / PRED_DIR
+        target = dst / f"step_{step}.npz"
         size = self._sizes.get((run.run_id, step))
         if target.is_file() and (size is None or target.stat().st_size == size):
             return target
         dst.mkdir(parents=True, exist_ok=True)
+        # MLflow draws a tqdm bar per download unless told not to; the library must not write to the terminal
+        quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+        if quiet:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
             got = Path(self.client.download_artifacts(run.run_id, rel, str(dst)))
         except Exception as e:  # any store error is a missing artifact from the user's point of view
             raise NanoactError(f"run {run.run_id}: cannot download {rel} ({type(e).__name__}: {e})") from e
+        finally:
+            if quiet:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         self.downloads += 1
         return got
 

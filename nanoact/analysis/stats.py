@@ -97,7 +97,9 @@ def friedman(y: np.ndarray) -> FriedmanResult:
     y = np.asarray(y, dtype=np.float64)
     k, n = y.shape
     ranks = stats.rankdata(y, axis=0)  # rank the activations within each seed
-    if k >= 3:
+    if all(np.all(col == col[0]) for col in y.T):
+        q = p = math.nan  # every seed ties every activation: ranks carry no information (and scipy divides by 0)
+    elif k >= 3:
         res = stats.friedmanchisquare(*y)
         q, p = float(res.statistic), float(res.pvalue)
     else:

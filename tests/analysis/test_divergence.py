@@ -212,3 +212,14 @@ def test_scrambled_context_control():
     assert shifted["pd_tv"] > 5 * same["pd_tv"]
     assert shifted["pd_top1"] > 3 * same["pd_top1"]
     assert shifted["js"] > 10 * same["js"]
+
+
+def test_threads_do_not_change_results():
+    rng = np.random.default_rng(8)
+    probs = np.stack([_random_probs(rng, 500, 33) for _ in range(6)]).astype(np.float16)
+    y = rng.integers(0, 33, 500)
+    pairs = [(i, j) for i in range(6) for j in range(6) if i != j] * 2
+    one = dv.pair_metrics(dv.PredictionStack(probs, y), pairs, threads=1)
+    two = dv.pair_metrics(dv.PredictionStack(probs, y), pairs, threads=2)
+    for k in dv.METRICS:
+        assert np.array_equal(one[k], two[k]), k

@@ -1,0 +1,106 @@
+"""Guards on hand-made runs; plot functions return Figures without touching pyplot state.
+
+    python -m pytest tests/analysis/test_guards_plots.py -q
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from nanoact.analysis import guards as gd
+from nanoact.analysis import plots as pl
+from nanoact.analysis.runs import MissingCell, RunRecord
+
+
+def _run(rid: str, act: str, seed: str, metrics=None, **tags) -> RunRecord:
+    # keyword nanoact_activation_modules -> tag nanoact.activation_modules
+    return RunRecord(run_id=rid, run_name=rid, experiment="x", activation=act, seed=seed,
+                     grid_key=f"a={act}|s={seed}", status="FINISHED", start_time=0, end_time=None, parent_id=None,
+                     artifact_uri="", params={}, tags={k.replace("nanoact_", "nanoact.", 1): v for k, v in tags.items()},
+                     metrics=metrics or {})
+
+
+def test_identical_outcomes_flag_different_cells_only():
+    runs = [_run("a", "relu", "1", {"final/val_loss": 1.5}), _run("b", "gelu", "1", {"final/val_loss": 1.5}),
+            _run("c", "relu", "2", {"final/val_loss": 1.5000001})]
+    g = gd.check_identical_outcomes(runs)
+    assert not g.passed and len(g.details) == 1
+    assert "different activations (relu vs gelu)" in g.details[0]
+    assert g.anomalies()[0].startswith("identical-outcomes: ")
+    assert gd.check_identical_outcomes(runs[:1] + runs[2:]).passed
+
+
+def test_identical_predictions_also_catch_ignored_seeds():
+    runs = [_run("a", "relu", "1"), _run("b", "relu", "2"), _run("c", "gelu", "1")]
+    g = gd.check_identical_predictions(runs, {"a": "f" * 64, "b": "f" * 64, "c": "0" * 64}, step=100)
+    assert not g.passed and "different seeds" in g.details[0]
+
+
+def test_variance_guard():
+    assert not gd.check_variance([("final val loss", 0.0, 0.1, 1.0)]).passed
+    assert not gd.check_variance([("final val loss", 0.2, 0.0, 1.0)]).passed
+    assert gd.check_variance([("final val loss", 0.2, 0.1, 1.0)]).passed
+
+
+def test_activation_module_guard():
+    ok = _run("a", "gelu", "1", nanoact_activation_modules="GELU(approximate='none')",
+              nanoact_activation_modules_expected="GELU(approximate='none')", nanoact_wiring_check="passed")
+    assert gd.check_activation_modules([ok]).passed
+    wrong = _run("b", "gelu", "2", nanoact_activation_modules="ReLU()",
+                 nanoact_activation_modules_expected="GELU(approximate='none')")
+    g = gd.check_activation_modules([ok, wrong])
+    assert not g.passed and "builds [\"GELU(approximate='none')\"]" in g.details[0]
+    # no expected tag (foreign runs): the sets must differ between activations
+    r1 = _run("c", "relu", "1", nanoact_activation_modules="ReLU();ReLU()")
+    r2 = _run("d", "swish", "1", nanoact_activation_modules="ReLU()")
+    g = gd.check_activation_modules([r1, r2])
+    assert not g.passed and "logged the same modules" in g.details[0]
+    empty = _run("e", "relu", "1", nanoact_activation_modules="")
+    assert "no activation module" in gd.check_activation_modules([empty]).details[0]
+    failed = _run("f", "relu", "1", nanoact_wiring_check="failed: logits are identical")
+    assert "wiring check failed" in gd.check_activation_modules([failed]).details[0]
+    untagged = gd.check_activation_modules([_run("g", "relu", "1")])
+    assert untagged.passed and "cannot be checked" in untagged.details[0]
+
+
+def test_cells_guard():
+    g = gd.check_cells([MissingCell("gelu", "3", [])], [])
+    assert not g.passed and g.details == ["missing cell gelu s3: no run at all"]
+    assert gd.check_cells([], []).passed
+
+
+def test_pd_self_guard():
+    assert gd.check_pd_self({"r": {"pd_tv": 0.0}}, [], []).passed
+    g = gd.check_pd_self({"r": {"pd_tv": 1e-9}}, [("a", "b", "js", 1e-3)], ["step 1: pd_top1 outside"])
+    assert not g.passed and len(g.details) == 3
+
+
+def test_plot_functions_return_figures_without_pyplot_state():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    rng = np.random.default_rng(0)
+    steps = [0, 10, 20]
+    curves = {a: {m: {s: (steps, list(3 - np.arange(3) * 0.5 + rng.normal(0, 0.05, 3))) for s in "123"}
+                  for m in ("train/loss", "val/loss")} for a in ("relu", "gelu")}
+    figs = [
+        pl.loss_curves(curves),
+        pl.final_metrics({"final val loss": {"relu": {"1": 1.0, "2": 1.1}, "gelu": {"1": 0.9, "2": 0.95}}}),
+        pl.pd_heatmap(rng.random((4, 4)), ["r1", "r2", "g1", "g2"], ["relu", "relu", "gelu", "gelu"], 20),
+        pl.pd_heatmap(rng.random((50, 50)), [f"r{i}" for i in range(50)], ["a"] * 25 + ["b"] * 25, 20),
+        pl.within_pd_over_steps(steps, {"relu": {"pd_tv": ([0.1, 0.2, 0.3], [0.01, np.nan, 0.02])}}, ["pd_tv"]),
+        pl.accuracy_vs_pd([0.5, 0.6, 0.55], [0.1, 0.2, np.nan], ["relu", "gelu", "gelu"]),
+    ]
+    assert all(isinstance(f, Figure) for f in figs)
+    assert plt.get_fignums() == before  # nothing registered with pyplot
+
+
+def test_imports_do_no_work():
+    code = ("import sys; import nanoact.analysis, nanoact.analysis.plots; "
+            "print('mlflow' in sys.modules, 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,227 @@
+"""End-to-end: synthetic runs in a tmp sqlite store -> run_report -> report.md, PNGs, summary.json.
+
+    python -m pytest tests/analysis/test_report.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanoact.analysis.report import run_report
+from nanoact.analysis.runs import ArtifactFetcher, load_experiment, make_client
+from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
+from nanoact.errors import NanoactError
+
+PNGS = ("loss_curves.png", "final_metrics.png", "pd_heatmap.png", "within_pd_steps.png", "accuracy_vs_pd.png")
+# relu is clearly worse (less sharp) than gelu and swish; the activation offsets dominate the seed offsets
+REAL = dict(quality={"relu": 0.7, "gelu": 1.0, "swish": 0.95}, act_scale=0.8, seed_scale=0.3, run_scale=0.2)
+
+
+def _report(uri, tmp_path, names, **kw):
+    return run_report(names, tracking_uri=uri, out_dir=tmp_path / "out", **kw)
+
+
+def test_end_to_end_3x3(uri, artifacts, tmp_path):
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="e2e", **REAL), artifact_root=artifacts)
+    msgs: list[str] = []
+    res = _report(uri, tmp_path, ["e2e"], progress=msgs.append)
+    assert res.anomalies == []
+    assert msgs and all(isinstance(m, str) for m in msgs)
+    for f in PNGS:
+        assert (res.out_dir / f).stat().st_size > 5000, f
+    md = res.report_md.read_text()
+    assert md.index("## Guards") < md.index("## Executive summary")
+    assert "All guards passed." in md
+    for rid in log.run_ids.values():
+        assert rid in md  # every run id is in the tables
+    for f in PNGS:
+        assert f"]({f})" in md  # embedded by relative link
+    assert "This report is logged as artifacts of parent run" in md
+
+    s = json.loads(res.summary_json.read_text())
+    assert s["schema_version"] == 1 and s["anomalies"] == [] and s["headline"] == res.headline
+    e = s["per_experiment"]["e2e"]
+    assert {r["run_id"] for r in e["runs"]} == set(log.run_ids.values())
+    assert e["parent_run_id"] == log.parent_run_id
+    assert len(e["steps"]) == 3 and e["n_contexts"] == 256
+    # the real loss difference is found: relu worst, RCBD significant
+    fv = e["statistics"]["final_val_loss"]
+    assert fv["rcbd"]["p_a"] < 0.05
+    means = dict(zip(fv["activations"], fv["rcbd"]["treatment_means"]))
+    assert max(means, key=means.get) == "relu"
+    assert "final val loss differs between activations" in res.headline
+    # PD within an activation (different seeds) is smaller than across activations at a fixed seed
+    within = np.mean([a["within_pd"]["pd_tv"]["mean"] for a in e["activations_summary"].values()])
+    cross = np.mean([v["pd_tv"]["mean"][-1] for v in e["same_seed_pd"].values()])
+    assert within < cross
+    assert len(e["pairs"]) == 9 + 9  # 3 within pairs per activation, 3 activation pairs per seed
+    assert len(e["heatmap"]["pd_tv"]) == 9 and e["heatmap"]["pd_tv"][0][0] == 0.0
+    assert all(g["passed"] for g in e["guards"])
+    # the outputs were logged to the sweep's parent run
+    client = make_client(uri)
+    logged = {Path(f.path).name for f in client.list_artifacts(log.parent_run_id, "report")}
+    assert {"report.md", "summary.json", *PNGS} <= logged
+
+
+def test_anomaly_flawed_report_duplicates(uri, artifacts, tmp_path):
+    # the flawed report's code: every "activation" really ran ReLU -> identical predictions and metrics
+    spec = SyntheticSpec(experiment="flawed", copy_of={"gelu": "relu", "swish": "relu"})
+    log_synthetic_runs(uri, spec, artifact_root=artifacts)
+    res = _report(uri, tmp_path, ["flawed"])
+    names = {a.split(":", 1)[0] for a in res.anomalies}
+    assert {"identical-predictions", "identical-outcomes", "zero-variance", "activation-modules"} <= names
+    md = res.report_md.read_text()
+    top = md[: md.index("## Executive summary")]
+    assert "GUARD FAILED: identical-predictions" in top
+    assert "GUARD FAILED: zero-variance" in top
+    assert res.headline.startswith("GUARDS FAILED")
+    assert res.summary_json.exists()
+    s = json.loads(res.summary_json.read_text())
+    assert s["anomalies"] == res.anomalies
+
+
+def test_cli_report_exits_non_zero_on_anomalies(uri, artifacts, tmp_path):
+    cli = pytest.importorskip("nanoact.cli")
+    click_testing = pytest.importorskip("click.testing")
+    group = getattr(cli, "cli", None) or getattr(cli, "main", None)
+    if group is None or not hasattr(group, "commands") or "report" not in group.commands:
+        pytest.skip("nanoact.cli has no `report` command yet")
+    spec = SyntheticSpec(experiment="flawed", activations=("relu", "gelu"), seeds=(1, 2), n_contexts=64,
+                         copy_of={"gelu": "relu"})
+    log_synthetic_runs(uri, spec, artifact_root=artifacts)
+    runner = click_testing.CliRunner()
+    args = ["report", "--experiment", "flawed", "--tracking-uri", uri, "--out", str(tmp_path / "cli")]
+    res = runner.invoke(group, args)
+    assert res.exit_code != 0, res.output
+    assert (tmp_path / "cli" / "report.md").exists()
+    ok = runner.invoke(group, args + ["--allow-anomalies"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_refuses_different_eval_sets(uri, artifacts, tmp_path):
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="mixed", eval_sha256={("gelu", 43): "f" * 64}),
+                             artifact_root=artifacts)
+    with pytest.raises(NanoactError) as exc:
+        _report(uri, tmp_path, ["mixed"])
+    msg = str(exc.value)
+    assert "\n" not in msg and "different evaluation sets" in msg
+    assert log.run_ids[("gelu", 43)] in msg
+
+
+def test_refuses_different_stored_targets(uri, artifacts, tmp_path):
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="targets"), artifact_root=artifacts)
+    rid = log.run_ids[("swish", 44)]
+    path = next(artifacts.rglob(f"{rid}/artifacts/predictions/step_100.npz"))
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["targets"] = np.roll(arrays["targets"], 1)
+    np.savez(path, **arrays)
+    with pytest.raises(NanoactError, match=f"{rid}.*different targets"):
+        _report(uri, tmp_path, ["targets"])
+
+
+def test_corrupted_artifact_is_a_one_line_user_error(uri, artifacts, tmp_path):
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="broken"), artifact_root=artifacts)
+    rid = log.run_ids[("relu", 43)]
+    path = next(artifacts.rglob(f"{rid}/artifacts/predictions/step_50.npz"))
+    path.write_bytes(path.read_bytes()[:1000])  # truncated upload
+    with pytest.raises(NanoactError) as exc:
+        _report(uri, tmp_path, ["broken"])
+    assert rid in str(exc.value) and "step_50" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unknown_experiment_and_no_finished_runs(uri, artifacts, tmp_path):
+    with pytest.raises(NanoactError, match="no experiment named 'nope'"):
+        _report(uri, tmp_path, ["nope"])
+    log_synthetic_runs(uri, SyntheticSpec(experiment="allfail", activations=("relu",), seeds=(1,),
+                                          failed=(("relu", 1),)), artifact_root=artifacts)
+    with pytest.raises(NanoactError, match="no FINISHED cell runs"):
+        _report(uri, tmp_path, ["allfail"])
+
+
+def test_missing_retried_and_duplicated_cells(uri, artifacts, tmp_path):
+    spec = SyntheticSpec(experiment="gaps", failed=(("gelu", 44),), retried=(("relu", 42),), **REAL)
+    log = log_synthetic_runs(uri, spec, artifact_root=artifacts)
+    client = make_client(uri)
+    er = load_experiment(client, "gaps")
+    assert len(er.runs) == 8 and len(er.superseded) == 1
+    assert log.run_ids[("relu", 42)] in {r.run_id for r in er.runs}  # the newest attempt is kept
+    assert [(m.activation, m.seed) for m in er.missing] == [("gelu", "44")]
+    assert "CUDA out of memory" in er.missing[0].describe()
+    # a second FINISHED run of the same cell under another grid key (e.g. a different sweep definition)
+    src = client.get_run(log.run_ids[("swish", 43)])
+    dup = client.create_run(src.info.experiment_id, tags={**src.data.tags, "nanoact.grid_key": "other|key"})
+    for k, v in src.data.params.items():
+        client.log_param(dup.info.run_id, k, v)
+    client.set_terminated(dup.info.run_id, "FINISHED")
+    er = load_experiment(client, "gaps")
+    assert len(er.duplicates) == 1
+
+    res = _report(uri, tmp_path, ["gaps"], log_to_parent=False)
+    cells = [a for a in res.anomalies if a.startswith("cells:")]
+    assert any("missing cell gelu s44" in a for a in cells)
+    assert any("duplicated cell swish s43" in a for a in cells)
+    md = res.report_md.read_text()
+    assert "GUARD FAILED: cells" in md[: md.index("## Executive summary")]
+    assert "not logged to MLflow (log_to_parent=False)" in md
+    s = json.loads(res.summary_json.read_text())["per_experiment"]["gaps"]
+    assert s["statistics"]["final_val_loss"]["excluded_seeds"] == ["44"]
+    assert s["missing_cells"][0]["attempts"][0]["status"] == "FAILED"
+
+
+def test_foreign_runs_without_parent(uri, artifacts, tmp_path):
+    # runs logged by another tool: no nanoact.role / grid_key / module tags, no parent run
+    spec = SyntheticSpec(experiment="foreign", nanoact_tags=False, parent=False, **REAL)
+    log = log_synthetic_runs(uri, spec, artifact_root=artifacts)
+    res = _report(uri, tmp_path, ["foreign"])
+    assert res.anomalies == []
+    md = res.report_md.read_text()
+    assert "NOT logged to MLflow" in md
+    assert "no nanoact.activation_modules tag" in md  # noted, not an anomaly
+    s = json.loads(res.summary_json.read_text())["per_experiment"]["foreign"]
+    assert len(s["runs"]) == 9 and s["parent_run_id"] is None
+    assert {r["run_id"] for r in s["runs"]} == set(log.run_ids.values())
+
+
+def test_several_experiments_comparison_table(uri, artifacts, tmp_path):
+    log_synthetic_runs(uri, SyntheticSpec(experiment="partial", steps=(0, 50), n_contexts=64, **REAL),
+                       artifact_root=artifacts)
+    log_synthetic_runs(uri, SyntheticSpec(experiment="full", activations=("relu", "gelu"), seeds=(1, 2),
+                                          n_contexts=128, data_seed=1, **REAL), artifact_root=artifacts)
+    res = run_report(["partial", "full"], tracking_uri=uri, out_dir=tmp_path / "both")
+    md = res.report_md.read_text()
+    assert "## Comparison across experiments" in md
+    assert "## Experiment `partial`" in md and "## Experiment `full`" in md
+    assert (res.out_dir / "partial_pd_heatmap.png").exists() and (res.out_dir / "full_loss_curves.png").exists()
+    s = json.loads(res.summary_json.read_text())
+    assert {(r["experiment"], r["activation"]) for r in s["comparison"]} == {
+        ("partial", "relu"), ("partial", "gelu"), ("partial", "swish"), ("full", "relu"), ("full", "gelu")}
+    assert all(r["mean_within_pd_tv"] > 0 for r in s["comparison"])
+
+
+def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
+    log_synthetic_runs(uri, SyntheticSpec(experiment="dflt", activations=("relu", "gelu"), seeds=(1, 2)),
+                       artifact_root=artifacts)
+    monkeypatch.chdir(tmp_path)
+    res = run_report(["dflt"], tracking_uri=uri, log_to_parent=False)
+    assert res.out_dir == Path("reports/dflt") and (tmp_path / "reports/dflt/report.md").exists()
+
+
+def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="cache", activations=("relu",), seeds=(1,)),
+                             artifact_root=artifacts)
+    client = make_client(uri)
+    run = load_experiment(client, "cache").runs[0]
+    fetcher = ArtifactFetcher(client, cache_dir=tmp_path / "cache", prefer_local=False)
+    steps = fetcher.steps(run)
+    assert steps == [0, 50, 100]
+    first = [fetcher.path(run, s) for s in steps]
+    assert fetcher.downloads == 3 and all(tmp_path / "cache" in p.parents for p in first)
+    again = ArtifactFetcher(client, cache_dir=tmp_path / "cache", prefer_local=False)
+    again.steps(run)
+    assert [again.path(run, s) for s in steps] == first and again.downloads == 0
+    assert log.run_ids[("relu", 1)] == run.run_id
