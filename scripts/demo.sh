@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set up (first time), run the smoke sweep, then its report. Safe to rerun: the sweep resumes.
+# Usage: bash scripts/demo.sh [EXPERIMENT]   (default: smoke)
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+EXP="${1:-smoke}"
+nanoact sweep --experiment "$EXP"
+nanoact report --experiment "$EXP"
+echo "report: reports/$EXP/report.md; browse the runs with: .venv/bin/nanoact ui"
