@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -128,9 +128,10 @@ def _pair_list(runs: list[RunRecord]) -> list[tuple[int, int, str]]:
     return pairs
 
 
-def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Callable[[str], None]) -> ExperimentAnalysis:
+def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Callable[[str], None],
+                       study: str | None = None, where: Mapping[str, str] | None = None) -> ExperimentAnalysis:
     """Load one experiment and compute PD, statistics and guards."""
-    er = load_experiment(client, name, progress)
+    er = load_experiment(client, name, progress, study=study, where=where)
     notes: list[str] = []
     sha = _check_eval_hashes(er, notes)
     runs = er.runs
@@ -295,7 +296,16 @@ def _outcomes(er: ExperimentRuns, scores: np.ndarray) -> list[OutcomeStats]:
     res = []
     seeds = [s for s in er.seeds if any(r.seed == s for r in er.runs)]
     acts = [a for a in er.activations if any(r.activation == a for r in er.runs)]
+    per_act = [sum(r.activation == a for r in er.runs) for a in acts]
     for key, label, metric, lower in OUTCOMES:
+        if metric is None and min(per_act, default=0) < 3:
+            # with 2 runs each is the other's leave-one-out mean: both get the same score, SS_E = 0 by construction
+            res.append(OutcomeStats(
+                outcome=key, label=label, lower_is_better=lower, activations=acts, seeds=[], excluded_seeds=seeds,
+                y=[], sentences=[f"The {label} is not analysed: it needs at least 3 seeds per activation "
+                                 f"(here the fewest is {min(per_act, default=0)}; with 2, both runs of an activation "
+                                 "get the same score, the pd_tv between them)."]))
+            continue
         values = {}
         for i, r in enumerate(er.runs):
             values[r.cell] = float(scores[i]) if metric is None else r.metric(metric)
@@ -377,9 +387,8 @@ def _pd_sentences(an: ExperimentAnalysis) -> list[str]:
         if w:
             mean_tv = float(np.mean([m for _, m, _, _ in w]))
             rel = (f"; that is {'more' if mean_cross > mean_tv else 'less'} than between seeds "
-                   f"({_f(mean_cross)} vs {_f(mean_tv)}), so switching the activation "
-                   f"{'changes predictions beyond' if mean_cross > mean_tv else 'does not change predictions beyond'} "
-                   "seed-to-seed variation")
+                   f"({_f(mean_cross)} vs {_f(mean_tv)}), so changing the activation moves predictions "
+                   f"{'more than' if mean_cross > mean_tv else 'no more than'} reseeding does")
         s.append(f"At a fixed seed, changing the activation moves predictions by pd_tv = {_f(mean_cross)} on "
                  f"average (± SE over seeds: {parts}){rel}.")
     return s
@@ -564,8 +573,8 @@ def _guard_md(analyses: list[ExperimentAnalysis], multi: bool) -> list[str]:
     L = ["## Guards", ""]
     failed = [(an, g) for an in analyses for g in an.guards if not g.passed]
     if failed:
-        L += [f"**GUARD FAILED: {g.name}**" + (f" ({an.er.name})" if multi else "") + f" — {g.title}."
-              for an, g in failed]
+        L += [f"- **GUARD FAILED: {g.name}**" + (f" ({an.er.name})" if multi else "")
+              + f" — requires: {g.title}; {len(g.details)} failure(s), e.g. {g.details[0]}" for an, g in failed]
         L += ["", "The numbers below are written for diagnosis only.", ""]
     else:
         L += ["All guards passed.", ""]
@@ -672,6 +681,8 @@ def run_report(
     allow_anomalies: bool = False,
     log_to_parent: bool = True,
     progress: Callable[[str], None] | None = None,
+    study: str | None = None,
+    where: Mapping[str, str] | None = None,
 ) -> ReportResult:
     """Analyse ``experiments`` and write report.md, the PNGs and summary.json to ``out_dir``.
 
@@ -682,6 +693,8 @@ def run_report(
         allow_anomalies: recorded in the report; the CLI uses it to decide the exit code.
         log_to_parent: also log the outputs as artifacts of each experiment's sweep parent run.
         progress: callback for one-line progress messages.
+        study: analyse only this Optuna study's runs (needed when an experiment holds several).
+        where: param filters (``{"model.name": "minigpt"}``) selecting one slice of extra grid axes.
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
@@ -701,7 +714,7 @@ def run_report(
 
     analyses = []
     for name in experiments:
-        an = analyse_experiment(client, name, fetcher, say)
+        an = analyse_experiment(client, name, fetcher, say, study=study, where=where)
         an.sentences = [o.sentences[0] for o in an.outcomes] + _pd_sentences(an)
         say(f"{name}: plotting")
         _make_plots(an, out, f"{_slug(name)}_" if multi else "")

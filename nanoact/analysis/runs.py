@@ -11,7 +11,7 @@ import os
 import re
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,10 +147,55 @@ def _is_cell(rec: RunRecord) -> bool:
     return role == "cell" or ("activation" in rec.params and "seed" in rec.params)
 
 
+DESIGN_AXES = {"model.activation", "train.seed", "activation", "seed"}
+
+
+def _other_axes(rec: RunRecord) -> tuple[tuple[str, str], ...]:
+    """Grid axes besides activation and seed (e.g. model.name in the zoo), from the grid key."""
+    out = []
+    for part in rec.grid_key.split("|"):
+        k, _, v = part.partition("=")
+        if k not in DESIGN_AXES:
+            out.append((k, v))
+    return tuple(sorted(out))
+
+
+def _slice(name: str, children: list[RunRecord], study: str | None,
+           where: Mapping[str, str] | None) -> list[RunRecord]:
+    """Keep one study and one slice of any extra grid axes: the design analysed is activation x seed."""
+    for key, value in (where or {}).items():
+        if not any(key in r.params for r in children):
+            raise NanoactError(f"--where {key}=...: no run of experiment {name!r} has a param {key!r}")
+        children = [r for r in children if r.params.get(key) == str(value)]
+        if not children:
+            raise NanoactError(f"--where {key}={value}: no run of experiment {name!r} matches")
+    studies = sorted({r.tags["nanoact.study"] for r in children if r.tags.get("nanoact.study")})
+    if study is not None:
+        children = [r for r in children if r.tags.get("nanoact.study") == study]
+        if not children:
+            raise NanoactError(f"experiment {name!r} has no runs of study {study!r}; studies: {', '.join(studies)}")
+    elif len(studies) > 1:
+        raise NanoactError(f"experiment {name!r} holds runs of several studies ({', '.join(studies)}); "
+                           "choose one with --study NAME")
+    others = sorted({_other_axes(r) for r in children})
+    if len(others) > 1:
+        axes = sorted({k for o in others for k, _ in o})
+        values = {k: sorted({v for o in others for kk, v in o if kk == k}) for k in axes}
+        hint = "; ".join(f"{k} in {values[k]}" for k in axes)
+        raise NanoactError(f"experiment {name!r} varies {', '.join(axes)} besides activation and seed ({hint}); "
+                           f"report one slice at a time, e.g. --where {axes[0]}={values[axes[0]][0]}")
+    return children
+
+
 def load_experiment(
-    client: MlflowClient, name: str, progress: Callable[[str], None] | None = None
+    client: MlflowClient, name: str, progress: Callable[[str], None] | None = None,
+    study: str | None = None, where: Mapping[str, str] | None = None,
 ) -> ExperimentRuns:
-    """All runs of experiment ``name``; one FINISHED run per grid cell (newest attempt by start time)."""
+    """All runs of experiment ``name``; one FINISHED run per grid cell (newest attempt by start time).
+
+    ``study`` and ``where`` (param filters) select one study and one slice of any grid axes besides
+    activation and seed; without them, an experiment holding several is an error that says how to choose.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -164,7 +209,7 @@ def load_experiment(
             break
     records = [_record(r, name) for r in raw]
     parents = [r for r in records if r.tags.get("nanoact.role") == "parent"]
-    children = [r for r in records if _is_cell(r)]
+    children = _slice(name, [r for r in records if _is_cell(r)], study, where)
     if progress:
         progress(f"{name}: {len(children)} cell runs, {len(parents)} parent runs")
 

@@ -133,7 +133,7 @@ def log_synthetic_runs(
     sqlite DB (``nanoact.tracking_uri.default_artifact_root``).
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from nanoact.tracking_uri import default_artifact_root
 

@@ -188,8 +188,8 @@ def test_foreign_runs_without_parent(uri, artifacts, tmp_path):
 
 
 def test_several_experiments_comparison_table(uri, artifacts, tmp_path):
-    log_synthetic_runs(uri, SyntheticSpec(experiment="partial", steps=(0, 50), n_contexts=64, **REAL),
-                       artifact_root=artifacts)
+    log_synthetic_runs(uri, SyntheticSpec(experiment="partial", activations=("relu", "swish"), seeds=(1, 2),
+                                          steps=(0, 50), n_contexts=64, **REAL), artifact_root=artifacts)
     log_synthetic_runs(uri, SyntheticSpec(experiment="full", activations=("relu", "gelu"), seeds=(1, 2),
                                           n_contexts=128, data_seed=1, **REAL), artifact_root=artifacts)
     res = run_report(["partial", "full"], tracking_uri=uri, out_dir=tmp_path / "both")
@@ -199,7 +199,7 @@ def test_several_experiments_comparison_table(uri, artifacts, tmp_path):
     assert (res.out_dir / "partial_pd_heatmap.png").exists() and (res.out_dir / "full_loss_curves.png").exists()
     s = json.loads(res.summary_json.read_text())
     assert {(r["experiment"], r["activation"]) for r in s["comparison"]} == {
-        ("partial", "relu"), ("partial", "gelu"), ("partial", "swish"), ("full", "relu"), ("full", "gelu")}
+        ("partial", "relu"), ("partial", "swish"), ("full", "relu"), ("full", "gelu")}
     assert all(r["mean_within_pd_tv"] > 0 for r in s["comparison"])
 
 
@@ -209,6 +209,10 @@ def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = run_report(["dflt"], tracking_uri=uri, log_to_parent=False)
     assert res.out_dir == Path("reports/dflt") and (tmp_path / "reports/dflt/report.md").exists()
+    # 2 seeds: each run's leave-one-out mean is the other run, so the PD score is not a per-run outcome
+    assert res.anomalies == []
+    pd_score = json.loads(res.summary_json.read_text())["per_experiment"]["dflt"]["statistics"]["pd_score"]
+    assert pd_score["rcbd"] is None and "at least 3 seeds" in pd_score["sentences"][0]
 
 
 def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
