@@ -84,6 +84,15 @@ def cli(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _tracking_uri(tracking_uri: str | None) -> str:
+    """Resolve the tracking URI; credentials in an http(s) URI move to MLflow's env vars (never into MLflow's
+    own messages, run links or tags)."""
+    from nanoact.tracking_uri import move_credentials_to_env
+    from nanoact.tracking_uri import resolve_tracking_uri
+
+    return move_credentials_to_env(resolve_tracking_uri(tracking_uri))
+
+
 def _config(model: str | None, activation: str | None, seed: int | None, overrides: tuple[str, ...]):
     from nanoact.config import RunConfig, apply_overrides
 
@@ -117,10 +126,10 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     build_model(cfg.model, 65)  # fail fast on bad names before loading data
     tracker = None
     if tracking_uri:
+        from nanoact.tracking_uri import display_url as mask_url
         from nanoact.tracking import MlflowTracker, ensure_experiment
-        from nanoact.tracking_uri import mask_url, resolve_tracking_uri
 
-        uri = resolve_tracking_uri(tracking_uri)
+        uri = _tracking_uri(tracking_uri)
         tracker = MlflowTracker(uri, ensure_experiment(uri, experiment_name))
         click.echo(f"tracking to {mask_url(uri)} (experiment {experiment_name})")
     m, t = cfg.model, cfg.train
@@ -222,9 +231,12 @@ class SweepProgress(Progress):
         self.key = ""
 
     def sweep_eta(self, frac_current: float = 0.0) -> str:
-        if not self.cell_times:
-            return "ETA --"
-        per = sum(self.cell_times) / len(self.cell_times)
+        if self.cell_times:
+            per = sum(self.cell_times) / len(self.cell_times)
+        elif frac_current > 0.02:  # no cell finished yet: extrapolate from the current one
+            per = (time.perf_counter() - self.cell_t0) / frac_current
+        else:
+            return "sweep ETA --"
         left = self.todo - self.finished_here - frac_current
         return f"sweep ETA {_fmt_secs(max(left, 0) * per)}"
 
@@ -286,7 +298,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     import importlib
 
     from nanoact import sweep
-    from nanoact.tracking_uri import mask_url, resolve_tracking_uri
+    from nanoact.tracking_uri import display_url as mask_url
 
     for mod in plugins:
         try:
@@ -294,8 +306,8 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
     spec = _load_spec(experiment, sweep_file, overrides, study)
-    device_list = [d.strip() for d in devices.split(",")] if devices else None
-    uri = resolve_tracking_uri(tracking_uri)
+    device_list = devices.split(",") if devices else None  # validated by sweep.run
+    uri = _tracking_uri(tracking_uri)
     if dry_run:
         res = sweep.run(spec, storage=storage, tracking_uri=uri, retry_failed=retry_failed, dry_run=True)
         click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
@@ -332,6 +344,11 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     if failed:
         click.echo("rerun with --retry-failed to try the failed cells again")
         sys.exit(1)
+    busy = sum(s.state in ("running", "waiting") for s in res.states)
+    if busy and all(s.state in ("done", "running", "waiting") for s in res.states):
+        # this worker found the queue empty; the rest is taken by other workers (a shared storage)
+        click.echo(f"{busy} cell(s) still running or queued in other workers; `nanoact status` shows progress")
+        return
     if not res.complete:
         sys.exit(1)
 
@@ -374,18 +391,21 @@ def experiments_command() -> None:
 @click.option("--port", type=int, default=5000, show_default=True, help="Port.")
 def ui_command(tracking_uri, host, port) -> None:
     """Start `mlflow ui` on the store nanoact writes to, bound to 127.0.0.1 unless told otherwise."""
+    import os
     import subprocess
 
-    from nanoact.tracking_uri import default_artifact_root, mask_url, resolve_tracking_uri
+    from nanoact.tracking_uri import display_url as mask_url
+    from nanoact.tracking_uri import default_artifact_root, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    # the store URI (maybe with a password) goes through the environment, not a command line `ps` shows
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     root = default_artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
     click.echo(f"MLflow UI for {mask_url(uri)} at http://{host}:{port} (Ctrl-C to stop)")
     try:
-        sys.exit(subprocess.call(cmd))
+        sys.exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}))
     except KeyboardInterrupt:
         sys.exit(0)
 
@@ -398,14 +418,24 @@ def ui_command(tracking_uri, host, port) -> None:
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
 @click.option("--allow-anomalies", is_flag=True, help="Exit 0 even when a guard fires.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to the sweep's parent run.")
-def report_command(experiments, out, tracking_uri, allow_anomalies, no_log) -> None:
+@click.option("--study", default=None, help="Analyse only this study's runs (when an experiment holds several).")
+@click.option("--where", "where", multiple=True, metavar="PARAM=VALUE",
+              help="Keep runs whose param matches, e.g. --where model.name=minigpt (one slice of the zoo).")
+def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, study, where) -> None:
     """PD on the shared evaluation set, blocked (RCBD) statistics, guards and plots, as report.md,
     summary.json and PNGs."""
     from nanoact.analysis.report import run_report
 
+    filters = {}
+    for w in where:
+        k, eq, v = w.partition("=")
+        if not eq or not k.strip():
+            raise click.BadParameter(f"{w!r}: expected PARAM=VALUE", param_hint="--where")
+        filters[k.strip()] = v.strip()
     progress = Progress()
-    res = run_report(list(experiments), tracking_uri=tracking_uri, out_dir=out, allow_anomalies=allow_anomalies,
-                     log_to_parent=not no_log, progress=progress.line)
+    res = run_report(list(experiments), tracking_uri=_tracking_uri(tracking_uri), out_dir=out,
+                     allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
+                     study=study, where=filters or None)
     click.echo(res.headline)
     click.echo(f"wrote {res.report_md}, {res.summary_json}")
     if res.anomalies:
@@ -416,6 +446,47 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, no_log) -> N
                        err=True)
             sys.exit(3)
 
+
+@cli.command("server", short_help="Start an MLflow tracking server for distributed sweeps.")
+@click.option("--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI", default=None,
+              help="Where runs are stored: postgresql+psycopg2://USER@HOST:PORT/DB for many workers (keep the "
+                   "password in ~/.pgpass, or pass the URL in $MLFLOW_BACKEND_STORE_URI), else "
+                   "sqlite:///<cwd>/mlruns/mlflow.db.")
+@click.option("--artifacts-destination", default=None,
+              help="Where the server stores artifacts it serves (folder or URI; default <cwd>/mlruns/artifacts).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address. Loopback by default; for other machines prefer an SSH tunnel or a reverse proxy.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="TCP port.")
+@click.option("--allowed-hosts", default=None,
+              help="Host headers the server accepts (passed to mlflow), e.g. mlflow.lab.example,10.0.0.5:5000. "
+                   "Set it whenever --host is not loopback.")
+@click.option("--workers", "server_workers", type=click.IntRange(min=1), default=None,
+              help="Server worker processes (mlflow's default 4); each keeps its own database connection pool.")
+def server_command(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers) -> None:
+    """Run `mlflow server` with a served artifact store, and wait until it answers /health.
+
+    Workers on any machine then log with `nanoact sweep --tracking-uri http://HOST:PORT`. The database URL is
+    handed to mlflow through its environment (never a command line others can see with `ps`), and passwords are
+    masked in everything printed. Stop with Ctrl-C.
+    """
+    from nanoact import server
+    from nanoact.tracking_uri import display_url
+
+    spec = server.server_spec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers)
+    server.check_database(spec.backend_store_uri)
+    if not server.is_loopback(host):
+        click.echo(f"warning: listening on {host}, beyond loopback. MLflow has no authentication by default: anyone "
+                   f"who reaches port {port} can read and change runs." + ("" if allowed_hosts else
+                   " Set --allowed-hosts to the names clients use."), err=True)
+    click.echo(f"mlflow server: backend {display_url(spec.backend_store_uri)}, artifacts "
+               f"{display_url(spec.artifacts_destination)}, on {host}:{port}")
+
+    code = server.serve(spec, on_line=lambda line: click.echo(line, err=True),
+                        on_ready=lambda url: click.echo(f"ready: start workers with --tracking-uri {url} "
+                                                        "(Ctrl-C to stop)"))
+    if code is not None:
+        raise NanoactError(f"mlflow server exited with code {code}")
+    click.echo("mlflow server stopped")
 
 
 def main() -> None:

@@ -10,6 +10,10 @@ Resume: a cell is done when a COMPLETE trial holds it. FAILED cells are retried 
 interrupted by Ctrl-C, and cells left RUNNING by a worker that died (its process is gone on this host, or its
 heartbeat went stale on an RDB storage), are retried always. Finished runs are never touched.
 
+Many machines (docs/DISTRIBUTED.md): every worker may run the coordinator step at once (one creates the study
+and the MLflow parent run, the others wait for it). With heartbeats, live workers fail a dead worker's trial and
+re-enqueue its cell exactly once, while it is still running (``_RetryStaleCell``); idle workers wait for that.
+
 Tracking: one MLflow parent run per study, one child run per cell attempt (docs/TRACKING.md).
 """
 
@@ -29,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from nanoact.config import RunConfig, apply_overrides, from_dict, set_key, valid_keys
 from nanoact.errors import ConfigError, NanoactError
-from nanoact.tracking_uri import mask_url, resolve_tracking_uri, store_dir
+from nanoact.tracking_uri import resolve_tracking_uri, store_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ A_STALE = "nanoact.stale"
 A_ERROR = "nanoact.error"
 A_FINAL = "nanoact.final"
 A_SKIPPED = "nanoact.skipped"
+A_RETRY_OF = "nanoact.retry_of"
+A_HEARTBEAT = "nanoact.heartbeat_s"  # set on trials whose worker sends heartbeats
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,29 +210,155 @@ def default_storage_path(cwd: str | Path | None = None) -> Path:
     return store_dir(cwd) / "optuna-journal.log"
 
 
-def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, grace_period: int | None = None):
+def is_rdb_url(storage: str | None) -> bool:
+    return bool(storage) and "://" in storage and not storage.startswith("journal:")
+
+
+_STORAGES: dict[tuple, Any] = {}  # one RDB engine (and connection pool) per process and settings
+
+
+def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 tracking_uri: str | None = None):
     """``None`` -> journal file under ``mlruns/``; a path or ``journal:PATH`` -> journal file; a database URL
-    (``postgresql+psycopg2://...``, ``sqlite:///...``) -> RDB storage, with heartbeats when asked."""
+    (``postgresql+psycopg2://...``, ``sqlite:///...``) -> RDB storage, with heartbeats when asked.
+
+    With heartbeats, a trial whose worker stopped beating for ``grace_period`` seconds is failed by any live
+    worker (Optuna does it before each ``ask()``; an idle worker does it while it waits), labelled stale, and its
+    cell re-enqueued once per death (``_RetryStaleCell``); its MLflow run in ``tracking_uri`` becomes KILLED.
+    """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    if not storage or storage.startswith("journal:") or "://" not in storage:
+    if not is_rdb_url(storage):
         path = Path(storage[len("journal:"):] if storage and storage.startswith("journal:") else
                     storage or default_storage_path()).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    assert storage is not None
+    if storage.startswith("postgresql://"):
+        raise ConfigError("write the storage URL as postgresql+psycopg2://... (with SQLAlchemy 2.1 a bare "
+                          "postgresql:// means the psycopg 3 driver, which is not installed)")
+    key = (storage, heartbeat_interval, grace_period, tracking_uri)
+    if key in _STORAGES:
+        return _STORAGES[key]
+    if not heartbeat_interval:  # reading or enqueueing: any storage of this process on the same database will do
+        for (url, *_), obj in _STORAGES.items():
+            if url == storage:
+                return obj
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         kwargs["heartbeat_interval"] = heartbeat_interval
         kwargs["grace_period"] = grace_period or max(3 * heartbeat_interval, 180)
+        kwargs["heartbeat_stale_trial_callback"] = _RetryStaleCell(tracking_uri)
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if storage.startswith("postgresql"):
+        # a worker uses at most its main thread and its heartbeat thread at once: keep the pool small, because
+        # every worker's pool counts against the server's max_connections (docs/DISTRIBUTED.md)
+        engine.update(pool_size=2, max_overflow=3, pool_recycle=600, connect_args={"connect_timeout": 10})
     try:
-        return RDBStorage(storage, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-    except Exception as e:  # driver missing, server down, bad URL
-        raise NanoactError(f"cannot open Optuna storage {mask_url(storage)}: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        obj = _new_rdb_storage(storage, engine, kwargs)
+    except Exception as e:  # driver missing, server down, wrong password, bad URL
+        from nanoact.tracking_uri import display_url, redact
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise NanoactError(redact(f"cannot open Optuna storage {display_url(storage)}: {type(e).__name__}: "
+                                  f"{first}", storage)) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _STORAGES[key] = obj
+    return obj
+
+
+def _new_rdb_storage(url: str, engine: dict[str, Any], kwargs: dict[str, Any], attempts: int = 6):
+    import random
+    import time
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for i in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; we pin optuna < 6
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return _rdb_storage_class()(url, engine_kwargs=engine, **kwargs)
+        except (IntegrityError, ProgrammingError):
+            # workers opening a fresh database at once race in Optuna's CREATE TABLE (PostgreSQL reports a
+            # duplicate pg_type entry or an existing relation); the tables exist now, so try again
+            if i == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.2, 1.0))
+
+
+_RDB_CLASS: list[type] = []
+
+
+def _rdb_storage_class() -> type:
+    """``RDBStorage`` that labels stale trials (user attrs ``nanoact.stale``/``nanoact.error``) while they are
+    still RUNNING, i.e. before Optuna fails them: a finished trial's attrs can no longer be set."""
+    if _RDB_CLASS:
+        return _RDB_CLASS[0]
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages import RDBStorage
+
+    class NanoactRDBStorage(RDBStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            ids = super()._get_stale_trial_ids(study_id)
+            for trial_id in ids:
+                try:
+                    self.set_trial_user_attr(trial_id, A_STALE, True)
+                    self.set_trial_user_attr(trial_id, A_ERROR, (
+                        f"no heartbeat for over {self.grace_period} s (worker died or lost the database); "
+                        "the cell is retried by another worker"))
+                except UpdateFinishedTrialError:  # another worker failed (or the owner finished) it meanwhile
+                    pass
+            return ids
+
+    _RDB_CLASS.append(NanoactRDBStorage)
+    return NanoactRDBStorage
+
+
+class _RetryStaleCell:
+    """Heartbeat-stale callback: KILL the dead worker's MLflow run and re-enqueue its cell (once per death).
+
+    Optuna calls it only in the process whose RUNNING -> FAIL update won (a row lock on PostgreSQL), so one
+    death gives one retry. Optuna's ``RetryHeartbeatStaleTrialCallback`` would copy every user attr, the dead
+    run's id and worker included; this one copies the cell only. After ``max_retries`` deaths on the same cell
+    (a cell that kills its worker, e.g. out of memory) it stops; the cell stays "interrupted" and the next
+    ``nanoact sweep`` enqueues it again.
+    """
+
+    def __init__(self, tracking_uri: str | None, max_retries: int = 3):
+        self.tracking_uri = tracking_uri
+        self.max_retries = max_retries
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        key = trial.user_attrs.get(A_GRID_KEY)
+        reason = (f"worker {trial.user_attrs.get(A_WORKER, '?')} stopped sending heartbeats (it died or lost the "
+                  "database); the cell is retried")
+        try:
+            mark_run_dead(self.tracking_uri, trial.user_attrs.get(A_RUN_ID), reason)
+        except Exception as e:  # the tracking server is down: the run stays RUNNING, reports skip it anyway
+            from nanoact.tracking_uri import redact
+
+            _logger.warning(redact(f"could not mark run {trial.user_attrs.get(A_RUN_ID)} KILLED: "
+                                   f"{type(e).__name__}: {e}", self.tracking_uri or ""))
+        if key is None or trial.user_attrs.get(A_SKIPPED) or A_CELL not in trial.user_attrs:
+            return  # an idle worker's placeholder trial, or a duplicate that was never trained
+        same = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(A_GRID_KEY) == key]
+        if any(t.state in (TrialState.COMPLETE, TrialState.WAITING) for t in same):
+            return  # done, or already queued again (a coordinator saw it first)
+        deaths = sum(bool(t.user_attrs.get(A_STALE)) for t in same)
+        if deaths > self.max_retries:
+            _logger.warning("cell %s killed its worker %d times; not retried again (run the sweep again to "
+                            "force a retry)", key, deaths)
+            return
+        # a RUNNING twin (a cell enqueued twice) may still exist: _taken_by_other skips whichever comes second
+        study.enqueue_trial({}, user_attrs={A_GRID_KEY: key, A_CELL: trial.user_attrs[A_CELL],
+                                            A_RETRY_OF: trial.number})
 
 
 def _worker_id() -> str:
@@ -308,6 +440,7 @@ def cell_states(spec: SweepSpec, study) -> list[CellState]:
 
 def _fail_stale_trials(study, tracking_uri: str | None) -> list[int]:
     """RUNNING trials whose worker process is gone (same host) become FAIL(stale); their MLflow runs KILLED."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     host = socket.gethostname()
@@ -319,11 +452,14 @@ def _fail_stale_trials(study, tracking_uri: str | None) -> list[int]:
         if w_host != host or not w_pid.isdigit() or _pid_alive(int(w_pid)):
             continue
         reason = f"worker {worker} died while training (process gone); the cell will be retried"
-        storage.set_trial_user_attr(t._trial_id, A_STALE, True)
-        storage.set_trial_user_attr(t._trial_id, A_ERROR, reason)
-        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            stale.append(t.number)
-            mark_run_dead(tracking_uri, t.user_attrs.get(A_RUN_ID), reason)
+        try:
+            storage.set_trial_user_attr(t._trial_id, A_STALE, True)
+            storage.set_trial_user_attr(t._trial_id, A_ERROR, reason)
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                stale.append(t.number)
+                mark_run_dead(tracking_uri, t.user_attrs.get(A_RUN_ID), reason)
+        except UpdateFinishedTrialError:  # a live worker's heartbeat check failed it first (and re-enqueued it)
+            continue
     return stale
 
 
@@ -381,51 +517,91 @@ class SweepContext:
 
 
 def _load_or_create_study(spec: SweepSpec, storage_obj, create: bool):
+    return _load_or_create(spec, storage_obj, create)[0]
+
+
+def _load_or_create(spec: SweepSpec, storage_obj, create: bool):
+    """(study or None, created): ``created`` is True in exactly one of many coordinators starting at once (the
+    storage's unique study name decides), and that one creates the MLflow parent run."""
     import optuna
 
     try:
-        return optuna.load_study(study_name=spec.study_name, storage=storage_obj)
+        return optuna.load_study(study_name=spec.study_name, storage=storage_obj), False
     except KeyError:
         if not create:
-            return None
+            return None, False
     try:
-        return optuna.create_study(study_name=spec.study_name, storage=storage_obj, direction="minimize")
+        return optuna.create_study(study_name=spec.study_name, storage=storage_obj, direction="minimize"), True
     except optuna.exceptions.DuplicatedStudyError:  # another coordinator created it meanwhile
-        return optuna.load_study(study_name=spec.study_name, storage=storage_obj)
+        return optuna.load_study(study_name=spec.study_name, storage=storage_obj), False
+
+
+def _check_fingerprint(spec: SweepSpec, study) -> None:
+    fp = study.user_attrs.get("nanoact.fingerprint")
+    if fp is not None and fp != spec.fingerprint():
+        raise ConfigError(
+            f"study {spec.study_name!r} was created from a different config or grid; rerun with the same "
+            "sweep file and --set options, or start a new study with --study NAME"
+        )
+
+
+def _wait_for_parent(study, timeout: float) -> str | None:
+    """Another coordinator created the study and is creating the parent run: wait for its id, so that every
+    worker's runs hang under one parent (None after ``timeout``: that coordinator died; create one here)."""
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent is not None or time.monotonic() - t0 > timeout:
+            return parent
+        time.sleep(0.5)
 
 
 def prepare(spec: SweepSpec, *, storage: str | None = None, tracking_uri: str | None = None,
             retry_failed: bool = False, dry_run: bool = False, heartbeat_interval: int | None = None,
-            grace_period: int | None = None) -> tuple[SweepResult, SweepContext | None]:
+            grace_period: int | None = None, parent_timeout: float = 120.0) -> tuple[SweepResult, SweepContext | None]:
     """The coordinator step: create the MLflow experiment and parent run and the study, fail stale trials,
-    and enqueue every cell that still has to run. With ``dry_run`` nothing is created or changed."""
+    and enqueue every cell that still has to run. With ``dry_run`` nothing is created or changed.
+
+    Safe to run from every worker at once: one of them creates the study and the parent run, the others wait
+    for it; a cell enqueued by several is still trained once (``_taken_by_other``).
+    """
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_corpora(spec)
     uri = resolve_tracking_uri(tracking_uri)
-    journal_missing = (not storage or "://" not in storage) and not Path(
+    if not dry_run:
+        from nanoact.server import check_tracking_server
+
+        check_tracking_server(uri)
+    journal_missing = not is_rdb_url(storage) and not Path(
         (storage or str(default_storage_path())).removeprefix("journal:")).exists()
+    created = False
     if dry_run and journal_missing:
         study = None
     else:
-        storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-        study = _load_or_create_study(spec, storage_obj, create=not dry_run)
+        storage_obj = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                   tracking_uri=uri)
+        study, created = _load_or_create(spec, storage_obj, create=not dry_run)
     if study is not None:
-        fp = study.user_attrs.get("nanoact.fingerprint")
-        if fp is not None and fp != spec.fingerprint():
-            raise ConfigError(
-                f"study {spec.study_name!r} was created from a different config or grid; rerun with the same "
-                "sweep file and --set options, or start a new study with --study NAME"
-            )
+        _check_fingerprint(spec, study)
     if study is not None and not dry_run:
+        if not created and study.user_attrs.get("mlflow_parent_run_id") is None:
+            _wait_for_parent(study, parent_timeout)
+            _check_fingerprint(spec, study)
         _fail_stale_trials(study, uri)
         if heartbeat_interval:
-            optuna.storages.fail_stale_trials(study)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # stale cells are re-enqueued by _RetryStaleCell
             for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-                if t.user_attrs.get(A_RUN_ID) and not t.user_attrs.get(A_FINAL):
-                    mark_run_dead(uri, t.user_attrs.get(A_RUN_ID), "worker heartbeat went stale; cell retried")
+                if t.user_attrs.get(A_STALE) and t.user_attrs.get(A_RUN_ID):  # in case the callback could not
+                    mark_run_dead(uri, t.user_attrs.get(A_RUN_ID), t.user_attrs.get(A_ERROR) or "worker died")
 
     states = cell_states(spec, study)
     todo = [s for s in states if s.state in ("missing", "interrupted") or (retry_failed and s.state == "failed")]
@@ -491,9 +667,11 @@ def run_worker(ctx: SweepContext, progress: ProgressFn | None = None) -> tuple[i
     for mod in ctx.plugins:
         __import__(mod)
     storage_obj = open_storage(ctx.storage, heartbeat_interval=ctx.heartbeat_interval,
-                               grace_period=ctx.grace_period)
+                               grace_period=ctx.grace_period, tracking_uri=ctx.tracking_uri)
     study = optuna.load_study(study_name=ctx.spec.study_name, storage=storage_obj)
+    heartbeat = bool(ctx.heartbeat_interval) and is_rdb_url(ctx.storage)
     counts = {"trained": 0, "failed": 0}
+    lost: dict[str, int | None] = {"trial": None}  # a trial of ours that another worker declared stale
     data_cache: dict[tuple, Any] = {}
 
     def train_cell(trial: optuna.Trial, key: str):
@@ -532,12 +710,16 @@ def run_worker(ctx: SweepContext, progress: ProgressFn | None = None) -> tuple[i
         key = trial.user_attrs.get(A_GRID_KEY)
         if key is None:  # the queue is empty: ask() created a fresh trial
             trial.set_user_attr(A_SKIPPED, "queue empty")
+            if heartbeat and _wait_for_work(study, trial, ctx.heartbeat_interval or 1, lost):
+                raise optuna.TrialPruned("a cell was re-enqueued")  # the loop asks again and pops it
             study.stop()
             raise optuna.TrialPruned("no waiting cell")
         if _taken_by_other(study, trial, key):
             trial.set_user_attr(A_SKIPPED, "cell already taken by another trial")
             raise optuna.TrialPruned("duplicate cell")
         trial.set_user_attr(A_WORKER, _worker_id())
+        if heartbeat:
+            trial.set_user_attr(A_HEARTBEAT, ctx.heartbeat_interval)
         try:
             res = train_cell(trial, key)
         except KeyboardInterrupt:
@@ -545,12 +727,20 @@ def run_worker(ctx: SweepContext, progress: ProgressFn | None = None) -> tuple[i
             trial.set_user_attr(A_ERROR, "interrupted (Ctrl-C)")
             raise
         except Exception as e:
-            msg = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+            from nanoact.tracking_uri import redact
+
+            msg = redact(" ".join(f"{type(e).__name__}: {e}".split())[:500], ctx.storage, ctx.tracking_uri)
+            if heartbeat and _declared_stale(study, trial, None):
+                lost["trial"] = trial.number  # it failed, but its cell was already handed to another worker
+                raise
             trial.set_user_attr(A_ERROR, msg)
             counts["failed"] += 1
             if progress:
                 progress({"event": "cell_failed", "key": key, "error": msg, "worker": ctx.worker_name})
             raise
+        if heartbeat and _declared_stale(study, trial, ctx.tracking_uri):
+            lost["trial"] = trial.number
+            raise _LostTrial(f"trial {trial.number} was declared stale while it trained; its cell was retried")
         final = {k: float(v) for k, v in res.metrics.items()}
         trial.set_user_attr(A_FINAL, final)
         counts["trained"] += 1
@@ -559,8 +749,74 @@ def run_worker(ctx: SweepContext, progress: ProgressFn | None = None) -> tuple[i
         val = final["final/val_loss"]
         return val if math.isfinite(val) else float("inf")
 
-    study.optimize(objective, n_trials=None, catch=(Exception,), gc_after_trial=False)
+    while True:
+        try:
+            study.optimize(objective, n_trials=None, catch=(Exception,), gc_after_trial=False)
+            break
+        except ValueError:  # Optuna cannot tell() a trial another worker already failed as stale
+            if lost["trial"] is None:
+                raise
+            _logger.warning("trial %s was declared stale by another worker (no heartbeat for the grace period); "
+                            "its cell is retried there, this worker goes on", lost["trial"])
+            lost["trial"] = None
     return counts["trained"], counts["failed"]
+
+
+class _LostTrial(Exception):
+    """Our trial was failed as stale by another worker while we still ran it (e.g. the DB was unreachable)."""
+
+
+def _declared_stale(study, trial, tracking_uri: str | None) -> bool:
+    """After training: was our trial failed as stale meanwhile? Then its cell was retried elsewhere, and our
+    run, FINISHED by the trainer, must not count twice: it becomes KILLED with the reason."""
+    from optuna.trial import TrialState
+
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.RUNNING:
+        return False
+    run_id = frozen.user_attrs.get(A_RUN_ID)
+    if run_id and tracking_uri:
+        from mlflow import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri)
+            client.set_tag(run_id, "nanoact.error", "finished after its trial was declared stale (no heartbeat for "
+                           "the grace period); the cell was retried by another worker, whose run counts")
+            client.set_terminated(run_id, "KILLED")
+        except Exception as e:  # the tracking server is unreachable too: say so, go on
+            from nanoact.tracking_uri import redact
+
+            _logger.warning(redact(f"could not mark run {run_id} KILLED: {type(e).__name__}: {e}", tracking_uri))
+    return True
+
+
+def _wait_for_work(study, trial, interval: int, lost: dict) -> bool:
+    """Heartbeat storage, empty queue: wait while other workers' cells run, failing stale ones (which re-enqueues
+    them). True when a cell is waiting again; False when nothing runs any more (the grid is finished)."""
+    import time
+    import warnings
+
+    import optuna
+    from optuna.trial import TrialState
+
+    while True:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True
+        # only trials whose worker sends heartbeats can go stale; a worker started without --heartbeat that
+        # dies leaves its trial RUNNING for ever, and waiting for it would never end
+        if not any(t.number != trial.number and t.state == TrialState.RUNNING and t.user_attrs.get(A_HEARTBEAT)
+                   and not t.user_attrs.get(A_SKIPPED) for t in trials):
+            return False
+        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            lost["trial"] = trial.number  # our own placeholder was declared stale (we lost the database)
+            raise _LostTrial("placeholder trial declared stale")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        time.sleep(min(max(interval, 1), 5))
 
 
 def _taken_by_other(study, trial, key: str) -> bool:
@@ -627,8 +883,16 @@ def run(spec: SweepSpec | str, *, overrides: Iterable[str] | Mapping[str, Any] =
         spec.base = apply_overrides(spec.base, overrides)
     if workers < 1:
         raise ConfigError("--workers must be >= 1")
-    if devices and len(devices) != workers:
-        raise ConfigError(f"--devices lists {len(devices)} devices for {workers} workers; give one per worker")
+    if devices is not None:
+        devices = check_devices(devices, workers)
+    if heartbeat_interval and not is_rdb_url(storage):
+        raise ConfigError("--heartbeat needs an RDB storage (--storage postgresql+psycopg2://...); the journal "
+                          "file storage has no heartbeats")
+    if grace_period and not heartbeat_interval:
+        raise ConfigError("--grace-period needs --heartbeat")
+    if heartbeat_interval and grace_period and grace_period <= heartbeat_interval:
+        raise ConfigError(f"--grace-period ({grace_period} s) must be longer than --heartbeat "
+                          f"({heartbeat_interval} s); about 3x or more")
     result, ctx = prepare(spec, storage=storage, tracking_uri=tracking_uri, retry_failed=retry_failed,
                           dry_run=dry_run, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     if dry_run or ctx is None:
@@ -658,18 +922,38 @@ def run(spec: SweepSpec | str, *, overrides: Iterable[str] | Mapping[str, Any] =
     return result
 
 
-def _run_processes(ctx: SweepContext, workers: int, devices, cores: int, progress: ProgressFn | None):
+def check_devices(devices: list[str], workers: int) -> list[str]:
+    """One valid torch device string per worker (``cuda:0,cuda:1``, ``cpu``); checked without touching a GPU."""
+    import torch
+
+    devices = [d.strip() for d in devices]
+    if len(devices) != workers:
+        raise ConfigError(f"--devices lists {len(devices)} devices for {workers} workers; give one per worker")
+    for d in devices:
+        try:
+            torch.device(d)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"--devices: {d!r} is not a device; write e.g. cuda:0,cuda:1 or cpu") from None
+    return devices
+
+
+def worker_contexts(ctx: SweepContext, workers: int, devices: list[str] | None, cores: int) -> list[SweepContext]:
+    """What each local worker process gets: its name, its device (one per worker), its share of the cores."""
     import dataclasses
+
+    threads = max(1, cores // workers)
+    return [dataclasses.replace(ctx, worker_name=f"w{i}", threads=ctx.threads or threads,
+                                device=devices[i] if devices else None) for i in range(workers)]
+
+
+def _run_processes(ctx: SweepContext, workers: int, devices, cores: int, progress: ProgressFn | None):
     import multiprocessing as mp
 
     import optuna
 
     mpc = mp.get_context("spawn")
     procs = []
-    threads = max(1, cores // workers)
-    for i in range(workers):
-        wctx = dataclasses.replace(ctx, worker_name=f"w{i}", threads=ctx.threads or threads,
-                                   device=devices[i] if devices else None)
+    for i, wctx in enumerate(worker_contexts(ctx, workers, devices, cores)):
         p = mpc.Process(target=_worker_process, args=(wctx, False), name=f"nanoact-worker-{i}")
         p.start()
         procs.append(p)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import platform
 import shutil
 import subprocess
@@ -18,14 +17,9 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
-
-_logger = logging.getLogger(__name__)
 
 MAX_TAG_LEN = 5000
 MAX_PARAM_LEN = 6000

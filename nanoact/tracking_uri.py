@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_DIR = "mlruns"
 
@@ -39,5 +40,72 @@ def default_artifact_root(tracking_uri: str, cwd: str | Path | None = None) -> s
 
 
 def mask_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host/...`` URLs (never log credentials)."""
-    return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", url)
+    """Hide the password in ``scheme://user:password@host/...`` URLs in a text (never log credentials).
+
+    The password runs to the last ``@`` before the host, so a raw ``@`` in it is masked too.
+    """
+    return re.sub(r"(://[^/:@\s]+):[^/\s]*@", r"\1:***@", url)
+
+
+def url_passwords(url: str | None) -> set[str]:
+    """The password(s) in ``scheme://user:password@host/...``, as written and percent-decoded.
+
+    Two readings, both kept: the standard one (``urlsplit``) and one that allows a raw ``@`` or ``/`` in the
+    password (everything between the first ``:`` of the user info and the last ``@``).
+    """
+    if not url or "://" not in url:
+        return set()
+    out: set[str] = set()
+    try:
+        pw = urlsplit(url).password
+        if pw:
+            out.add(pw)
+    except ValueError:
+        pass
+    rest = url.split("://", 1)[1]
+    userinfo, at, _ = rest.rpartition("@")
+    user, colon, pw = userinfo.partition(":")
+    if at and colon and pw and "/" not in user:
+        out.add(pw)
+    return out | {unquote(p) for p in out}
+
+
+def redact(text: str, *urls: str | None) -> str:
+    """``text`` with the passwords of ``urls`` replaced by ``***`` and any other URL's credentials masked.
+
+    Drivers and servers may echo a URL (or just the password) in an error message; this is the last filter
+    before anything reaches a console, a tag or a report.
+    """
+    out = text
+    for url in urls:
+        for pw in sorted(url_passwords(url), key=len, reverse=True):
+            if len(pw) >= 3:  # shorter "passwords" would mangle every message; mask_url still hides them in URLs
+                out = out.replace(pw, "***")
+    return mask_url(out)
+
+
+def display_url(url: str) -> str:
+    """A URL safe to print: credentials masked, even when the password holds characters mask_url stops at."""
+    return redact(url, url)
+
+
+def move_credentials_to_env(tracking_uri: str, env: dict | None = None) -> str:
+    """``http://user:pw@host`` -> ``http://host``, with ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` set in ``env``
+    (default ``os.environ``; values already there win). MLflow prints its host URL in run links and error
+    messages, which end up on consoles and in ``nanoact.error`` tags: it must never see the password."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    parts = urlsplit(tracking_uri)
+    if parts.username is None and parts.password is None:
+        return tracking_uri
+    env = os.environ if env is None else env
+    if parts.username:
+        env.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    if parts.password:
+        env.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the MLflow tracking server

@@ -154,8 +154,8 @@ def _other_axes(rec: RunRecord) -> tuple[tuple[str, str], ...]:
     """Grid axes besides activation and seed (e.g. model.name in the zoo), from the grid key."""
     out = []
     for part in rec.grid_key.split("|"):
-        k, _, v = part.partition("=")
-        if k not in DESIGN_AXES:
+        k, eq, v = part.partition("=")
+        if eq and k not in DESIGN_AXES:  # keys of other tools without key=value parts carry no axes
             out.append((k, v))
     return tuple(sorted(out))
 

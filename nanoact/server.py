@@ -1,0 +1,361 @@
+"""Infrastructure for distributed sweeps: an MLflow tracking server, a throwaway PostgreSQL, and credential hygiene.
+
+- ``start_server`` runs ``mlflow server`` backed by PostgreSQL (or a local sqlite DB) with a served artifact store,
+  bound to 127.0.0.1 unless told otherwise. The backend URL goes to the child through its environment, never its
+  command line (``ps`` shows every user a command line), and every line the server prints is redacted.
+- ``check_tracking_server`` turns "the server is not there" into one clear line before a sweep starts.
+- ``LocalPostgres`` initialises and starts a PostgreSQL cluster on loopback in a folder (tests, trials). On Debian,
+  PostgreSQL refuses to run as root, so as root it runs ``initdb``/``pg_ctl`` as the ``postgres`` user.
+- ``redact`` removes the password of any given URL from a text (error messages from drivers and servers).
+
+Library code: nothing here prints; output goes to the callbacks the caller passes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import quote, urlsplit
+
+from nanoact.errors import NanoactError
+from nanoact.tracking_uri import display_url, redact, store_dir
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEALTH_TIMEOUT_S = 120.0
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for tests and throwaway servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerSpec:
+    """What ``mlflow server`` runs with. ``backend_store_uri`` stays out of the command line."""
+
+    backend_store_uri: str
+    artifacts_destination: str
+    host: str = "127.0.0.1"
+    port: int = 5000
+    allowed_hosts: str | None = None
+    workers: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--artifacts-destination", self.artifacts_destination,
+               "--serve-artifacts", "--host", self.host, "--port", str(self.port)]
+        if self.allowed_hosts:
+            cmd += ["--allowed-hosts", self.allowed_hosts]
+        if self.workers:
+            cmd += ["--workers", str(self.workers)]
+        return cmd
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri}
+
+
+def server_spec(backend_store_uri: str | None = None, artifacts_destination: str | None = None,
+                host: str = "127.0.0.1", port: int = 5000, allowed_hosts: str | None = None,
+                workers: int | None = None, cwd: str | Path | None = None) -> ServerSpec:
+    """Resolve defaults: sqlite ``mlruns/mlflow.db`` and artifacts under ``mlruns/artifacts`` of ``cwd``.
+
+    Args:
+        backend_store_uri: ``postgresql+psycopg2://user@host:port/db`` for several workers (the password is best
+            kept in ``~/.pgpass`` or ``$PGPASSFILE``), or ``sqlite:///abs/path.db``.
+        artifacts_destination: where the server stores artifacts (a folder, ``file://`` or ``s3://`` URI).
+        host: bind address; loopback unless the user asks for more.
+        port: TCP port.
+        allowed_hosts: MLflow's ``--allowed-hosts`` (Host headers accepted; guards against DNS rebinding).
+        workers: server worker processes (MLflow's default is 4; each holds its own DB connection pool).
+    """
+    if backend_store_uri and backend_store_uri.startswith("postgresql://"):
+        raise NanoactError("write the backend store URL as postgresql+psycopg2://... (a bare postgresql:// means "
+                           "the psycopg 3 driver with SQLAlchemy 2.1, which is not installed)")
+    if not 0 < port < 65536:
+        raise NanoactError(f"--port must be between 1 and 65535, not {port}")
+    root = store_dir(cwd)
+    if not backend_store_uri:
+        root.mkdir(parents=True, exist_ok=True)
+        backend_store_uri = f"sqlite:///{root / 'mlflow.db'}"
+    if not artifacts_destination:
+        artifacts_destination = str(root / "artifacts")
+    if "://" not in artifacts_destination:
+        Path(artifacts_destination).mkdir(parents=True, exist_ok=True)
+        artifacts_destination = str(Path(artifacts_destination).resolve())
+    return ServerSpec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, workers)
+
+
+def check_database(url: str, timeout: int = 10) -> None:
+    """Connect once to a PostgreSQL backend: a wrong password or an unreachable server is one clear line now,
+    not minutes of ``mlflow server`` retrying at start-up. Other URLs pass."""
+    if not url.startswith("postgresql"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": timeout},
+                                          poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise NanoactError(redact(f"cannot connect to the backend store {display_url(url)}: {type(e).__name__}: "
+                                  f"{first}", url)) from None
+
+
+def health(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+@dataclass
+class ServerProcess:
+    """A running ``mlflow server``; its output is redacted, kept (last 200 lines) and passed to ``on_line``."""
+
+    spec: ServerSpec
+    proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    _pump: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
+        """Block until ``/health`` answers (about 10 s after start); a clear error if the server died or hangs."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                if self._pump:
+                    self._pump.join(timeout=5)
+                tail = " | ".join(line.strip() for line in self.lines[-4:] if line.strip())
+                raise NanoactError(f"mlflow server exited with code {self.proc.returncode} before answering "
+                                   f"/health: {tail[-600:] or 'no output'}")
+            if health(self.url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise NanoactError(f"mlflow server at {self.url} did not answer /health within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the server's process group (its uvicorn workers too), SIGKILL after ``timeout``."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        if self._pump:
+            self._pump.join(timeout=5)
+        return self.proc.returncode
+
+
+def start_server(spec: ServerSpec, on_line: Callable[[str], None] | None = None) -> ServerProcess:
+    """Start ``mlflow server`` in its own process group; returns at once (then call ``wait_healthy``)."""
+    proc = subprocess.Popen(spec.command(), env=spec.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+    sp = ServerProcess(spec, proc)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = redact(raw.rstrip("\n"), spec.backend_store_uri, spec.artifacts_destination)
+            sp.lines.append(line)
+            del sp.lines[:-200]
+            if on_line:
+                on_line(line)
+
+    sp._pump = threading.Thread(target=pump, name="mlflow-server-output", daemon=True)
+    sp._pump.start()
+    return sp
+
+
+def serve(spec: ServerSpec, on_line: Callable[[str], None] | None = None,
+          on_ready: Callable[[str], None] | None = None) -> int | None:
+    """Run the server until Ctrl-C or SIGTERM (then stop it, group and all: ``kill`` must not orphan it).
+
+    Returns None after a requested stop, else the exit code of a server that stopped by itself.
+    """
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    sp = start_server(spec, on_line)
+    try:
+        sp.wait_healthy()
+        if on_ready:
+            on_ready(spec.url)
+        return sp.proc.wait()
+    except KeyboardInterrupt:
+        return None
+    finally:
+        sp.stop()
+        signal.signal(signal.SIGTERM, old)
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """For an ``http(s)://`` tracking URI: one clear line if nothing answers ``/health`` (instead of MLflow's
+    minutes of retries). Other URIs pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    bare = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    if not health(bare, timeout):
+        raise NanoactError(f"cannot reach the MLflow tracking server at {display_url(uri)} (no answer on /health "
+                           f"within {timeout:.0f} s); start it with `nanoact server` or check --tracking-uri")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a throwaway PostgreSQL cluster on loopback
+
+
+def find_pg_bin(name: str) -> str | None:
+    """``initdb``/``pg_ctl``/... on PATH, else in Debian's /usr/lib/postgresql/<version>/bin (newest first)."""
+    found = shutil.which(name)
+    if found:
+        return found
+
+    def version(path: str) -> float:
+        try:
+            return float(Path(path).parts[4])
+        except (IndexError, ValueError):
+            return 0.0
+
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=version)
+    return candidates[-1] if candidates else None
+
+
+class LocalPostgres:
+    """A PostgreSQL cluster in ``datadir``, listening on 127.0.0.1:``port`` only.
+
+    Local (socket) connections are trusted for set-up; TCP connections need a password (scram-sha-256), so the
+    URLs workers use carry real credentials. As root, the server runs as the ``postgres`` user.
+
+    Args:
+        datadir: a folder the cluster may own (created; chowned to ``postgres`` when running as root). It must not
+            sit under a folder the ``postgres`` user cannot enter (pytest's tmp dirs are 0700: use /tmp/...).
+        port: TCP port on 127.0.0.1 (0: a free one).
+        max_connections: PostgreSQL's ``max_connections``.
+    """
+
+    def __init__(self, datadir: str | Path, port: int = 0, max_connections: int = 100):
+        self.root = Path(datadir).resolve()
+        self.port = port or free_port()
+        self.max_connections = max_connections
+        self.data = self.root / "data"
+        self.sock = self.root / "sock"
+        self.log = self.root / "postgres.log"
+        initdb, pg_ctl = find_pg_bin("initdb"), find_pg_bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            raise NanoactError("PostgreSQL server binaries (initdb, pg_ctl) not found; install them with "
+                               "`apt-get install postgresql`")
+        self.initdb, self.pg_ctl = initdb, pg_ctl
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return cmd
+        runuser = shutil.which("runuser")
+        if not runuser:
+            raise NanoactError("running as root needs `runuser` to start PostgreSQL as the postgres user")
+        return [runuser, "-u", "postgres", "--", *cmd]
+
+    def _run(self, cmd: list[str], timeout: float = 120) -> None:
+        r = subprocess.run(self._as_owner(cmd), capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            msg = " ".join((r.stderr or r.stdout).split())[-600:]
+            raise NanoactError(f"{Path(cmd[0]).name} failed (exit {r.returncode}): {msg}")
+
+    def start(self) -> "LocalPostgres":
+        """initdb (first time) and start; returns self once the server accepts connections."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sock.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise NanoactError("running as root, but there is no `postgres` user to run PostgreSQL as "
+                                   "(install the Debian package `postgresql`)") from None
+            for p in (self.root, self.sock):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        if not (self.data / "PG_VERSION").exists():
+            self._run([self.initdb, "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--auth-local=trust",
+                       "--auth-host=scram-sha-256", "--no-instructions"])
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} "
+                f"-c max_connections={self.max_connections} -c fsync=off")
+        self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start"])
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"])
+
+    def _connect(self, dbname: str = "postgres"):
+        import psycopg2
+
+        conn = psycopg2.connect(host=str(self.sock), port=self.port, user="postgres", dbname=dbname)
+        conn.autocommit = True
+        return conn
+
+    def admin(self, statements: Iterable, dbname: str = "postgres") -> list[tuple]:
+        """Run statements as the superuser over the Unix socket (trusted); returns the last result's rows."""
+        rows: list[tuple] = []
+        conn = self._connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                for stmt in statements:
+                    cur.execute(stmt)
+                    rows = cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+        return rows
+
+    def create_user(self, user: str, password: str, databases: Iterable[str] = ()) -> None:
+        """A login role with a password (scram-sha-256 over TCP), owning ``databases``."""
+        from psycopg2 import sql
+
+        self.admin([sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password))])
+        self.create_databases(databases, owner=user)
+
+    def create_databases(self, databases: Iterable[str], owner: str) -> None:
+        from psycopg2 import sql
+
+        self.admin([sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner))
+                    for db in databases])
+
+    def url(self, user: str, password: str | None, dbname: str, driver: str = "postgresql+psycopg2") -> str:
+        """A SQLAlchemy URL for ``user`` on ``dbname`` over TCP (the password percent-encoded)."""
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        return f"{driver}://{auth}@127.0.0.1:{self.port}/{dbname}"
