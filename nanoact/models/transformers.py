@@ -61,15 +61,18 @@ class NanoTransformer(CharLM):
     Activation: the MLP of every block (``blocks[i].mlp.act``).
     """
 
+    block_cls: type[nn.Module] = Block
+    final_norm = True  # pre-LN blocks leave the residual stream unnormalised
+
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
         self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            Block(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in _layer_specs(cfg)
+            self.block_cls(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in _layer_specs(cfg)
         )
-        self.ln_f = LayerNorm(cfg.n_embd, cfg.bias)
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.bias) if self.final_norm else nn.Identity()
         self.head = nn.Linear(cfg.n_embd, vocab_size, bias=cfg.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -98,31 +101,16 @@ class PostLNBlock(nn.Module):
         return self.ln_2(x + self.mlp(x))
 
 
-class CharLMModel(CharLM):
+class CharLMModel(NanoTransformer):
     """CharLM of the original study: a small (2 layers there; ``model.n_layer`` here) post-LN transformer with
-    dropout, learned positions and an untied head.
+    dropout, learned positions and an untied head. Same embedding and head as ``nanotransformer``; the blocks
+    are post-LN, so no final norm.
 
     Activation: the MLP of every block (``blocks[i].mlp.act``).
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
-        super().__init__(cfg, vocab_size)
-        self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            PostLNBlock(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in _layer_specs(cfg)
-        )
-        self.head = nn.Linear(cfg.n_embd, vocab_size, bias=cfg.bias)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        t = idx.size(1)
-        assert t <= self.block_size, f"Cannot forward sequence of length {t}, block size is only {self.block_size}"
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device)))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head(x)
-        return logits, lm_loss(logits, targets)
+    block_cls = PostLNBlock
+    final_norm = False  # each post-LN block already ends in a LayerNorm
 
 
 MODELS = {"minigpt": MiniGPT, "nanotransformer": NanoTransformer, "charlm": CharLMModel}
