@@ -516,10 +516,6 @@ class SweepContext:
     train_log: str | None = None
 
 
-def _load_or_create_study(spec: SweepSpec, storage_obj, create: bool):
-    return _load_or_create(spec, storage_obj, create)[0]
-
-
 def _load_or_create(spec: SweepSpec, storage_obj, create: bool):
     """(study or None, created): ``created`` is True in exactly one of many coordinators starting at once (the
     storage's unique study name decides), and that one creates the MLflow parent run."""
@@ -1001,5 +997,5 @@ def status(spec: SweepSpec, *, storage: str | None = None) -> list[CellState]:
     if (not storage or "://" not in storage) and not Path(
             (storage or str(default_storage_path())).removeprefix("journal:")).exists():
         return cell_states(spec, None)
-    study = _load_or_create_study(spec, open_storage(storage), create=False)
+    study, _ = _load_or_create(spec, open_storage(storage), create=False)
     return cell_states(spec, study)

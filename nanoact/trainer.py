@@ -184,11 +184,11 @@ def _train(
         if not check.ok:
             raise wiring.WiringError(f"activation wiring check failed for {m.name}/{m.activation}: {check.reason}")
 
-        result = _loop(cfg, model, data, eval_set, device, tracker, progress)
-        result.metrics["time/wall_s"] = time.perf_counter() - t_start
-        tracker.log_metrics({"time/wall_s": result.metrics["time/wall_s"]}, step=t.max_iters)
-        result.n_params, result.eval_set_sha256, result.data_sha256 = n_params, eval_set.sha256, data.sha256
-        result.activation_modules, result.device, result.tags = check.found, str(device), run_tags
+        metrics, history = _loop(cfg, model, data, eval_set, device, tracker, progress)
+        metrics["time/wall_s"] = time.perf_counter() - t_start
+        tracker.log_metrics({"time/wall_s": metrics["time/wall_s"]}, step=t.max_iters)
+        result = TrainResult(metrics, history, n_params, eval_set.sha256, data.sha256, check.found, str(device),
+                             t.max_iters, run_tags)
         if t.checkpoint:
             tracker.log_checkpoint(
                 {
@@ -203,7 +203,9 @@ def _train(
         torch.use_deterministic_algorithms(det_before)
 
 
-def _loop(cfg, model, data, eval_set, device, tracker, progress) -> TrainResult:
+def _loop(cfg, model, data, eval_set, device, tracker, progress
+          ) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The optimisation loop with its evals; returns (final metrics, one row of metrics per eval step)."""
     m, t = cfg.model, cfg.train
     torch.manual_seed(t.seed)  # dropout draws from the global generator
     if device.type == "cuda":
@@ -300,4 +302,4 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress) -> TrainResult:
         "tokens_per_s_mean": tokens_per_iter * iters_timed / train_time if train_time > 0 else 0.0,
     }
     tracker.log_metrics(metrics, step=t.max_iters)
-    return TrainResult(metrics, history, 0, "", "", [], str(device), t.max_iters)
+    return metrics, history
