@@ -56,7 +56,7 @@ def main() -> None:
         grid={"model.activation": ["relu", "sqrelu"], "train.seed": [1, 2]},
         description="relu vs a user-registered squared ReLU",
     )
-    result = sweep.run(spec, workers=args.workers)
+    result = sweep.run(spec, sweep.SweepOptions(workers=args.workers))
     print(f"trained {result.trained} cell(s) in this invocation")
     for s in result.states:
         print(f"{s.cell.key}: {s.state}, final val loss {s.final_val_loss:.4f}, run {s.run_id}")

@@ -214,10 +214,7 @@ def _load_spec(experiment, sweep_file, overrides=(), study=None):
 
     if (experiment is None) == (sweep_file is None):
         raise click.UsageError("give exactly one of --experiment NAME or --file PATH")
-    spec = load_sweep(experiment, sweep_file, overrides)
-    if study:
-        spec.study = study
-    return spec
+    return load_sweep(experiment, sweep_file, overrides).with_study(study)
 
 
 class SweepProgress(Progress):
@@ -264,9 +261,14 @@ class SweepProgress(Progress):
         elif e == "cell_failed":
             self.finished_here += 1
             self.line(f"FAILED {ev['key']}: {ev['error']}")
-        elif e == "status":
-            self.status(f"{ev['done']}/{ev['total']} cells done, {ev['running']} running, "
-                        f"{ev['failed']} failed")
+        elif e in ("recovered", "waiting"):
+            self.line(ev["detail"])
+        elif e == "idle":
+            self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
+        elif e == "cell_lost":
+            self.line(f"{ev['key']}: its trial was settled as dead meanwhile; this run does not count")
+        elif e == "worker_died":
+            self.line(f"worker {ev['worker']} exited with code {ev['exitcode']}")
 
 
 @cli.command("sweep", short_help="Run or resume an experiment's grid.")
@@ -281,24 +283,22 @@ class SweepProgress(Progress):
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; change nothing.")
 @click.option("--init", "init_only", is_flag=True,
               help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
-@click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=None,
-              help="RDB storage: heartbeat interval in seconds (about 60), so a dead worker's cell is retried.")
-@click.option("--grace-period", type=click.IntRange(min=1), default=None,
-              help="RDB storage: seconds without heartbeat before a trial counts as dead (default 3x heartbeat, >= 180).")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="Import MODULE in every worker first (registers custom activations or models).")
 @click.option("--train-log", type=click.Path(dir_okay=False), default=None,
               help="Append one line per cell a worker starts training to this file (an audit of what ran).")
 def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, retry_failed,
-                  dry_run, init_only, heartbeat_interval, grace_period, plugins, train_log) -> None:
+                  dry_run, init_only, plugins, train_log) -> None:
     """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
 
-    Running the same command again trains only the missing cells (and cells a killed run left behind).
+    Running the same command again trains only the missing cells, and the cells of workers that died (a worker
+    that dies releases its cell's lease, so any later or concurrent sweep on the same storage takes the cell
+    over; a run that had already finished is adopted, not retrained).
     """
     import importlib
 
     from nanoact import sweep
-    from nanoact.tracking_uri import display_url as mask_url
+    from nanoact.tracking_uri import display_url
 
     for mod in plugins:
         try:
@@ -306,51 +306,55 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
     spec = _load_spec(experiment, sweep_file, overrides, study)
-    device_list = devices.split(",") if devices else None  # validated by sweep.run
     uri = _tracking_uri(tracking_uri)
+    opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
+                              dry_run=dry_run, init_only=init_only,
+                              devices=tuple(devices.split(",")) if devices else None, plugins=plugins,
+                              train_log=train_log)
+    where = (f"tracking {display_url(uri)}; storage "
+             f"{display_url(storage) if storage else sweep.default_storage_path()}")
     if dry_run:
-        res = sweep.run(spec, storage=storage, tracking_uri=uri, retry_failed=retry_failed, dry_run=True)
+        res = sweep.run(spec, opts)
         click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
                    + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
         for s in res.states:
-            action = "would run" if s.cell.key in res.planned else s.state
+            action = "would run" if s.cell.key in res.planned else str(s.state)
             click.echo(f"  {s.cell.key:60s} {action}")
-        click.echo(f"{len(res.planned)} cell(s) would run; tracking {mask_url(uri)}; storage "
-                   f"{mask_url(storage) if storage else sweep.default_storage_path()}")
+        click.echo(f"{len(res.planned)} cell(s) would run; {where}")
         return
-    click.echo(f"experiment {spec.name}: tracking {mask_url(uri)}; storage "
-               f"{mask_url(storage) if storage else sweep.default_storage_path()}")
+    click.echo(f"experiment {spec.name}: {where}")
     progress = SweepProgress()
-    try:
-        res = sweep.run(spec, storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
-                        devices=device_list, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                        plugins=plugins, progress=progress, init_only=init_only,
-                        train_log=train_log)
-    except KeyboardInterrupt:
+    res = sweep.run(spec, opts, progress)
+    if res.interrupted:
         progress.line("interrupted: the current cell is marked KILLED; run the same command to resume")
-        sys.exit(130)
+        sys.exit(res.exit_code)
     if init_only:
         click.echo(f"study {res.study} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
                    "command without --init")
         return
+    _print_outcome(res)
+    sys.exit(res.exit_code)
+
+
+def _print_outcome(res) -> None:
+    from nanoact.sweep import CellStatus
+
     counts: dict[str, int] = {}
     for s in res.states:
-        counts[s.state] = counts.get(s.state, 0) + 1
+        counts[str(s.state)] = counts.get(str(s.state), 0) + 1
     click.echo(f"sweep {res.study}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-               + f" of {len(res.states)} cells; parent run {res.parent_run_id}")
-    failed = [s for s in res.states if s.state == "failed"]
+               + f" of {len(res.states)} cells ({res.trained} trained by this call); parent run {res.parent_run_id}")
+    failed = [s for s in res.states if s.state == CellStatus.FAILED]
     for s in failed:
         click.echo(f"  failed {s.cell.key}: {s.error}")
     if failed:
         click.echo("rerun with --retry-failed to try the failed cells again")
-        sys.exit(1)
-    busy = sum(s.state in ("running", "waiting") for s in res.states)
-    if busy and all(s.state in ("done", "running", "waiting") for s in res.states):
+    elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING):
+        click.echo("some cells were interrupted; run the same command again to train them")
+    elif res.count(CellStatus.RUNNING, CellStatus.WAITING):
         # this worker found the queue empty; the rest is taken by other workers (a shared storage)
-        click.echo(f"{busy} cell(s) still running or queued in other workers; `nanoact status` shows progress")
-        return
-    if not res.complete:
-        sys.exit(1)
+        click.echo(f"{res.count(CellStatus.RUNNING, CellStatus.WAITING)} cell(s) still running or queued in "
+                   "other workers; `nanoact status` shows progress")
 
 
 @cli.command("status", short_help="Show the state of every cell of an experiment.")
@@ -369,8 +373,8 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
         vl = f"{s.final_val_loss:.4f}" if s.final_val_loss is not None else "-"
         wt = f"{s.wall_s:.1f}" if s.wall_s is not None else "-"
         tn = str(s.trial_number) if s.trial_number is not None else "-"
-        click.echo(f"{s.cell.key:52s} {s.state:11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
-    done = sum(s.state == "done" for s in states)
+        click.echo(f"{s.cell.key:52s} {str(s.state):11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
+    done = sum(s.state == sweep.CellStatus.DONE for s in states)
     click.echo(f"{done}/{len(states)} cells done")
 
 

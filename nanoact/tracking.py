@@ -267,3 +267,81 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
             raise
         return exp.experiment_id
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# runs the sweep engine creates, ends and looks up (every MLflow call of nanoact.sweep goes through here)
+
+
+def open_store(tracking_uri: str) -> None:
+    """Make sure the store exists and its schema is current, one process at a time.
+
+    MLflow creates (and migrates) a sqlite store's schema on the first client call; two processes doing that at
+    once on a fresh folder fail ("duplicate column name"). A lock file beside the database serialises the first
+    call. Other stores (servers) set themselves up.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+def create_parent_run(tracking_uri: str, experiment_id: str, run_name: str, tags: Mapping[str, str],
+                      params: Mapping[str, Any]) -> str:
+    """A sweep's parent run, with the base config as params (in batches of 100, MLflow's limit)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """A resumed sweep's parent run is RUNNING again while cells train."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
+
+
+def end_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None,
+            only_if_running: bool = False) -> None:
+    """End a run as FINISHED, FAILED or KILLED; ``reason`` goes to the ``nanoact.error`` tag."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    if reason:
+        client.set_tag(run_id, "nanoact.error", reason[:MAX_TAG_LEN])
+    client.set_terminated(run_id, status)
+
+
+def find_trial_run(tracking_uri: str, study: str, trial_number: int):
+    """The newest cell run of ``study`` made for Optuna trial ``trial_number`` (found by its tags), or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return None
+    runs = client.search_runs(exps, f"tags.`nanoact.study` = '{study}' and tags.`optuna.trial_number` = "
+                                    f"'{int(trial_number)}' and tags.`nanoact.role` = 'cell'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def final_metrics(run) -> dict[str, float]:
+    """The summary metrics of a finished cell run (``final/*``, ``best/*``, ``time/*``)."""
+    keep = ("final/", "best/", "time/", "tokens_per_s_mean")
+    return {k: float(v) for k, v in run.data.metrics.items() if k.startswith(keep)}

@@ -133,7 +133,7 @@ def test_diverging_cell_fails_others_finish_and_retry(tmp_path):
     # a plain rerun leaves the failed cell alone; --retry-failed tries it again in a new run
     assert sweep.run(sweep.load_sweep(path=p)).trained == 0
     assert len(child_runs(tmp_path)[1]) == 2
-    sweep.run(sweep.load_sweep(path=p), retry_failed=True)
+    sweep.run(sweep.load_sweep(path=p), sweep.SweepOptions(retry_failed=True))
     _, runs = child_runs(tmp_path)
     assert len(runs) == 3 and sum(r.info.status == "FINISHED" for r in runs) == 1
 
@@ -176,8 +176,7 @@ def test_changed_config_is_not_mixed_into_an_existing_study(tmp_path):
     with pytest.raises(ConfigError, match="different config"):
         sweep.run(sweep.load_sweep(path=p, overrides=["train.lr=1e-2"]))
     # a new study name is fine
-    spec = sweep.load_sweep(path=p, overrides=["train.lr=1e-2"])
-    spec.study = "tiny-lr"
+    spec = sweep.load_sweep(path=p, overrides=["train.lr=1e-2"]).with_study("tiny-lr")
     assert sweep.run(spec).trained == 1
 
 
@@ -252,7 +251,7 @@ def test_killed_sweep_resumes_without_losing_finished_cells(tmp_path, sig):
 def test_two_workers_run_every_cell_exactly_once(tmp_path):
     p = write_sweep(tmp_path, iters=40)
     log = tmp_path / "train.log"
-    res = sweep.run(sweep.load_sweep(path=p), workers=2, train_log=str(log))
+    res = sweep.run(sweep.load_sweep(path=p), sweep.SweepOptions(workers=2, train_log=str(log)))
     assert res.complete
     lines = [line.split("\t") for line in log.read_text().splitlines()]
     keys = [line[0] for line in lines]

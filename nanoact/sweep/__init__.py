@@ -1,0 +1,26 @@
+"""Sweeps: one Optuna study per experiment, one trial per grid cell, every cell trained exactly once.
+
+The modules, one job each:
+
+- ``spec``: experiment definitions (base config + grid), validated; no Optuna.
+- ``state``: cell states and the result of a call.
+- ``storage``: opening the Optuna storage; taking a trial off the queue.
+- ``recovery``: how a dead worker is noticed (a lease per cell) and what happens to its cell.
+- ``coordinator``: creating the study and parent run, enqueueing cells, ending the parent run.
+- ``worker``: the loop that pops and trains cells; ``pool``: several workers on this machine.
+- ``api``: ``run`` and ``status``.
+
+Tracking: one MLflow parent run per study, one child run per cell attempt (docs/TRACKING.md).
+"""
+
+from nanoact.sweep.api import run, status
+from nanoact.sweep.options import SweepOptions, WorkerContext, check_devices, worker_contexts
+from nanoact.sweep.spec import Cell, SweepSpec, experiment_names, grid_key, load_sweep, parse_sweep, sweeps_dir
+from nanoact.sweep.state import CellState, CellStatus, SweepResult, cell_states
+from nanoact.sweep.storage import default_storage_path, open_storage
+
+__all__ = [
+    "Cell", "CellState", "CellStatus", "SweepOptions", "SweepResult", "SweepSpec", "WorkerContext",
+    "cell_states", "check_devices", "default_storage_path", "experiment_names", "grid_key", "load_sweep",
+    "open_storage", "parse_sweep", "run", "status", "sweeps_dir", "worker_contexts",
+]

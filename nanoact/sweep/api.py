@@ -1,0 +1,47 @@
+"""The Python API behind ``nanoact sweep`` and ``nanoact status``."""
+
+from __future__ import annotations
+
+from nanoact.sweep import state as S
+from nanoact.sweep.coordinator import finish, load_study, prepare
+from nanoact.sweep.options import EventFn, SweepOptions, worker_contexts
+from nanoact.sweep.spec import SweepSpec, load_sweep
+
+
+def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: EventFn | None = None
+        ) -> S.SweepResult:
+    """Run (or resume) a sweep: every cell of ``spec``'s grid trained exactly once, each in its own MLflow run.
+
+    ``spec`` is a ``SweepSpec`` or a built-in experiment's name; neither it nor ``options`` is changed.
+    ``events`` receives progress as dicts (``plan``, ``cell_start``, ``iter``, ``eval``, ``cell_done``,
+    ``cell_failed``, ``recovered``, ``idle``, ...); nothing is printed. A Ctrl-C ends the call with
+    ``result.interrupted`` set (the cell that was training is marked interrupted and runs again next time).
+    """
+    if isinstance(spec, str):
+        spec = load_sweep(spec)
+    opts = options or SweepOptions()
+    emit = events or (lambda ev: None)
+    result, ctx = prepare(spec, opts, emit)
+    if ctx is None or opts.init_only:
+        return result
+    emit({"event": "plan", "total": len(result.states), "done": result.count(S.CellStatus.DONE),
+          "todo": len(result.planned), "recovered": result.recovered})
+    try:
+        if opts.workers == 1:
+            from nanoact.sweep.worker import Worker
+
+            (wctx,) = worker_contexts(ctx, 1, opts.devices, 0)
+            result.trained, result.failed = Worker(wctx, emit).run()
+        else:
+            from nanoact.sweep.pool import run_pool
+
+            result.trained, result.failed = run_pool(ctx, opts.workers, opts.devices, emit)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    return finish(spec, ctx, result)
+
+
+def status(spec: SweepSpec, storage: str | None = None) -> list[S.CellState]:
+    """Cell states without changing anything (no study or file is created)."""
+    study = load_study(spec, storage)
+    return S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)

@@ -1,0 +1,64 @@
+"""Several workers on this machine: spawned processes that send their events back to the caller's process."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+from typing import Any
+
+from nanoact.sweep.options import EventFn, WorkerContext, worker_contexts
+
+
+def run_pool(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None, events: EventFn) -> tuple[int, int]:
+    """Run ``workers`` worker processes to the end; returns (trained, failed) summed over them."""
+    import multiprocessing as mp
+
+    mpc = mp.get_context("spawn")
+    q = mpc.Queue()
+    procs = [mpc.Process(target=_worker_main, args=(wctx, q), name=f"nanoact-worker-{i}")
+             for i, wctx in enumerate(worker_contexts(ctx, workers, devices, os.cpu_count() or 1))]
+    for p in procs:
+        p.start()
+    totals = [0, 0]
+    try:
+        while any(p.is_alive() for p in procs) or not q.empty():
+            _relay(q, events, totals)
+    except KeyboardInterrupt:
+        for p in procs:  # they got the SIGINT too: each marks its cell interrupted and exits
+            p.join(timeout=30)
+        raise
+    for p in procs:
+        p.join()
+        if p.exitcode not in (0, None):
+            events({"event": "worker_died", "worker": p.name, "exitcode": p.exitcode})
+    return totals[0], totals[1]
+
+
+def _relay(q, events: EventFn, totals: list[int]) -> None:
+    try:
+        ev = q.get(timeout=0.5)
+    except queue.Empty:
+        return
+    if ev["event"] == "worker_end":
+        totals[0] += ev["trained"]
+        totals[1] += ev["failed"]
+    else:
+        events(ev)
+
+
+def _worker_main(ctx: WorkerContext, q: Any) -> None:  # pragma: no cover - runs in a child process
+    from nanoact.sweep.worker import Worker
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def send(ev: dict[str, Any]) -> None:
+        if ev["event"] != "iter":  # per-iteration events stay in the worker: the parent shows cells and evals
+            q.put(ev)
+
+    try:
+        trained, failed = Worker(ctx, send).run()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    q.put({"event": "worker_end", "worker": ctx.worker_name, "trained": trained, "failed": failed})

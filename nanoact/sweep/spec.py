@@ -1,0 +1,226 @@
+"""Experiment definitions: a base config plus grid axes, validated before anything runs. No Optuna here.
+
+A sweep file (``sweeps/<name>.toml``) holds ``name``, ``description``, ``study``, a ``[config]`` table (the base
+config) and a ``[grid]`` table whose keys are config keys and whose values are lists. Every cell of the grid is
+checked before the first one trains: names resolve through the registries, values convert to the key's type,
+and two values that mean the same thing after conversion (``42`` and ``"42 "``, ``"swish"`` and
+``"swish(beta=1.0)"``) are an error, not two trainings of one cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from nanoact.config import RunConfig, apply_overrides, from_dict, set_key, valid_keys
+from nanoact.errors import ConfigError, NanoactError
+
+GRID_VALUE_TYPES = (str, int, float, bool)
+SWEEP_KEYS = {"name", "description", "study", "config", "grid"}
+# where and how fast a cell runs, not what it computes: may change between resumed invocations
+NOT_FINGERPRINTED = {"train.threads", "train.device", "train.compile"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: its canonical key and the config values it sets."""
+
+    key: str
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """An experiment definition: a base config plus grid axes (any config keys). Never changed in place:
+    ``with_study`` and ``with_overrides`` return new specs."""
+
+    name: str
+    base: RunConfig
+    grid: dict[str, list[Any]]
+    description: str = ""
+    study: str = ""
+    source: str = ""
+    _cells: list[Cell] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.name
+
+    def cells(self) -> list[Cell]:
+        if not self._cells:
+            out: list[dict[str, Any]] = [{}]
+            for k in sorted(self.grid):
+                out = [{**c, k: v} for c in out for v in self.grid[k]]
+            self._cells.extend(Cell(grid_key(v), v) for v in out)
+        return list(self._cells)
+
+    def cell_config(self, cell: Cell) -> RunConfig:
+        return apply_overrides(self.base, cell.values)
+
+    def fingerprint(self) -> str:
+        """Identifies the base config and grid: a study must not silently mix two different experiments."""
+        base = {k: v for k, v in self.base.flat().items() if k not in NOT_FINGERPRINTED}
+        payload = json.dumps({"base": base, "grid": self.grid}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def with_study(self, study: str | None) -> SweepSpec:
+        if not study:
+            return self
+        check_name(study, "study")
+        return replace(self, study=study, _cells=[])
+
+    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> SweepSpec:
+        keys = overrides.keys() if isinstance(overrides, Mapping) else [o.partition("=")[0].strip() for o in overrides]
+        for axis in self.grid:
+            if axis in keys:
+                raise ConfigError(f"--set {axis}=... would be overwritten by the grid axis {axis!r}; change the "
+                                  "grid instead")
+        try:
+            base = apply_overrides(self.base, overrides)
+        except NanoactError as e:
+            raise ConfigError(f"{self.source or self.name}: {e}") from None
+        return replace(self, base=base, _cells=[])
+
+
+def grid_key(values: Mapping[str, Any]) -> str:
+    return "|".join(f"{k}={values[k]}" for k in sorted(values))
+
+
+def check_name(name: Any, what: str, where: str = "sweep") -> str:
+    """Experiment and study names become MLflow experiment names and folder names: keep them plain."""
+    if (not isinstance(name, str) or not name or name.strip(".") == "" or len(name) > 100
+            or not all(c.isalnum() or c in "-_." for c in name) or name.startswith(".")):
+        raise ConfigError(f"{where}: {what} {name!r} must be 1-100 letters, digits, '-', '_' or '.', not starting "
+                          "with '.'")
+    return name
+
+
+def sweeps_dir() -> Path:
+    return Path(str(resources.files("nanoact") / "sweeps"))
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in sweeps_dir().glob("*.toml"))
+
+
+def load_sweep(name: str | None = None, path: str | Path | None = None,
+               overrides: Iterable[str] | Mapping[str, Any] = ()) -> SweepSpec:
+    """Load ``sweeps/<name>.toml`` (or ``path``), validate it, and apply ``--set`` overrides to its base."""
+    if (name is None) == (path is None):
+        raise ConfigError("give exactly one of an experiment name or a sweep file")
+    if path is None:
+        p = sweeps_dir() / f"{name}.toml"
+        if not p.is_file():
+            raise ConfigError(f"unknown experiment {name!r}; valid experiments: {', '.join(experiment_names())}")
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"sweep file {str(p)!r} does not exist")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{p}: not valid TOML: nested too deeply or too large") from None
+    spec = parse_sweep(raw, where=str(p), default_name=p.stem)
+    return spec.with_overrides(overrides) if overrides else spec
+
+
+def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str = "") -> SweepSpec:
+    """Validate a parsed sweep table; every bad key or value is an error that names the file and the key."""
+    unknown = set(raw) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(sorted(SWEEP_KEYS))}")
+    name = check_name(raw.get("name", default_name), "'name'", where)
+    study = raw.get("study", "")
+    if study != "":
+        check_name(study, "'study'", where)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: 'description' must be a string")
+    config = raw.get("config", {})
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}: [config] must be a table")
+    try:
+        base = from_dict(config, where=where)
+    except NanoactError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    grid_raw = raw.get("grid", {})
+    if not isinstance(grid_raw, Mapping) or not grid_raw:
+        raise ConfigError(f"{where}: [grid] must be a table with at least one axis, e.g. \"model.activation\" = [...]")
+    grid = {key: _axis(base, key, values, where) for key, values in _flatten_grid(grid_raw).items()}
+    spec = SweepSpec(name=name, base=base, grid=grid, description=description, study=study, source=where)
+    _check_cells(spec, where)
+    return spec
+
+
+def _axis(base: RunConfig, key: str, values: Any, where: str) -> list[Any]:
+    """One grid axis: known key, non-empty list, every value converts, no two values the same after conversion."""
+    if key not in valid_keys():
+        raise ConfigError(f"{where}: unknown grid axis {key!r}; axes are config keys such as model.activation")
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list")
+    seen: dict[str, Any] = {}
+    for v in values:
+        if not isinstance(v, GRID_VALUE_TYPES):
+            raise ConfigError(f"{where}: grid axis {key!r}: value {v!r} must be a string, number or bool")
+        probe = base.copy()
+        try:
+            set_key(probe, key, v)
+        except NanoactError as e:
+            raise ConfigError(f"{where}: grid axis {key!r}: {e}") from None
+        ident = _identity(key, probe)
+        if ident in seen:
+            raise ConfigError(f"{where}: grid axis {key!r} has duplicate values {seen[ident]!r} and {v!r} (the "
+                              "same after conversion)")
+        seen[ident] = v
+    return list(values)
+
+
+def _identity(key: str, cfg: RunConfig) -> str:
+    """What a converted grid value means: its canonical spelling for activations, else its typed value."""
+    section, _, name = key.partition(".")
+    value = getattr(getattr(cfg, section), name)
+    if key == "model.activation":
+        from nanoact.activations import canonical, split_layer_spec
+
+        try:
+            return ",".join(canonical(s) for s in split_layer_spec(value))
+        except NanoactError:
+            return repr(value)  # reported as an unknown activation by _check_cells, with the cell's key
+    return repr(value)
+
+
+def _check_cells(spec: SweepSpec, where: str) -> None:
+    """Every cell must be a valid config, checked before anything runs (by registry lookup, no model built)."""
+    from nanoact.models import build_model
+
+    seen: set[tuple] = set()
+    for cell in spec.cells():
+        cfg = spec.cell_config(cell)
+        sig = tuple(sorted(cfg.model.__dict__.items()))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        try:
+            build_model(cfg.model, 8)
+        except NanoactError as e:
+            raise ConfigError(f"{where}: cell {cell.key}: {e}") from None
+
+
+def _flatten_grid(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    # accepts both "model.activation" = [...] and [grid.model] activation = [...]
+    out: dict[str, Any] = {}
+    for k, v in grid.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten_grid(v, key + "."))
+        else:
+            out[key] = v
+    return out

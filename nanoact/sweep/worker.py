@@ -1,0 +1,199 @@
+"""A sweep worker: pops cells off the study's queue and trains them, one at a time, until the grid is done.
+
+Each cell is trained under its lease (``nanoact.sweep.recovery``): taken before training, given back after the
+trial is COMPLETE or FAILED. When the queue is empty the worker does not stop while other workers still train:
+it settles the trials of workers that died and trains their cells again, and stops when nothing runs any more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from nanoact.sweep import state as S
+from nanoact.sweep.coordinator import requeue_lost
+from nanoact.sweep.options import EventFn, WorkerContext
+from nanoact.sweep.recovery import open_leases
+from nanoact.sweep.spec import Cell
+from nanoact.sweep.storage import get_trial, open_storage, pop_trial
+
+
+class Worker:
+    def __init__(self, ctx: WorkerContext, events: EventFn | None = None, poll_s: float = 1.0,
+                 lease_wait_s: float = 5.0):
+        self.ctx, self.poll_s, self.lease_wait_s = ctx, poll_s, lease_wait_s
+        self.events = events or (lambda ev: None)
+        self.trained = self.failed = 0
+        self._data: dict[tuple, Any] = {}
+
+    def run(self) -> tuple[int, int]:
+        """Train cells until none is waiting or running anywhere. Returns (trained, failed) by this worker."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        for mod in self.ctx.plugins:
+            __import__(mod)
+        self.storage = open_storage(self.ctx.storage)
+        self.study = optuna.load_study(study_name=self.ctx.spec.study_name, storage=self.storage)
+        self.leases = open_leases(self.ctx.storage, self.ctx.spec.study_name)
+        try:
+            while True:
+                trial = pop_trial(self.study, self.storage, self.ctx.spec.grid)
+                if trial is not None:
+                    self._attempt(trial)
+                elif not self._wait_for_work():
+                    return self.trained, self.failed
+        finally:
+            self.leases.close()
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        self.events({"event": event, "worker": self.ctx.worker_name, **fields})
+
+    def _wait_for_work(self) -> bool:
+        """The queue is empty: True once a cell waits again (a dead worker's, re-enqueued), False when nothing
+        runs any more."""
+        from optuna.trial import TrialState
+
+        told = False
+        while True:
+            requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri, self._relay)
+            busy = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+            if any(t.state == TrialState.WAITING for t in busy):
+                return True
+            if not busy:
+                return False
+            if not told:
+                self._emit("idle", running=len(busy))
+                told = True
+            time.sleep(self.poll_s)
+
+    def _relay(self, ev: dict[str, Any]) -> None:
+        self.events({**ev, "worker": self.ctx.worker_name})
+
+    def _attempt(self, trial) -> None:
+        key = trial.user_attrs[S.A_GRID_KEY]
+        lease = self._take(trial, key)
+        if lease is None:
+            return
+        try:
+            self._train(trial, key)
+        finally:
+            lease.release()
+
+    def _take(self, trial, key: str):
+        """The cell's lease, once our trial is still ours and the cell not done or taken; else None."""
+        from optuna.trial import TrialState
+
+        t0 = time.monotonic()
+        lease = self.leases.try_hold(key)
+        while lease is None and time.monotonic() - t0 < self.lease_wait_s:  # recovery may hold it for a moment
+            time.sleep(0.1)
+            lease = self.leases.try_hold(key)
+        if lease is not None and get_trial(self.storage, self.study, trial.number).state != TrialState.RUNNING:
+            lease.release()  # recovery settled our trial between the pop and the lease: it is not ours any more
+            return None
+        done = any(t.state == TrialState.COMPLETE and t.user_attrs.get(S.A_GRID_KEY) == key
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if lease is None or done:
+            if lease is not None:
+                lease.release()
+            trial.set_user_attr(S.A_DUPLICATE, "the cell was already done or taken by another trial")
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return None
+        return lease
+
+    def _config(self, trial, key: str):
+        cfg = self.ctx.spec.cell_config(Cell(key, json.loads(trial.user_attrs[S.A_CELL])))
+        if self.ctx.threads:
+            cfg.train.threads = self.ctx.threads
+        if self.ctx.device:
+            cfg.train.device = self.ctx.device
+        return cfg
+
+    def _dataset(self, cfg):
+        dkey = (cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
+        if dkey not in self._data:
+            from nanoact.data import CharDataset
+
+            self._data[dkey] = CharDataset.from_config(*dkey)
+        return self._data[dkey]
+
+    def _train(self, trial, key: str) -> None:
+        from nanoact.trainer import train
+
+        cfg = self._config(trial, key)
+        trial.set_user_attr(S.A_WORKER, self.ctx.worker_name)
+        tracker = self._tracker(trial, key)
+        if self.ctx.train_log:
+            import os
+
+            with open(self.ctx.train_log, "a") as f:  # the trainer's own count, independent of MLflow and Optuna
+                f.write(f"{key}\t{trial.number}\t{self.ctx.worker_name}:{os.getpid()}\n")
+        self._emit("cell_start", key=key, trial=trial.number)
+
+        def on_train(ev: dict[str, Any]) -> None:
+            if ev["event"] == "eval":
+                trial.report(ev["val/loss"], step=ev["iter"])  # optuna-dashboard's learning curves
+            self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
+
+        try:
+            res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train,
+                        run_name=f"{cfg.model.name}-{cfg.model.activation}-s{cfg.train.seed}")
+        except KeyboardInterrupt:
+            self._end(trial, key, error="interrupted (Ctrl-C)", interrupted=True)
+            raise
+        except Exception as e:
+            self._end(trial, key, error=_one_line(e, self.ctx))
+            return
+        self._end(trial, key, final={k: float(v) for k, v in res.metrics.items()}, run_id=tracker.run_id)
+
+    def _tracker(self, trial, key: str):
+        from nanoact.tracking import MlflowTracker
+
+        return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={
+            "mlflow.parentRunId": self.ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
+            "nanoact.study": self.ctx.spec.study_name, "optuna.trial_number": str(trial.number),
+        }, on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id))
+
+    def _end(self, trial, key: str, *, final: dict[str, float] | None = None, error: str | None = None,
+             interrupted: bool = False, run_id: str | None = None) -> None:
+        """Tell the trial's outcome. If recovery settled it meanwhile (our lease was lost, e.g. the database
+        dropped our connection), the cell was handed on: our run must not count twice, so it becomes KILLED."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        try:
+            if final is not None:
+                trial.set_user_attr(S.A_FINAL, final)
+                value = final["final/val_loss"]
+                self.study.tell(trial, value if math.isfinite(value) else float("inf"))
+            else:
+                trial.set_user_attr(S.A_ERROR, error)
+                if interrupted:
+                    trial.set_user_attr(S.A_INTERRUPTED, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError, RuntimeError):
+            self._lost(trial, key, run_id)
+            return
+        if final is not None:
+            self.trained += 1
+            self._emit("cell_done", key=key, metrics=final)
+        elif not interrupted:
+            self.failed += 1
+            self._emit("cell_failed", key=key, error=error)
+
+    def _lost(self, trial, key: str, run_id: str | None) -> None:
+        from nanoact import tracking
+
+        if run_id:
+            tracking.end_run(self.ctx.tracking_uri, run_id, "KILLED", "finished after its trial was settled as "
+                             "dead (the worker lost its lease); the cell was handed on, whose run counts")
+        self._emit("cell_lost", key=key, trial=trial.number)
+
+
+def _one_line(e: BaseException, ctx: WorkerContext) -> str:
+    from nanoact.tracking_uri import redact
+
+    return redact(" ".join(f"{type(e).__name__}: {e}".split())[:500], ctx.storage, ctx.tracking_uri)
