@@ -401,7 +401,10 @@ def ui_command(tracking_uri, host, port) -> None:
     from nanoact.tracking_uri import display_url as mask_url
     from nanoact.tracking_uri import default_artifact_root, resolve_tracking_uri
 
+    from nanoact.tracking import open_store
+
     uri = resolve_tracking_uri(tracking_uri)
+    open_store(uri)  # a fresh sqlite store's schema, made once even when a sweep starts at the same time
     # the store URI (maybe with a password) goes through the environment, not a command line `ps` shows
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     root = default_artifact_root(uri)

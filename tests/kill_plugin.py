@@ -1,7 +1,7 @@
 """Fault injection for the kill-stage tests, loaded into a sweep with ``--plugin kill_plugin``.
 
 ``NANOACT_KILL_AT`` says where the worker SIGKILLs itself, the first time it gets there:
-- ``popped``: right after a trial is taken off the queue, before the cell's lease is taken;
+- ``popped``: right after a trial is taken off the queue (and its cell's lease with it), before anything else;
 - ``finished``: after the cell's MLflow run is FINISHED, before its trial is COMPLETE.
 ``NANOACT_KILL_AFTER`` (default 0) lets that many cells pass first.
 """
@@ -28,11 +28,11 @@ _pop = worker.pop_trial
 _end = worker.Worker._end
 
 
-def pop_then_die(study, storage, axes):
-    trial = _pop(study, storage, axes)
-    if trial is not None and _due():
+def pop_then_die(study, storage, axes, leases):
+    popped = _pop(study, storage, axes, leases)
+    if popped is not None and _due():
         _die()
-    return trial
+    return popped
 
 
 def end_but_die_first(self, trial, key, **kw):

@@ -1,8 +1,9 @@
-"""Distributed sweeps: workers sharing a study on PostgreSQL and an MLflow tracking server; heartbeats; secrets.
+"""Distributed sweeps: workers sharing a study on PostgreSQL and an MLflow tracking server; leases; secrets.
 
 Run: ``python -m pytest tests/test_distributed.py -q``. The slow tests start a real PostgreSQL on 127.0.0.1 (as
 the ``postgres`` user when run as root) and a real ``nanoact server`` once per session; they skip when the
-PostgreSQL server binaries are missing, except under ``CI=true``, where that is a failure.
+PostgreSQL server binaries are missing, except under ``CI=true``, where that is a failure. On PostgreSQL a
+cell's lease is an advisory lock (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from mlflow import MlflowClient
 from nanoact import server, sweep
 from nanoact.cli import cli
 from nanoact.errors import ConfigError, NanoactError
+from nanoact.sweep import state as S
+from nanoact.sweep.coordinator import prepare, requeue_lost
+from nanoact.sweep.recovery import open_leases
+from nanoact.sweep.storage import pop_trial
+from nanoact.sweep.worker import Worker
 
+from pg_cluster import LocalPostgres, find_pg_bin
 from test_sweep import write_sweep
-
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),  # heartbeats, fail_stale_trials
-    pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
-]
 
 PW = "Pg-s3cr3t-7Qx"  # the storage password; must never show up anywhere
 TPW = "Tr-s3cr3t-9Kz"  # a password in the tracking URL (basic auth, ignored by the server)
@@ -84,8 +86,8 @@ def test_devices_are_validated_and_one_goes_to_each_worker(tmp_path, monkeypatch
     p = write_sweep(tmp_path, grid='"train.seed" = [1, 2]')
     spec = sweep.load_sweep(path=p)
     with pytest.raises(ConfigError, match="one per worker"):
-        sweep.run(spec, workers=2, devices=["cuda:0"])
-    ctx = sweep.SweepContext(spec, None, "sqlite:///x.db", "1", "p")
+        sweep.SweepOptions(workers=2, devices=("cuda:0",))
+    ctx = sweep.WorkerContext(spec, None, "sqlite:///x.db", "1", "p")
     ctxs = sweep.worker_contexts(ctx, 2, ["cuda:0", "cuda:1"], cores=16)
     assert [(c.worker_name, c.device, c.threads) for c in ctxs] == [("w0", "cuda:0", 8), ("w1", "cuda:1", 8)]
     assert [c.threads for c in sweep.worker_contexts(ctx, 3, None, cores=2)] == [1, 1, 1]
@@ -97,23 +99,17 @@ def test_devices_are_validated_and_one_goes_to_each_worker(tmp_path, monkeypatch
         return type("R", (), {"metrics": {"final/val_loss": 1.0, "time/wall_s": 0.0}})()
 
     monkeypatch.setattr("nanoact.trainer.train", fake_train)
-    res, wctx = sweep.prepare(spec, tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    wctx = sweep.worker_contexts(wctx, 2, ["cuda:1", "cuda:0"], cores=4)[0]
-    assert sweep.run_worker(wctx) == (2, 0)
+    res, wctx = prepare(spec, sweep.SweepOptions(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db"), print)
+    wctx = sweep.worker_contexts(wctx, 2, ("cuda:1", "cuda:0"), cores=4)[0]
+    assert Worker(wctx).run() == (2, 0)
     assert seen == [("cuda:1", 2), ("cuda:1", 2)]
 
 
-def test_heartbeat_options_are_checked(tmp_path):
-    p = write_sweep(tmp_path, grid='"train.seed" = [1]')
-    spec = sweep.load_sweep(path=p)
-    with pytest.raises(ConfigError, match="needs an RDB storage"):
-        sweep.run(spec, heartbeat_interval=1)
-    with pytest.raises(ConfigError, match="must be longer than --heartbeat"):
-        sweep.run(spec, storage=f"sqlite:///{tmp_path}/o.db", heartbeat_interval=5, grace_period=5)
-    with pytest.raises(ConfigError, match="needs --heartbeat"):
-        sweep.run(spec, storage=f"sqlite:///{tmp_path}/o.db", grace_period=5)
+def test_storage_urls_are_checked():
     with pytest.raises(ConfigError, match=r"postgresql\+psycopg2"):
         sweep.open_storage("postgresql://u@127.0.0.1/db")
+    with pytest.raises(ConfigError, match="postgresql\\+psycopg2://... or sqlite:///"):
+        sweep.open_storage("mysql://u@127.0.0.1/db")
 
 
 def test_unreachable_services_are_one_line_errors_without_the_password(tmp_path, monkeypatch):
@@ -143,75 +139,6 @@ def test_unreachable_services_are_one_line_errors_without_the_password(tmp_path,
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == TPW and os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
 
 
-def _stale_study(tmp_path, name="hb"):
-    """A study on sqlite RDB storage with 1 s heartbeats, one cell popped by a worker that then 'died'."""
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    (tmp_path / "mlruns").mkdir(exist_ok=True)
-    storage = sweep.open_storage(f"sqlite:///{tmp_path}/{name}.db", heartbeat_interval=1, grace_period=1,
-                                 tracking_uri=uri)
-    study = optuna.create_study(study_name=name, storage=storage)
-    cell = json.dumps({"train.seed": 1})
-    study.enqueue_trial({}, user_attrs={sweep.A_GRID_KEY: "train.seed=1", sweep.A_CELL: cell})
-    trial = study.ask()  # pops the WAITING trial
-    storage.record_heartbeat(trial._trial_id)
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("hb"))
-    trial.set_user_attr(sweep.A_RUN_ID, run.info.run_id)
-    trial.set_user_attr(sweep.A_WORKER, "elsewhere:4242")
-    trial.set_user_attr(sweep.A_HEARTBEAT, 1)
-    return study, trial, client, run.info.run_id
-
-
-@pytest.mark.slow
-def test_stale_trial_is_labelled_killed_and_its_cell_enqueued_once(tmp_path):
-    study, trial, client, run_id = _stale_study(tmp_path)
-    time.sleep(2.5)  # sqlite's now() has 1 s resolution: wait past the 1 s grace period for sure
-    optuna.storages.fail_stale_trials(study)
-    optuna.storages.fail_stale_trials(study)  # a second live worker finds nothing left to do
-    trials = study.get_trials()
-    dead = trials[trial.number]
-    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs[sweep.A_STALE] is True
-    assert "heartbeat" in dead.user_attrs[sweep.A_ERROR]
-    retries = [t for t in trials if t.user_attrs.get(sweep.A_RETRY_OF) == trial.number]
-    assert len(retries) == 1 and len(trials) == 2
-    (retry,) = retries
-    assert retry.state == optuna.trial.TrialState.WAITING
-    assert retry.user_attrs[sweep.A_GRID_KEY] == "train.seed=1" and sweep.A_RUN_ID not in retry.user_attrs
-    assert sweep.A_WORKER not in retry.user_attrs and sweep.A_STALE not in retry.user_attrs
-    run = client.get_run(run_id)
-    assert run.info.status == "KILLED" and "heartbeats" in run.data.tags["nanoact.error"]
-    spec = sweep.SweepSpec("hb", sweep.RunConfig(), {"train.seed": [1]})
-    (state,) = sweep.cell_states(spec, study)
-    assert state.state == "waiting" and state.attempts == 1
-
-
-def test_retry_callback_stops_after_max_deaths_and_skips_done_cells():
-    cb = sweep._RetryStaleCell(None, max_retries=2)
-    attrs = {sweep.A_GRID_KEY: "train.seed=1", sweep.A_CELL: json.dumps({"train.seed": 1}), sweep.A_STALE: True}
-    waiting = optuna.trial.TrialState.WAITING
-    study = optuna.create_study()
-
-    def die() -> list:  # a worker dies on the cell; the callback runs in the live worker that noticed
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
-        cb(study, study.trials[-1])
-        queued = [t for t in study.trials if t.state == waiting]
-        if queued:  # the retry is popped by a worker (which then dies in the next round)
-            study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
-        return queued
-
-    assert [t.user_attrs[sweep.A_RETRY_OF] for t in die()] == [0]
-    assert len(die()) == 1
-    assert die() == []  # third death on the same cell, max_retries=2: left for the next `nanoact sweep`
-    # a cell that completed meanwhile is not retried; an idle worker's placeholder never is
-    s2 = optuna.create_study()
-    s2.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=1.0, user_attrs=attrs))
-    s2.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
-    cb(s2, s2.trials[-1])
-    s2.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={sweep.A_SKIPPED: "x"}))
-    cb(s2, s2.trials[-1])
-    assert len(s2.trials) == 3
-
-
 def _fake_trainer(monkeypatch, during=None):
     """Replace the trainer: start and finish a real MLflow run (as the trainer does), call ``during()``."""
     trained = []
@@ -228,62 +155,111 @@ def _fake_trainer(monkeypatch, during=None):
     return trained
 
 
-@pytest.mark.slow
-def test_idle_worker_waits_and_retries_a_cell_whose_worker_died(tmp_path, monkeypatch):
-    """The queue is empty, one cell is RUNNING on a dead worker: a live worker does not stop, it waits out the
-    grace period, fails the stale trial, and trains the re-enqueued cell."""
+def _race_to_recover(storage_url: str, tmp_path: Path, n: int = 6) -> None:
+    """A worker popped the only cell and died before taking its lease; ``n`` live workers, each with its own
+    storage connection and leases (as on other machines), notice at once: one retry, not ``n``."""
+    spec = sweep.SweepSpec("race", sweep.load_sweep(path=write_sweep(tmp_path, grid='"train.seed" = [1]')).base,
+                           {"train.seed": [1]})
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    (tmp_path / "mlruns").mkdir(exist_ok=True)
+    storage = sweep.open_storage(storage_url)
+    study = optuna.create_study(study_name="race", storage=storage)
+    study.enqueue_trial({"train.seed": 1}, user_attrs={S.A_GRID_KEY: "train.seed=1", S.A_CELL: '{"train.seed": 1}'})
+    trial, lease = pop_trial(study, storage, spec.grid, open_leases(storage_url, "race"))
+    lease.release()  # ...and its worker died
+    barrier, errors, events = threading.Barrier(n), [], []
+
+    def live_worker():
+        try:
+            leases = open_leases(storage_url, "race")
+            barrier.wait()
+            requeue_lost(spec, study, storage, leases, uri, events.append)
+            leases.close()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=live_worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    trials = study.get_trials()
+    assert trials[trial.number].state == optuna.trial.TrialState.FAIL
+    assert trials[trial.number].user_attrs[S.A_INTERRUPTED] is True
+    retries = [t for t in trials if t.user_attrs.get(S.A_RETRY_OF) == trial.number]
+    assert [t.state for t in retries] == [optuna.trial.TrialState.WAITING] and len(trials) == 2
+    assert [e["event"] for e in events] == ["recovered"]
+    assert retries[0].system_attrs["fixed_params"] == {"train.seed": 1}  # the cell, as params once popped
+
+
+def test_concurrent_live_workers_retry_a_dead_cell_exactly_once(tmp_path):
+    _race_to_recover(str(tmp_path / "journal.log"), tmp_path)
+
+
+def test_idle_worker_takes_over_the_cell_of_a_worker_that_dies(tmp_path, monkeypatch):
+    """The queue is empty and the only cell is RUNNING in another process, which holds its lease: a live worker
+    waits for it instead of stopping, and when that process is killed, takes the cell over and trains it."""
     p = write_sweep(tmp_path, grid='"train.seed" = [1]')
     spec = sweep.load_sweep(path=p)
-    db, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    _, ctx = sweep.prepare(spec, storage=db, tracking_uri=uri, heartbeat_interval=1, grace_period=2)
-    study = optuna.load_study(study_name="tiny", storage=sweep.open_storage(db))
-    dead = study.ask()  # a worker popped the only cell and died after its first heartbeat
-    study._storage.record_heartbeat(dead._trial_id)
-    dead.set_user_attr(sweep.A_HEARTBEAT, 1)
-    trained = _fake_trainer(monkeypatch)
-    t0 = time.monotonic()
-    assert sweep.run_worker(ctx) == (1, 0)
-    assert trained == [1] and time.monotonic() - t0 >= 2
-    study = optuna.load_study(study_name="tiny", storage=sweep.open_storage(db))
-    assert study.trials[dead.number].user_attrs[sweep.A_STALE] is True
-    (state,) = sweep.cell_states(spec, study)
-    assert state.state == "done" and state.attempts == 2
+    journal = str(tmp_path / "mlruns" / "optuna-journal.log")
+    _, ctx = prepare(spec, sweep.SweepOptions(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db"), print)
+    code = ("import optuna, sys, time; from nanoact import sweep; from nanoact.sweep.storage import pop_trial; "
+            "from nanoact.sweep.recovery import open_leases; "
+            f"st = sweep.open_storage({journal!r}); s = optuna.load_study(study_name='tiny', storage=st); "
+            "t, l = pop_trial(s, st, {'train.seed': [1]}, open_leases(" + repr(journal) + ", 'tiny')); "
+            "print(t.number, l is not None, flush=True); time.sleep(120)")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().split() == ["0", "True"]
+        threading.Timer(2.0, other.kill).start()
+        trained = _fake_trainer(monkeypatch)
+        events = []
+        t0 = time.monotonic()
+        assert Worker(ctx, events.append, poll_s=0.2).run() == (1, 0)
+    finally:
+        other.kill()
+    assert trained == [1] and time.monotonic() - t0 >= 2.0  # it waited for the live one, then took over
+    assert [e["event"] for e in events if e["event"] in ("idle", "recovered", "cell_done")] == [
+        "idle", "recovered", "cell_done"]
+    study = optuna.load_study(study_name="tiny", storage=sweep.open_storage(journal))
+    assert study.trials[0].user_attrs[S.A_INTERRUPTED] is True and study.trials[1].user_attrs[S.A_RETRY_OF] == 0
+    (state,) = sweep.cell_states(spec, study.trials)
+    assert state.state == sweep.CellStatus.DONE and state.attempts == 2
 
 
-@pytest.mark.slow
-def test_worker_whose_trial_was_declared_stale_discards_its_result_and_goes_on(tmp_path, monkeypatch):
-    """A worker that lost the database long enough to be declared dead finishes its cell anyway: its run must
-    not count (the retry's does), and the worker must go on instead of crashing in Optuna's tell()."""
+def test_worker_whose_trial_was_settled_meanwhile_discards_its_run_and_goes_on(tmp_path, monkeypatch):
+    """A worker whose trial was settled as dead while it trained (on PostgreSQL: its connection, and so its
+    lease, was lost) finishes the cell anyway: its run must not count (the retry's does), and it goes on."""
     p = write_sweep(tmp_path, grid='"train.seed" = [1, 2]')
     spec = sweep.load_sweep(path=p)
-    db, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    _, ctx = sweep.prepare(spec, storage=db, tracking_uri=uri, heartbeat_interval=1, grace_period=2)
-    storage = sweep.open_storage(db)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    _, ctx = prepare(spec, sweep.SweepOptions(tracking_uri=uri), print)
+    storage = sweep.open_storage(str(tmp_path / "mlruns" / "optuna-journal.log"))
     study = optuna.load_study(study_name="tiny", storage=storage)
 
-    def declared_dead(cfg):  # meanwhile another worker failed our trial as stale
+    def settled_elsewhere(cfg):
         if cfg.train.seed == 1:
-            (t,) = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                    if t.user_attrs.get(sweep.A_GRID_KEY) == "train.seed=1"]
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            (t,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
-    trained = _fake_trainer(monkeypatch, declared_dead)
-    assert sweep.run_worker(ctx) == (1, 0)  # seed 2 trained and counted; seed 1's result discarded
-    assert sorted(trained) == [1, 2]
+    trained = _fake_trainer(monkeypatch, settled_elsewhere)
+    events = []
+    assert Worker(ctx, events.append).run() == (1, 0)  # seed 2 trained and counted; seed 1's result discarded
+    assert sorted(trained) == [1, 2] and "cell_lost" in [e["event"] for e in events]
     client = MlflowClient(uri)
     runs = {r.data.tags["nanoact.grid_key"]: r for r in client.search_runs(
         [client.get_experiment_by_name("tiny").experiment_id], "tags.nanoact.role = 'cell'")}
-    assert runs["train.seed=1"].info.status == "KILLED" and "declared stale" in runs["train.seed=1"].data.tags[
+    assert runs["train.seed=1"].info.status == "KILLED" and "settled as dead" in runs["train.seed=1"].data.tags[
         "nanoact.error"]
     assert runs["train.seed=2"].info.status == "FINISHED"
-
 
 # ----------------------------------------------------------------------------------------------------------
 # a real PostgreSQL and a real MLflow server (session-scoped; slow tests)
 
 
 def _require_postgres() -> None:
-    if server.find_pg_bin("initdb") and server.find_pg_bin("pg_ctl"):
+    if find_pg_bin("initdb") and find_pg_bin("pg_ctl"):
         return
     msg = ("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin; "
            "install them with `apt-get install postgresql`")
@@ -298,7 +274,7 @@ def pg():
     (password PW, scram-sha-256 over TCP) owns the databases. Stopped and deleted at the end."""
     _require_postgres()
     root = tempfile.mkdtemp(prefix="nanoact-pg-")  # not under pytest's 0700 tmp: postgres must enter it
-    cluster = server.LocalPostgres(root)
+    cluster = LocalPostgres(root)
     try:
         cluster.start()
         cluster.create_user("nanoact", PW, ["mlflow"])
@@ -463,8 +439,9 @@ def test_three_workers_share_the_grid_every_cell_exactly_once(pg, mlflow_server,
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # three coordinators, one parent
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
     study = optuna.load_study(study_name="dist-a", storage=sweep.open_storage(storage))
-    assert {s.state for s in sweep.cell_states(spec, study)} == {"done"}
-    dup = sum(t.user_attrs.get(sweep.A_SKIPPED) == "cell already taken by another trial" for t in study.trials)
+    assert {s.state for s in sweep.cell_states(spec, study.trials)} == {"done"}
+    dup = sum(bool(t.user_attrs.get(S.A_DUPLICATE)) for t in study.trials)
+    assert dup == 0 and len(study.trials) == len(cells)  # three coordinators, each cell enqueued once
     _report("three_workers", wall_s=round(wall, 1), cells=len(cells), per_worker=sorted(per_worker.values()),
             duplicate_enqueues_skipped=dup, trials=len(study.trials), peak_db_connections=conns.peak)
 
@@ -479,7 +456,7 @@ def test_sigkilled_worker_cell_is_retried_exactly_once(pg, mlflow_server, tmp_pa
     log = tmp_path / "train.log"
     client = MlflowClient(mlflow_server.url)
     t0 = time.monotonic()
-    procs = _launch(3, p, storage, mlflow_server.url, log, tmp_path, ["--heartbeat", "1", "--grace-period", "3"])
+    procs = _launch(3, p, storage, mlflow_server.url, log, tmp_path)
     by_pid = {proc.pid: proc for proc, _ in procs}
     try:
         while not (log.exists() and log.read_text().strip()):
@@ -516,59 +493,27 @@ def test_sigkilled_worker_cell_is_retried_exactly_once(pg, mlflow_server, tmp_pa
     assert sorted(r.data.tags["nanoact.grid_key"] for r in finished) == cells  # one FINISHED run per cell
     others = [r for r in runs if r.info.status != "FINISHED"]
     assert [(r.info.run_id, r.info.status) for r in others] == [(victim_run, "KILLED")]
-    assert "heartbeats" in others[0].data.tags["nanoact.error"]
+    assert "worker died" in others[0].data.tags["nanoact.error"]
     for run_id, end in finished_before.items():  # no finished result lost or touched
         now = client.get_run(run_id)
         assert now.info.status == "FINISHED" and now.info.end_time == end
     study = optuna.load_study(study_name="dist-b", storage=sweep.open_storage(storage))
     dead = study.trials[int(trial_no)]
-    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs[sweep.A_STALE] is True
-    assert "no heartbeat for over 3 s" in dead.user_attrs[sweep.A_ERROR]  # found by heartbeat, not by PID
-    retries = [t for t in study.trials if t.user_attrs.get(sweep.A_RETRY_OF) == int(trial_no)]
+    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs[S.A_INTERRUPTED] is True
+    assert "lease was released" in dead.user_attrs[S.A_ERROR]  # found by its lease, not by PID or host
+    retries = [t for t in study.trials if t.user_attrs.get(S.A_RETRY_OF) == int(trial_no)]
     assert [t.state for t in retries] == [optuna.trial.TrialState.COMPLETE]
-    assert {s.state for s in sweep.cell_states(spec, study)} == {"done"}
+    assert {s.state for s in sweep.cell_states(spec, study.trials)} == {"done"}
     retry_run = next(r for r in finished if r.data.tags["nanoact.grid_key"] == key)
     _report("sigkill", wall_s=round(wall, 1), killed_cell=key,
             retry_started_after_kill_s=round(retry_run.info.start_time / 1000 - t_kill, 1),
-            heartbeat_s=1, grace_s=3)
+            lease="advisory lock")
 
 
 @pytest.mark.slow
-def test_concurrent_live_workers_retry_a_stale_cell_exactly_once(pg):
+def test_concurrent_live_workers_retry_a_dead_cell_exactly_once_on_postgres(pg, tmp_path):
     pg.create_databases(["optuna_race"], owner="nanoact")
-    url = pg.url("nanoact", PW, "optuna_race")
-    storage = sweep.open_storage(url, heartbeat_interval=1, grace_period=2)
-    study = optuna.create_study(study_name="race", storage=storage)
-    study.enqueue_trial({}, user_attrs={sweep.A_GRID_KEY: "train.seed=1", sweep.A_CELL: '{"train.seed": 1}'})
-    trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)
-    time.sleep(3.5)  # the "worker" died right after its first heartbeat
-    n = 6
-    barrier = threading.Barrier(n)
-    errors = []
-
-    def live_worker():  # its own engine and connections, like another machine
-        try:
-            st = sweep._new_rdb_storage(url, {"pool_pre_ping": True}, {
-                "heartbeat_interval": 1, "grace_period": 2,
-                "heartbeat_stale_trial_callback": sweep._RetryStaleCell(None)})
-            s = optuna.load_study(study_name="race", storage=st)
-            barrier.wait()
-            optuna.storages.fail_stale_trials(s)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=live_worker) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    trials = study.get_trials()
-    assert trials[trial.number].state == optuna.trial.TrialState.FAIL
-    assert [t.state for t in trials if t.user_attrs.get(sweep.A_RETRY_OF) == trial.number] == [
-        optuna.trial.TrialState.WAITING]
-    assert len(trials) == 2
+    _race_to_recover(pg.url("nanoact", PW, "optuna_race"), tmp_path)
 
 
 @pytest.mark.slow
@@ -584,8 +529,7 @@ def test_passwords_never_reach_mlflow_or_the_console(pg, mlflow_server, tmp_path
         return subprocess.run([sys.executable, "-m", "nanoact.cli", *args], cwd=tmp_path, env=_env(),
                               capture_output=True, text=True, timeout=600)
 
-    r = nanoact("sweep", "--file", str(p), "--storage", storage, "--tracking-uri", tracking,
-                "--heartbeat", "2", "--grace-period", "6")
+    r = nanoact("sweep", "--file", str(p), "--storage", storage, "--tracking-uri", tracking)
     console = r.stdout + r.stderr
     assert r.returncode == 0, console
     assert "nanoact:***@127.0.0.1" in console  # shown, masked
@@ -638,3 +582,27 @@ def test_passwords_never_reach_mlflow_or_the_console(pg, mlflow_server, tmp_path
             assert form not in console, f"{form} in console output"
             assert form not in server_log, f"{form} in the server's output"
             assert not any(form.encode() in b for b in blobs), f"{form} stored in MLflow or Optuna"
+
+
+@pytest.mark.slow
+def test_postgres_lease_is_an_advisory_lock_that_survives_a_lost_connection(pg):
+    """Two workers' leases on one cell exclude each other; when the holder's session is killed (a database
+    restart, a cut network), its lease is free for others, releasing it is a no-op, and its next lease works."""
+    pg.create_databases(["optuna_lease"], owner="nanoact")
+    url = pg.url("nanoact", PW, "optuna_lease")
+    a, b = open_leases(url, "s"), open_leases(url, "s")
+    held = a.try_hold("cell")
+    assert held is not None and b.try_hold("cell") is None and a.try_hold("cell") is None
+    killed = pg.admin(["SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"])
+    assert killed == [(True,)]
+    time.sleep(0.5)
+    taken = b.try_hold("cell")
+    assert taken is not None  # the server dropped the dead session's lock
+    held.release()  # no error, and it does not release b's lock
+    assert a.try_hold("cell") is None
+    other = a.try_hold("other-cell")  # a new session for a
+    assert other is not None
+    for lease in (taken, other):
+        lease.release()
+    a.close()
+    b.close()

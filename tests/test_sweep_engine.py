@@ -3,7 +3,6 @@ concurrent first use of a fresh store."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -65,8 +64,8 @@ def assert_settled(tmp_path: Path, p: Path, name: str = "tiny") -> list:
 
 
 def test_pop_trial_takes_enqueued_params_and_never_creates_a_trial(tmp_path):
-    """The one place below Optuna's public API: popping sets the enqueued params, creates nothing when the queue
-    is empty, and never hands one trial to two poppers."""
+    """The one place below Optuna's public API: popping sets the enqueued params, takes the cell's lease,
+    creates nothing when the queue is empty, and never hands one trial to two poppers."""
     storage = sweep.open_storage(str(tmp_path / "j.log"))
     study = optuna.create_study(study_name="s", storage=storage)
     axes = {"model.activation": ["relu", "gelu"], "train.seed": [1, 2, 3]}
@@ -74,11 +73,13 @@ def test_pop_trial_takes_enqueued_params_and_never_creates_a_trial(tmp_path):
         for seed in axes["train.seed"]:
             study.enqueue_trial({"model.activation": act, "train.seed": seed}, user_attrs={"grid_key": f"{act}{seed}"})
     popped, lock = [], threading.Lock()
+    leases = open_leases(str(tmp_path / "j.log"), "s")
 
     def popper():
-        while (t := pop_trial(study, storage, axes)) is not None:
+        while (got := pop_trial(study, storage, axes, leases)) is not None:
             with lock:
-                popped.append(t)
+                popped.append(got[0])
+            assert leases.try_hold(got[0].user_attrs["grid_key"]) is None  # we hold the cell's lease
 
     threads = [threading.Thread(target=popper) for _ in range(4)]
     for th in threads:
@@ -86,7 +87,7 @@ def test_pop_trial_takes_enqueued_params_and_never_creates_a_trial(tmp_path):
     for th in threads:
         th.join()
     assert sorted(t.number for t in popped) == list(range(6))  # each exactly once
-    assert pop_trial(study, storage, axes) is None and len(study.trials) == 6  # no trial created
+    assert pop_trial(study, storage, axes, leases) is None and len(study.trials) == 6  # no trial created
     for t in popped:
         assert t.params == study.trials[t.number].system_attrs["fixed_params"]
         assert t.user_attrs["grid_key"] == f"{t.params['model.activation']}{t.params['train.seed']}"

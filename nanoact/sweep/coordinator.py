@@ -126,8 +126,9 @@ def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
 
 def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: int | None = None) -> list[str]:
     """Enqueue the cells that have to run: missing and interrupted ones (failed ones too with ``retry_failed``),
-    each with its values as the trial's params. ``max_deaths`` leaves alone a cell interrupted that often (within
-    one call, a cell that kills its worker is not retried for ever). Call it holding the coordinator lease."""
+    each with its values as the trial's params. ``max_deaths`` leaves alone a cell interrupted that often (a cell
+    that kills its workers is not retried for ever by running workers; a new ``nanoact sweep`` retries it). Call it
+    holding the coordinator lease."""
     trials = study.get_trials(deepcopy=False)
     todo = []
     for s in S.cell_states(spec, trials):

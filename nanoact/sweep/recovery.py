@@ -34,7 +34,7 @@ from nanoact.sweep import state as S
 from nanoact.sweep.storage import get_trial, is_rdb_url, journal_path, set_trial_attrs
 
 COORDINATOR = "__coordinator__"  # the lease that serialises coordinator steps (study, parent run, enqueueing)
-MAX_DEATHS = 3  # a cell that killed this many workers is not re-enqueued within a call (e.g. out of memory)
+MAX_DEATHS = 3  # a cell interrupted this often is left to the next `nanoact sweep` (e.g. it runs out of memory)
 
 
 def _digest(study: str, name: str) -> bytes:
@@ -77,43 +77,85 @@ class FileLeases:
 
 
 class PgLeases:
-    """Leases as PostgreSQL session-level advisory locks, on one connection of their own."""
+    """Leases as PostgreSQL session-level advisory locks, on one connection of their own.
+
+    If that connection is lost (a database restart, a long network cut), every lease on it is gone: releasing
+    one is then a no-op, and the next ``try_hold`` opens a new connection. A cell trained meanwhile may have been
+    settled and handed on by another worker; the worker notices when it tells its trial (``Worker._end``).
+    """
 
     KEEPALIVE = ("SET tcp_keepalives_idle = 10", "SET tcp_keepalives_interval = 5", "SET tcp_keepalives_count = 3")
 
     def __init__(self, url: str, study: str):
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        self.study, self._text = study, text
-        self._conn = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10}).connect()
+        self.study = study
+        self._engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+        self._conn = None
+        self._held: set[int] = set()  # advisory locks are re-entrant within a session: track our own
+        self._connect()
+
+    def _connect(self) -> None:
+        from sqlalchemy import text
+
+        if self._conn is not None:
+            self._drop()
+        self._conn = self._engine.connect()
         for stmt in self.KEEPALIVE:
             self._conn.execute(text(stmt))
         self._conn.commit()
-        self._held: set[int] = set()  # advisory locks are re-entrant within a session: track our own
+        self._held.clear()  # a new session holds nothing
+
+    def _drop(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # already broken
+            pass
+        self._conn = None
 
     def _key(self, name: str) -> int:
         return int.from_bytes(_digest(self.study, name)[:8], "big", signed=True)
+
+    def _query(self, sql: str, key: int):
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in (1, 2):
+            try:
+                if self._conn is None:
+                    self._connect()
+                value = self._conn.execute(text(sql), {"k": key}).scalar()
+                self._conn.commit()
+                return value
+            except DBAPIError:
+                self._drop()  # the session and its locks are gone; the second attempt opens a new one
+                if attempt == 2:
+                    raise
 
     def try_hold(self, name: str) -> Lease | None:
         key = self._key(name)
         if key in self._held:
             return None
-        got = self._conn.execute(self._text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-        self._conn.commit()
-        if not got:
+        if not self._query("SELECT pg_try_advisory_lock(:k)", key):
             return None
         self._held.add(key)
+        session = self._conn  # the session that holds the lock
 
         def release() -> None:
+            if self._conn is not session or key not in self._held:
+                return  # that session is gone, and its locks with it
             self._held.discard(key)
-            self._conn.execute(self._text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            self._conn.commit()
+            try:
+                self._query("SELECT pg_advisory_unlock(:k)", key)
+            except Exception:
+                pass  # the connection broke: the lock went with it
 
         return Lease(release)
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._drop()
 
 
 def open_leases(storage: str | None, study: str):

@@ -55,7 +55,9 @@ def open_storage(storage: str | None):
         raise ConfigError("an RDB storage must be postgresql+psycopg2://... or sqlite:///... (the two whose "
                           "worker leases nanoact supports)")
     if storage not in _ENGINES:
-        _ENGINES[storage] = _new_rdb_storage(storage)
+        # wrapped as optuna.load_study would wrap it (a trial cache): the study and nanoact's own calls (popping
+        # a trial, labelling a dead one) must share that cache, or a trial popped here is unknown to the study
+        _ENGINES[storage] = optuna.storages.get_storage(_new_rdb_storage(storage))
     return _ENGINES[storage]
 
 
@@ -96,28 +98,39 @@ def _cannot_open(url: str, e: Exception) -> NanoactError:
     return NanoactError(redact(f"cannot open Optuna storage {display_url(url)}: {type(e).__name__}: {first}", url))
 
 
-def pop_trial(study, storage, axes: dict[str, list[Any]]):
-    """Take one WAITING trial off the study's queue, as a ``Trial`` of ours with its enqueued params set; None
-    when the queue is empty. The only place nanoact reaches below Optuna's public API (``optuna.Trial`` built from
-    a trial id): ``study.ask()`` would create a trial without params whenever the queue is empty, and such
-    pseudo-trials would sit in the record. The WAITING -> RUNNING update is atomic in every storage, so two
-    workers never pop the same trial."""
+def pop_trial(study, storage, axes: dict[str, list[Any]], leases):
+    """Take one WAITING trial off the study's queue, with its cell's lease: ``(trial, lease)``, or None when no
+    waiting trial's cell is free. The lease is taken *before* the trial turns RUNNING, so a RUNNING trial whose
+    lease is free is always a dead one (``nanoact.sweep.recovery``). The trial comes as a ``Trial`` of ours with
+    its enqueued params set (``axes``: the grid, for Optuna's categorical distributions).
+
+    The only place nanoact reaches below Optuna's public API (``optuna.Trial`` built from a trial id):
+    ``study.ask()`` would create a trial without params whenever the queue is empty, and such pseudo-trials would
+    sit in the record. The WAITING -> RUNNING update is atomic in every storage: no two workers pop one trial.
+    """
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    from nanoact.sweep.state import A_GRID_KEY
+
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        lease = leases.try_hold(frozen.user_attrs.get(A_GRID_KEY))
+        if lease is None:
+            continue  # its cell is being trained or checked right now
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
-            if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                continue
+            popped = storage.set_trial_state_values(trial_id, TrialState.RUNNING)
         except UpdateFinishedTrialError:
+            popped = False
+        if not popped:
+            lease.release()
             continue
         trial = optuna.Trial(study, trial_id)
         for name, choices in axes.items():  # Optuna returns the enqueued value, never a pick of its own
             trial.suggest_categorical(name, choices)
-        return trial
+        return trial, lease
     return None
 
 

@@ -17,13 +17,12 @@ from nanoact.sweep.coordinator import requeue_lost
 from nanoact.sweep.options import EventFn, WorkerContext
 from nanoact.sweep.recovery import open_leases
 from nanoact.sweep.spec import Cell
-from nanoact.sweep.storage import get_trial, open_storage, pop_trial
+from nanoact.sweep.storage import open_storage, pop_trial
 
 
 class Worker:
-    def __init__(self, ctx: WorkerContext, events: EventFn | None = None, poll_s: float = 1.0,
-                 lease_wait_s: float = 5.0):
-        self.ctx, self.poll_s, self.lease_wait_s = ctx, poll_s, lease_wait_s
+    def __init__(self, ctx: WorkerContext, events: EventFn | None = None, poll_s: float = 1.0):
+        self.ctx, self.poll_s = ctx, poll_s
         self.events = events or (lambda ev: None)
         self.trained = self.failed = 0
         self._data: dict[tuple, Any] = {}
@@ -40,9 +39,10 @@ class Worker:
         self.leases = open_leases(self.ctx.storage, self.ctx.spec.study_name)
         try:
             while True:
-                trial = pop_trial(self.study, self.storage, self.ctx.spec.grid)
-                if trial is not None:
-                    self._attempt(trial)
+                popped = pop_trial(self.study, self.storage, self.ctx.spec.grid, self.leases)
+                if popped is not None:
+                    self._attempt(*popped)
+                    self._requeue_lost()  # a busy worker, too, hands on the cells of workers that died
                 elif not self._wait_for_work():
                     return self.trained, self.failed
         finally:
@@ -58,9 +58,10 @@ class Worker:
 
         told = False
         while True:
-            requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri, self._relay)
+            self._requeue_lost()
             busy = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
             if any(t.state == TrialState.WAITING for t in busy):
+                time.sleep(self.poll_s / 5)  # its cell may be held a moment (being trained, or checked)
                 return True
             if not busy:
                 return False
@@ -69,40 +70,24 @@ class Worker:
                 told = True
             time.sleep(self.poll_s)
 
-    def _relay(self, ev: dict[str, Any]) -> None:
-        self.events({**ev, "worker": self.ctx.worker_name})
+    def _requeue_lost(self) -> None:
+        requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
+                     lambda ev: self.events({**ev, "worker": self.ctx.worker_name}))
 
-    def _attempt(self, trial) -> None:
+    def _attempt(self, trial, lease) -> None:
+        """Train the popped trial's cell, holding its lease until the trial is told."""
+        from optuna.trial import TrialState
+
         key = trial.user_attrs[S.A_GRID_KEY]
-        lease = self._take(trial, key)
-        if lease is None:
-            return
         try:
+            if any(t.user_attrs.get(S.A_GRID_KEY) == key
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+                trial.set_user_attr(S.A_DUPLICATE, "the cell was already done when this trial was popped")
+                self.study.tell(trial, state=TrialState.FAIL)
+                return
             self._train(trial, key)
         finally:
             lease.release()
-
-    def _take(self, trial, key: str):
-        """The cell's lease, once our trial is still ours and the cell not done or taken; else None."""
-        from optuna.trial import TrialState
-
-        t0 = time.monotonic()
-        lease = self.leases.try_hold(key)
-        while lease is None and time.monotonic() - t0 < self.lease_wait_s:  # recovery may hold it for a moment
-            time.sleep(0.1)
-            lease = self.leases.try_hold(key)
-        if lease is not None and get_trial(self.storage, self.study, trial.number).state != TrialState.RUNNING:
-            lease.release()  # recovery settled our trial between the pop and the lease: it is not ours any more
-            return None
-        done = any(t.state == TrialState.COMPLETE and t.user_attrs.get(S.A_GRID_KEY) == key
-                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        if lease is None or done:
-            if lease is not None:
-                lease.release()
-            trial.set_user_attr(S.A_DUPLICATE, "the cell was already done or taken by another trial")
-            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            return None
-        return lease
 
     def _config(self, trial, key: str):
         cfg = self.ctx.spec.cell_config(Cell(key, json.loads(trial.user_attrs[S.A_CELL])))
