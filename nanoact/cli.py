@@ -378,15 +378,17 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
     click.echo(f"{done}/{len(states)} cells done")
 
 
-@cli.command("experiments", short_help="List the built-in experiments.")
+@cli.command("experiments", short_help="List the experiments: built-in, and yours in ./sweeps/.")
 def experiments_command() -> None:
-    """List sweep files with their grid sizes."""
-    from nanoact.sweep import experiment_names, load_sweep
+    """List sweep files with their grid sizes and where each comes from (./sweeps/NAME.toml wins over a built-in
+    of the same name)."""
+    from nanoact.sweep import experiments, is_builtin, load_sweep
 
-    for name in experiment_names():
-        spec = load_sweep(name)
+    for name, path in experiments().items():
+        spec = load_sweep(path=path)
         axes = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
-        click.echo(f"{name:10s} {len(spec.cells()):4d} cells ({axes}): {spec.description}")
+        where = "built-in" if is_builtin(path) else f"./sweeps/{path.name}"
+        click.echo(f"{name:10s} {len(spec.cells()):4d} cells ({axes}) [{where}]: {spec.description}")
 
 
 @cli.command("ui", short_help="Open the MLflow UI on the same store.")

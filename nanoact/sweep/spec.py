@@ -100,23 +100,41 @@ def check_name(name: Any, what: str, where: str = "sweep") -> str:
     return name
 
 
-def sweeps_dir() -> Path:
-    return Path(str(resources.files("nanoact") / "sweeps"))
+def builtin_sweeps_dir() -> Path:
+    """The built-in experiments: ``sweeps/`` of the checkout, or ``nanoact/sweeps/`` of an installed wheel."""
+    installed = Path(str(resources.files("nanoact"))) / "sweeps"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "sweeps"
+
+
+def experiments(cwd: str | Path | None = None) -> dict[str, Path]:
+    """Experiment name -> sweep file: the built-ins, and the user's own ``./sweeps/*.toml``, which win."""
+    found = {p.stem: p for p in builtin_sweeps_dir().glob("*.toml")}
+    local = Path(cwd or Path.cwd()) / "sweeps"
+    if local.is_dir():
+        found.update({p.stem: p for p in local.glob("*.toml")})
+    return dict(sorted(found.items()))
+
+
+def is_builtin(path: Path) -> bool:
+    return path.resolve().parent == builtin_sweeps_dir().resolve()
 
 
 def experiment_names() -> list[str]:
-    return sorted(p.stem for p in sweeps_dir().glob("*.toml"))
+    return list(experiments())
 
 
 def load_sweep(name: str | None = None, path: str | Path | None = None,
                overrides: Iterable[str] | Mapping[str, Any] = ()) -> SweepSpec:
-    """Load ``sweeps/<name>.toml`` (or ``path``), validate it, and apply ``--set`` overrides to its base."""
+    """Load experiment ``name`` (``./sweeps/<name>.toml`` if there, else the built-in one) or the file ``path``,
+    validate it, and apply ``--set`` overrides to its base."""
     if (name is None) == (path is None):
         raise ConfigError("give exactly one of an experiment name or a sweep file")
     if path is None:
-        p = sweeps_dir() / f"{name}.toml"
-        if not p.is_file():
-            raise ConfigError(f"unknown experiment {name!r}; valid experiments: {', '.join(experiment_names())}")
+        known = experiments()
+        if name not in known:
+            raise ConfigError(f"unknown experiment {name!r}; valid experiments: {', '.join(known)} (or put your own "
+                              f"in ./sweeps/{name}.toml)")
+        p = known[name]
     else:
         p = Path(path)
         if not p.is_file():
