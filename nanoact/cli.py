@@ -56,6 +56,8 @@ class Progress:
         it, n = event["iter"], max(event["max_iters"], 1)
         if event["event"] == "iter":
             self.status(f"iter {it}/{n} loss {event['loss']:.4f} lr {event['lr']:.2e} {self.eta(it, n)}")
+        elif event["event"] == "evaluating":
+            self.status(f"step {it}: evaluating (losses on fixed batches, predictions on the evaluation set)")
         else:
             self.line(
                 f"step {it}: train loss {event['train/loss']:.4f}, val loss {event['val/loss']:.4f}, "
@@ -111,27 +113,25 @@ def _config(model: str | None, activation: str | None, seed: int | None, overrid
 @click.option("--activation", default=None, help="Activation spec, e.g. gelu, smelu(beta=0.5), or one per layer.")
 @click.option("--seed", type=int, default=None, help="Training seed (init, batches, dropout).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--tracking-uri", default=None, help="Also log the run to this MLflow store.")
-@click.option("--experiment", "experiment_name", default="train", show_default=True,
-              help="MLflow experiment name when --tracking-uri is given.")
-def train_command(model, activation, seed, overrides, tracking_uri, experiment_name) -> None:
+@click.option("--tracking-uri", default=None,
+              help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")
+@click.option("--experiment", "experiment_name", default="train", show_default=True, help="MLflow experiment name.")
+@click.option("--no-track", is_flag=True, help="Log nothing: no MLflow run, no files.")
+@click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in the run (needs psutil).")
+def train_command(model, activation, seed, overrides, tracking_uri, experiment_name, no_track, system_metrics) -> None:
     """Train one cell with the shared trainer and print its final metrics.
 
-    Defaults are nanoGPT's CPU recipe for shakespeare_char on minigpt; change anything with --set.
+    Defaults are nanoGPT's CPU recipe for shakespeare_char on minigpt; change anything with --set. The run is
+    tracked in MLflow (the same store as sweeps, experiment `train`) unless --no-track is given.
     """
     from nanoact.models import build_model
     from nanoact.trainer import train
 
+    if no_track and (tracking_uri or system_metrics):
+        raise click.UsageError("--no-track logs nothing: drop --tracking-uri / --system-metrics, or --no-track")
     cfg = _config(model, activation, seed, overrides)
     build_model(cfg.model, 65)  # fail fast on bad names before loading data
-    tracker = None
-    if tracking_uri:
-        from nanoact.tracking_uri import display_url as mask_url
-        from nanoact.tracking import MlflowTracker, ensure_experiment
-
-        uri = _tracking_uri(tracking_uri)
-        tracker = MlflowTracker(uri, ensure_experiment(uri, experiment_name))
-        click.echo(f"tracking to {mask_url(uri)} (experiment {experiment_name})")
+    tracker = None if no_track else _train_tracker(tracking_uri, experiment_name, system_metrics)
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
     progress = Progress()
@@ -139,15 +139,28 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     mt = res.metrics
     click.echo(f"parameters: {res.n_params:,} | device: {res.device} | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
-    click.echo(
-        f"final: train loss {mt['final/train_loss']:.4f}, val loss {mt['final/val_loss']:.4f}, "
-        f"val acc {mt['final/val_acc']:.4f}, best val loss {mt['best/val_loss']:.4f}"
-    )
+    best = "" if mt["best/val_loss"] == mt["final/val_loss"] else f", best val loss {mt['best/val_loss']:.4f}"
+    click.echo(f"final: train loss {mt['final/train_loss']:.4f}, val loss {mt['final/val_loss']:.4f}, "
+               f"val acc {mt['final/val_acc']:.4f}{best}")
     ms = 1000 * mt["time/train_s"] / max(t.max_iters, 1)
     click.echo(f"speed: {mt['tokens_per_s_mean']:,.0f} tokens/s, {ms:.1f} ms/iter (evals excluded); "
                f"wall time {mt['time/wall_s']:.1f} s")
     if tracker is not None:
-        click.echo(f"mlflow run: {tracker.run_id}")
+        click.echo(f"mlflow run {tracker.run_id} in experiment {experiment_name}; browse it with "
+                   f"`nanoact ui --experiment {experiment_name}`")
+
+
+def _train_tracker(tracking_uri, experiment_name: str, system_metrics: bool):
+    from nanoact import tracking
+    from nanoact.server import check_tracking_server
+    from nanoact.tracking_uri import display_url
+
+    uri = _tracking_uri(tracking_uri)
+    check_tracking_server(uri)
+    tracking.open_store(uri)
+    exp = tracking.ensure_experiment(uri, experiment_name)
+    click.echo(f"tracking to {display_url(uri)} (experiment {experiment_name}; --no-track to log nothing)")
+    return tracking.MlflowTracker(uri, exp, source="nanoact train", system_metrics=system_metrics)
 
 
 @cli.command("params", short_help="Print a model's parameter count.")
@@ -249,6 +262,8 @@ class SweepProgress(Progress):
             frac = ev["iter"] / max(ev["max_iters"], 1)
             self.status(f"[{self.done + 1}/{self.total}] iter {ev['iter']}/{ev['max_iters']} "
                         f"loss {ev['loss']:.4f} | {self.sweep_eta(frac)}")
+        elif e == "evaluating":
+            self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: evaluating")
         elif e == "eval":
             self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: val loss {ev['val/loss']:.4f}")
         elif e == "cell_done":
@@ -287,8 +302,9 @@ class SweepProgress(Progress):
               help="Import MODULE in every worker first (registers custom activations or models).")
 @click.option("--train-log", type=click.Path(dir_okay=False), default=None,
               help="Append one line per cell a worker starts training to this file (an audit of what ran).")
+@click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in each run (needs psutil).")
 def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, retry_failed,
-                  dry_run, init_only, plugins, train_log) -> None:
+                  dry_run, init_only, plugins, train_log, system_metrics) -> None:
     """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
 
     Running the same command again trains only the missing cells, and the cells of workers that died (a worker
@@ -310,7 +326,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
                               dry_run=dry_run, init_only=init_only,
                               devices=tuple(devices.split(",")) if devices else None, plugins=plugins,
-                              train_log=train_log)
+                              train_log=train_log, system_metrics=system_metrics)
     where = (f"tracking {display_url(uri)}; storage "
              f"{display_url(storage) if storage else sweep.default_storage_path()}")
     if dry_run:
@@ -333,7 +349,17 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
                    "command without --init")
         return
     _print_outcome(res)
+    if res.complete:
+        exp = shlex_quote(spec.name)
+        click.echo(f"next: nanoact report --experiment {exp}    (statistics and plots)\n"
+                   f"      nanoact ui --experiment {exp}        (the runs in the MLflow UI)")
     sys.exit(res.exit_code)
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def _print_outcome(res) -> None:
@@ -368,6 +394,10 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
 
     spec = _load_spec(experiment, sweep_file, overrides, study)
     states = sweep.status(spec, storage=storage)
+    if all(s.state == sweep.CellStatus.MISSING for s in states):
+        click.echo(f"nothing has run yet for study {spec.study_name} ({len(states)} cells); start it with:\n"
+                   f"  nanoact sweep {_spec_args(experiment, sweep_file, study)}")
+        return
     click.echo(f"{'cell':52s} {'state':11s} {'trial':>5s} {'run id':32s} {'val loss':>8s} {'wall s':>7s}")
     for s in states:
         vl = f"{s.final_val_loss:.4f}" if s.final_val_loss is not None else "-"
@@ -376,6 +406,15 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
         click.echo(f"{s.cell.key:52s} {str(s.state):11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
     done = sum(s.state == sweep.CellStatus.DONE for s in states)
     click.echo(f"{done}/{len(states)} cells done")
+    if done < len(states):
+        click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, study)}")
+
+
+def _spec_args(experiment, sweep_file, study) -> str:
+    import shlex
+
+    args = ["--experiment", experiment] if experiment else ["--file", sweep_file]
+    return shlex.join(args + (["--study", study] if study else []))
 
 
 @cli.command("experiments", short_help="List the experiments: built-in, and yours in ./sweeps/.")
@@ -393,29 +432,33 @@ def experiments_command() -> None:
 
 @cli.command("ui", short_help="Open the MLflow UI on the same store.")
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
+@click.option("--experiment", "-e", default=None,
+              help="Print the direct URL of this experiment's runs table (activations as groups).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
-@click.option("--port", type=int, default=5000, show_default=True, help="Port.")
-def ui_command(tracking_uri, host, port) -> None:
-    """Start `mlflow ui` on the store nanoact writes to, bound to 127.0.0.1 unless told otherwise."""
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
+def ui_command(tracking_uri, experiment, host, port) -> None:
+    """Start the MLflow UI on the store nanoact writes to (one server process, bound to 127.0.0.1 unless told
+    otherwise) and print where to look. Stop it with Ctrl-C."""
     import os
-    import subprocess
+    import signal
 
-    from nanoact.tracking_uri import display_url as mask_url
-    from nanoact.tracking_uri import default_artifact_root, resolve_tracking_uri
-
-    from nanoact.tracking import open_store
+    from nanoact import server, tracking
+    from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    open_store(uri)  # a fresh sqlite store's schema, made once even when a sweep starts at the same time
-    # the store URI (maybe with a password) goes through the environment, not a command line `ps` shows
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
-    root = default_artifact_root(uri)
-    if root:
-        cmd += ["--default-artifact-root", root]
-    click.echo(f"MLflow UI for {mask_url(uri)} at http://{host}:{port} (Ctrl-C to stop)")
+    server.check_port_free(host, port)
+    tracking.open_store(uri)  # a fresh sqlite store's schema, made once even when a sweep starts at the same time
+    base = f"http://{host}:{port}"
+    target = base + (tracking.runs_table_path(uri, experiment) if experiment else "")
+    click.echo(f"starting the MLflow UI for {display_url(uri)} ...")
+    proc = server.ui_process(uri, host, port)
     try:
-        sys.exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}))
+        server.wait_until_healthy(proc, base)
+        click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
+        sys.exit(proc.wait())
     except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
         sys.exit(0)
 
 

@@ -66,6 +66,9 @@ class TrainConfig:
     """torch intra-op threads; 0 leaves torch's default."""
     predictions: bool = True
     """Log predictions on the fixed evaluation set at each eval step."""
+    log_interval: int = 10
+    """Log the training loss of the current batch and the learning rate every this many iterations (0: only at
+    eval steps)."""
     checkpoint: bool = True
 
 
@@ -224,6 +227,7 @@ def validate(cfg: RunConfig) -> None:
     need(t.eval_iters >= 1, "train.eval_iters must be >= 1")
     need(t.dtype in ("float32", "bfloat16"), "train.dtype must be 'float32' or 'bfloat16'")
     need(t.threads >= 0, "train.threads must be >= 0")
+    need(t.log_interval >= 0, "train.log_interval must be >= 0 (0: log only at eval steps)")
     need(e.n_contexts >= 1, "eval.n_contexts must be >= 1")
     need(0.5 <= d.train_fraction < 1.0, "data.train_fraction must be in [0.5, 1)")
     need(bool(d.corpus.strip()), "data.corpus must not be empty")

@@ -68,6 +68,14 @@ def _download(url: str, dest: Path, sha256: str) -> None:
             os.unlink(tmp)
 
 
+def corpus_source(corpus: str) -> tuple[str, str]:
+    """(name, where it comes from) of a corpus, for tracking: a known corpus's public URL, or a file's path."""
+    if corpus in KNOWN_CORPORA:
+        return corpus, KNOWN_CORPORA[corpus][1]
+    path = Path(corpus).expanduser().resolve()
+    return path.stem, str(path)
+
+
 def resolve_corpus(corpus: str, cache_dir: str | Path | None = None, download: bool = True) -> Path:
     """Find the corpus file (see module docstring); raise ``DataError`` saying where to put it if absent."""
     if corpus not in KNOWN_CORPORA:

@@ -229,3 +229,40 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     if not health(bare, timeout):
         raise NanoactError(f"cannot reach the MLflow tracking server at {display_url(uri)} (no answer on /health "
                            f"within {timeout:.0f} s); start it with `nanoact server` or check --tracking-uri")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One clear line, before anything starts, when another process already listens on ``host:port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise NanoactError(f"port {port} on {host} is taken ({e.strerror}); pick another with --port") from None
+
+
+def ui_process(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
+    """``mlflow server`` as a UI for one store: one worker process, no job runner (MLflow 3's background jobs
+    serve GenAI features nanoact does not use), in its own process group. The store URI (maybe with a password)
+    goes through the environment, not a command line that ``ps`` shows."""
+    from nanoact.tracking_uri import default_artifact_root
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    root = default_artifact_root(tracking_uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    t0 = time.monotonic()
+    while not health(url):
+        if proc.poll() is not None:
+            raise NanoactError(f"mlflow exited with code {proc.returncode} before answering {url}/health")
+        if time.monotonic() - t0 > timeout:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise NanoactError(f"mlflow did not answer {url}/health within {timeout:.0f} s")
+        time.sleep(0.25)
+

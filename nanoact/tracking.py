@@ -33,6 +33,7 @@ class Tracker(Protocol):
     def log_predictions(self, step: int, probs: np.ndarray, targets: np.ndarray) -> None: ...
     def log_dict(self, obj: Any, artifact_file: str) -> None: ...
     def log_checkpoint(self, payload: dict[str, Any]) -> None: ...
+    def log_dataset(self, name: str, digest: str, source: str) -> None: ...
     def finish(self, status: str, error: str | None = None) -> None: ...
 
 
@@ -46,6 +47,7 @@ class NullTracker:
     def log_predictions(self, step, probs, targets) -> None: ...
     def log_dict(self, obj, artifact_file) -> None: ...
     def log_checkpoint(self, payload) -> None: ...
+    def log_dataset(self, name, digest, source) -> None: ...
     def finish(self, status, error=None) -> None: ...
 
 
@@ -60,6 +62,7 @@ class MemoryTracker:
         self.predictions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.dicts: dict[str, Any] = {}
         self.checkpoint: dict[str, Any] | None = None
+        self.datasets: list[tuple[str, str, str]] = []
         self.status: str | None = None
         self.error: str | None = None
 
@@ -84,6 +87,9 @@ class MemoryTracker:
 
     def log_checkpoint(self, payload) -> None:
         self.checkpoint = payload
+
+    def log_dataset(self, name, digest, source) -> None:
+        self.datasets.append((name, digest, source))
 
     def finish(self, status, error=None) -> None:
         self.status, self.error = status, error
@@ -124,13 +130,27 @@ def provenance_tags(device: Any) -> dict[str, str]:
         dev = f"{dev} ({torch.cuda.get_device_name(device)})"
     else:
         dev = f"{dev} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {
+    commit = git_commit()
+    tags = {
         "nanoact.version": nanoact.__version__,
         "nanoact.torch_version": torch.__version__,
-        "nanoact.git_commit": git_commit(),
+        "nanoact.git_commit": commit,
         "nanoact.device": dev,
         "nanoact.host": platform.node(),
+        "mlflow.user": _user(),
     }
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit  # the UI's "Source" column links the commit
+    return tags
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
 
 
 class MlflowTracker:
@@ -141,29 +161,49 @@ class MlflowTracker:
         experiment_id: the MLflow experiment.
         tags: tags set at creation (grid key, study, parent run id, ...).
         on_start: called with the new run id as soon as the run exists (the sweep links trial and run).
+        source: what made the run, for the UI's Source column (``nanoact sweep``, ``nanoact train``).
+        system_metrics: also sample CPU/memory (and GPU) use into the run's System metrics (needs psutil).
+
+    Metrics are buffered and written in batches from a background thread: at most every ``flush_s`` seconds,
+    or when ``flush_n`` values are waiting, and at the end of the run.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, tags: Mapping[str, str] | None = None,
-                 on_start: Callable[[str], None] | None = None):
+                 on_start: Callable[[str], None] | None = None, source: str = "nanoact",
+                 system_metrics: bool = False, flush_s: float = 10.0, flush_n: int = 500):
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
-        self.base_tags = dict(tags or {})
+        self.base_tags = {"mlflow.source.name": source, "mlflow.source.type": "LOCAL", **dict(tags or {})}
         self.on_start = on_start
         self.run_id: str | None = None
+        self._system = check_system_metrics() if system_metrics else None
+        self._monitor = None
         self._tmp = Path(tempfile.mkdtemp(prefix="nanoact-run-"))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanoact-upload")
         self._pending: list[Future] = []
+        self._metrics: list[Any] = []
+        self._flushed_at = time.monotonic()
+        self.flush_s, self.flush_n = flush_s, flush_n
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _submit(self, fn, *args) -> None:
         self._pending.append(self._pool.submit(fn, *args))
 
     def _drain(self) -> None:
+        self._flush_metrics()
         pending, self._pending = self._pending, []
         for f in pending:
             f.result()
+
+    def _flush_metrics(self) -> None:
+        batch, self._metrics = self._metrics, []
+        self._flushed_at = time.monotonic()
+        for i in range(0, len(batch), 1000):  # MLflow accepts at most 1000 metrics per batch
+            part = batch[i : i + 1000]
+            self._submit(lambda part=part: self.client.log_batch(self.run_id, metrics=part))
 
     # -- Tracker -----------------------------------------------------------------------------------------
     def start(self, run_name: str, tags: Mapping[str, str]) -> None:
@@ -173,6 +213,9 @@ class MlflowTracker:
         self.run_id = run.info.run_id
         if self.on_start:
             self.on_start(self.run_id)
+        if self._system is not None:
+            self._monitor = self._system(self.run_id, tracking_uri=self.tracking_uri)
+            self._monitor.start()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -190,8 +233,9 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        self._submit(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self._metrics.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        if len(self._metrics) >= self.flush_n or time.monotonic() - self._flushed_at >= self.flush_s:
+            self._flush_metrics()
 
     def log_predictions(self, step: int, probs: np.ndarray, targets: np.ndarray) -> None:
         arrays = predictions_npz(step, probs, targets)
@@ -222,9 +266,20 @@ class MlflowTracker:
 
         self._submit(upload)
 
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        """The corpus as the run's training dataset input (the UI's Datasets column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:36], source_type="local" if "://" not in source else "http",
+                     source=json.dumps({"uri": source, "sha256": digest}))
+        tags = [InputTag("mlflow.data.context", "training")]
+        self._submit(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)]))
+
     def finish(self, status: str, error: str | None = None) -> None:
         if self.run_id is None:
             return
+        if self._monitor is not None:
+            self._monitor.finish()
         try:
             try:
                 self._drain()
@@ -243,8 +298,24 @@ class MlflowTracker:
             raise NanoactError(f"run {self.run_id}: {error}")
 
 
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create the MLflow experiment (and, for sqlite, the DB) once; return its id."""
+def check_system_metrics():
+    """MLflow's system-metrics monitor class; a one-line error when its dependency (psutil) is missing."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:
+        from nanoact.errors import NanoactError
+
+        raise NanoactError(f"--system-metrics needs psutil ({e.name} is not installed): "
+                           "pip install 'nanoact[system-metrics]'") from None
+    return SystemMetricsMonitor
+
+
+def ensure_experiment(tracking_uri: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Create the MLflow experiment (and, for sqlite, the DB) once; set ``tags`` on it; return its id.
+
+    Every nanoact experiment is a "custom model development" experiment to MLflow 3 (``mlflow.experimentKind``),
+    so its UI opens on the runs table rather than the GenAI overview.
+    """
     from mlflow import MlflowClient
 
     from nanoact.tracking_uri import default_artifact_root
@@ -252,21 +323,22 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri)
+    tags = {"mlflow.experimentKind": "custom_model_development", **dict(tags or {})}
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    root = default_artifact_root(tracking_uri)
-    location = f"{root}/{name}" if root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another worker created it between our check and our create
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
+    if exp is None:
+        root = default_artifact_root(tracking_uri)
+        try:
+            return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=tags)
+        except Exception:  # another worker created it between our check and our create
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for k, v in tags.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -345,3 +417,63 @@ def final_metrics(run) -> dict[str, float]:
     """The summary metrics of a finished cell run (``final/*``, ``best/*``, ``time/*``)."""
     keep = ("final/", "best/", "time/", "tokens_per_s_mean")
     return {k: float(v) for k, v in run.data.metrics.items() if k.startswith(keep)}
+
+
+VIEW_KEY = "nanoact-by-activation"  # the shared view of the runs table that `nanoact ui --experiment` opens
+
+
+def runs_table_view(grid: Mapping[str, list[Any]]) -> tuple[str, str]:
+    """(tag name, tag value) of a shared view of the runs table (the MLflow UI's "share view" state): cells
+    only, grouped by activation, with the grid's axes, final val loss/accuracy and wall time as columns, best
+    first. The UI reads it from the experiment tag ``mlflow.sharedViewState.<key>``."""
+    axes = ["activation" if k == "model.activation" else "seed" if k == "train.seed" else k for k in grid]
+    columns = [f"params.`{a}`" for a in dict.fromkeys(["activation", "seed", *axes])]
+    columns += ["metrics.`final/val_loss`", "metrics.`final/val_acc`", "metrics.`time/wall_s`"]
+    state = {
+        "searchFilter": "tags.`nanoact.role` = 'cell'",
+        "orderByKey": "metrics.`final/val_loss`", "orderByAsc": True,
+        "selectedColumns": columns,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "activation"}]},
+        "groupsExpanded": {},
+        **_chart_view(),
+    }
+    return f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state)
+
+
+CURVES = ("val/loss", "train/loss_iter", "val/acc", "lr", "train/loss")
+SUMMARIES = ("best", "final", "time")  # single-point metrics: their chart sections start collapsed
+
+
+def _chart_view() -> dict[str, Any]:
+    """The chart view opens on learning curves (line charts over steps), summaries collapsed below."""
+    def line(key: str) -> dict[str, Any]:
+        return {"type": "LINE", "uuid": f"nanoact-{key}", "metricSectionId": "nanoact-curves", "isGenerated": True,
+                "deleted": False, "metricKey": key, "selectedMetricKeys": [key], "displayName": key,
+                "runsCountToCompare": 10, "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+                "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric",
+                "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True,
+                "useGlobalLineSmoothing": True}
+
+    def section(uuid: str, name: str, display: bool) -> dict[str, Any]:
+        return {"uuid": uuid, "name": name, "display": display, "isReordered": False, "deleted": False,
+                "isGenerated": True}
+
+    sections = [section("nanoact-curves", "learning curves", True)]
+    sections += [section(f"autogen-{name}", name, False) for name in SUMMARIES]
+    return {"compareRunCharts": [line(k) for k in CURVES], "compareRunSections": sections,
+            "isAccordionReordered": True}
+
+
+def runs_table_path(tracking_uri: str, experiment: str) -> str:
+    """The UI path of an experiment's runs table, with nanoact's shared view when the sweep stored one."""
+    from mlflow import MlflowClient
+
+    from nanoact.errors import NanoactError
+
+    exp = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    if exp is None:
+        raise NanoactError(f"no experiment {experiment!r} in this store yet; run `nanoact sweep --experiment "
+                           f"{experiment}` (or `nanoact train`) first")
+    share = f"?viewStateShareKey={VIEW_KEY}" if f"mlflow.sharedViewState.{VIEW_KEY}" in exp.tags else ""
+    return f"/#/experiments/{exp.experiment_id}/runs{share}"
+

@@ -20,7 +20,7 @@ import torch
 
 from nanoact import wiring
 from nanoact.config import RunConfig, validate
-from nanoact.data import CharDataset, EvalSet
+from nanoact.data import CharDataset, EvalSet, corpus_source
 from nanoact.errors import ConfigError, DivergenceError
 from nanoact.models import CharLM, build_model
 from nanoact.tracking import NullTracker, Tracker, provenance_tags
@@ -181,6 +181,8 @@ def _train(
         tracker.set_tags(run_tags)
         tracker.log_params({**cfg.flat(), "activation": m.activation, "seed": t.seed})
         tracker.log_dict(cfg.to_dict(), "config.json")
+        corpus_name, corpus_from = corpus_source(cfg.data.corpus)
+        tracker.log_dataset(corpus_name, data.sha256, corpus_from)
         if not check.ok:
             raise wiring.WiringError(f"activation wiring check failed for {m.name}/{m.activation}: {check.reason}")
 
@@ -201,6 +203,15 @@ def _train(
         return result
     finally:
         torch.use_deterministic_algorithms(det_before)
+
+
+def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress: ProgressFn | None) -> None:
+    """The current batch's loss and the lr: to the tracker every ``log_interval`` iterations (between evals; an
+    eval step logs its own), to the progress callback every 10."""
+    if t.log_interval and it % t.log_interval == 0 and it % t.eval_interval != 0:
+        tracker.log_metrics({"train/loss_iter": loss, "lr": lr}, step=it)
+    if progress and it % 10 == 0:
+        progress({"event": "iter", "iter": it, "max_iters": t.max_iters, "loss": loss, "lr": lr})
 
 
 def _loop(cfg, model, data, eval_set, device, tracker, progress
@@ -244,6 +255,8 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
                 window_t = time.perf_counter() - window_start
                 train_time += window_t
                 iters_timed += window_iters
+            if progress:
+                progress({"event": "evaluating", "iter": it, "max_iters": t.max_iters})
             model.eval()
             tr_loss, tr_acc = evaluate(fwd, eval_batches["train"], device, autocast)
             va_loss, va_acc = evaluate(fwd, eval_batches["val"], device, autocast)
@@ -286,9 +299,8 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
                     f"loss diverged (NaN/inf) by iteration {it} (lr {lr:.3g}); lower train.lr or check the data"
                 )
         window_iters += 1
-        if progress and (it % 10 == 0):
-            progress({"event": "iter", "iter": it, "max_iters": t.max_iters, "loss": float(loss.detach()),
-                      "lr": lr})
+        if it % 10 == 0 or (t.log_interval and it % t.log_interval == 0):
+            _report_iter(it, float(loss.detach()), lr, t, tracker, progress)
 
     last = history[-1]
     metrics = {

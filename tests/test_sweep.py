@@ -116,7 +116,9 @@ def test_status_and_dry_run_change_nothing(tmp_path):
     assert out.output.count("  would run") == 6 and "6 cell(s) would run" in out.output
     assert not (tmp_path / "mlruns").exists()
     out = runner.invoke(cli, ["status", "--file", str(p)])
-    assert out.exit_code == 0 and "0/6 cells done" in out.output
+    assert out.exit_code == 0 and "nothing has run yet for study tiny (6 cells)" in out.output
+    assert f"nanoact sweep --file {p}" in out.output  # the command that starts it
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_diverging_cell_fails_others_finish_and_retry(tmp_path):

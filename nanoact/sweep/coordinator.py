@@ -41,7 +41,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         {"event": "waiting", "detail": f"another nanoact process is setting up study {spec.study_name}; waiting"}))
     try:
         study = _load_or_create(spec, storage)
-        exp_id = tracking.ensure_experiment(uri, spec.name)
+        exp_id = tracking.ensure_experiment(uri, spec.name, experiment_tags(spec))
         parent = _parent_run(spec, study, uri, exp_id)
         recovered = recover(study, storage, leases, uri)
         for line in recovered:
@@ -53,7 +53,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         leases.close()
     result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered)
     return result, WorkerContext(spec, opts.storage, uri, exp_id, parent, plugins=opts.plugins,
-                                 train_log=opts.train_log)
+                                 train_log=opts.train_log, system_metrics=opts.system_metrics)
 
 
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
@@ -115,13 +115,30 @@ def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
     if parent is not None:
         tracking.reopen_run(uri, parent)
         return parent
+    axes = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
     tags = {"nanoact.role": "parent", "nanoact.study": spec.study_name, "nanoact.version": nanoact.__version__,
             "nanoact.grid": json.dumps(spec.grid), "nanoact.sweep_source": spec.source,
-            "nanoact.n_cells": str(len(spec.cells()))}
+            "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
+            "mlflow.source.type": "LOCAL",
+            "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
+                                    f"each. `nanoact report --experiment {spec.name}` logs its report here.")}
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
     parent = tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
     study.set_user_attr(U_PARENT, parent)
     return parent
+
+
+def experiment_tags(spec: SweepSpec) -> dict[str, str]:
+    """What the MLflow experiment says about itself: the sweep file's description, and its grid."""
+    axes = "\n".join(f"- `{k}`: {', '.join(map(str, v))}" for k, v in spec.grid.items())
+    note = (f"{spec.description or spec.name}\n\nGrid ({len(spec.cells())} cells, one run each):\n{axes}\n\n"
+            f"Defined in `{spec.source}`. Compare activations: group the runs table by `activation`; analyse with "
+            f"`nanoact report --experiment {spec.name}`.")
+    from nanoact.tracking import runs_table_view
+
+    view_tag, view = runs_table_view(spec.grid)
+    return {"mlflow.note.content": note, view_tag: view,
+            **{f"nanoact.grid.{k}": json.dumps(v) for k, v in spec.grid.items()}}
 
 
 def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: int | None = None) -> list[str]:

@@ -23,6 +23,7 @@ class SweepOptions:
         devices: one torch device per worker, e.g. ``("cuda:0", "cuda:1")``.
         plugins: modules every worker imports first (custom activations or models).
         train_log: append one line per cell a worker starts training (an audit of what ran).
+        system_metrics: record CPU/memory/GPU use in each cell's run (MLflow's System metrics; needs psutil).
     """
 
     storage: str | None = None
@@ -34,6 +35,7 @@ class SweepOptions:
     devices: tuple[str, ...] | None = None
     plugins: tuple[str, ...] = ()
     train_log: str | None = None
+    system_metrics: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:
@@ -41,6 +43,10 @@ class SweepOptions:
         if self.devices is not None:
             object.__setattr__(self, "devices", tuple(check_devices(list(self.devices), self.workers)))
         object.__setattr__(self, "plugins", tuple(self.plugins))
+        if self.system_metrics:
+            from nanoact.tracking import check_system_metrics
+
+            check_system_metrics()
 
 
 def check_devices(devices: list[str], workers: int) -> list[str]:
@@ -72,6 +78,7 @@ class WorkerContext:
     plugins: tuple[str, ...] = ()
     worker_name: str = "w0"
     train_log: str | None = None
+    system_metrics: bool = False
 
 
 def worker_contexts(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None,

@@ -23,7 +23,7 @@ from nanoact.errors import ConfigError, NanoactError
 GRID_VALUE_TYPES = (str, int, float, bool)
 SWEEP_KEYS = {"name", "description", "study", "config", "grid"}
 # where and how fast a cell runs, not what it computes: may change between resumed invocations
-NOT_FINGERPRINTED = {"train.threads", "train.device", "train.compile"}
+NOT_FINGERPRINTED = {"train.threads", "train.device", "train.compile", "train.log_interval"}
 
 
 @dataclass(frozen=True)

@@ -137,10 +137,15 @@ class Worker:
     def _tracker(self, trial, key: str):
         from nanoact.tracking import MlflowTracker
 
+        cfg = self._config(trial, key)
+        note = (f"{cfg.model.name} with {cfg.model.activation}, seed {cfg.train.seed}: cell {key} of sweep "
+                f"{self.ctx.spec.study_name} (Optuna trial {trial.number})")
         return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={
             "mlflow.parentRunId": self.ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
             "nanoact.study": self.ctx.spec.study_name, "optuna.trial_number": str(trial.number),
-        }, on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id))
+            "mlflow.note.content": note,
+        }, on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id), source="nanoact sweep",
+            system_metrics=self.ctx.system_metrics)
 
     def _end(self, trial, key: str, *, final: dict[str, float] | None = None, error: str | None = None,
              interrupted: bool = False, run_id: str | None = None) -> None:
