@@ -50,6 +50,7 @@ class Hypothesis:
     significant: bool | None = None  # None: no p-value, or the test cannot reach significance here
     outcome: str = ""  # "difference" | "no_detectable_difference" | "cannot_conclude"
     exploratory: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"best": ..., "worst": ...} for omnibus tests
     question: str = ""  # filled by rendering
     answer: str = ""  # filled by rendering
 
@@ -71,6 +72,10 @@ def adjust(tests: list[Hypothesis], alpha: float = ALPHA) -> list[Hypothesis]:
             floor_blocks = m > 0 and h.p_floor > alpha / m
             if not math.isfinite(h.p) or floor_blocks:
                 h.significant, h.outcome = None, "cannot_conclude"
+                if floor_blocks and "labels" in h.extra:  # relabelling tests: seeds for the floor to reach alpha/m
+                    from nanoact.analysis.pdtests import seeds_for_floor
+
+                    h.seeds_needed = seeds_for_floor(h.extra["labels"], m, alpha)
             else:
                 h.significant = bool(pa < alpha)
                 h.outcome = "difference" if h.significant else "no_detectable_difference"
@@ -79,3 +84,89 @@ def adjust(tests: list[Hypothesis], alpha: float = ALPHA) -> list[Hypothesis]:
 
 def by_family(tests: list[Hypothesis], family: str) -> list[Hypothesis]:
     return [h for h in tests if h.family == family]
+
+
+def _t_ci(diff: float, se: float, df: int) -> list[float]:
+    from scipy import stats
+
+    if df < 1 or not math.isfinite(se):
+        return [math.nan, math.nan]
+    h = float(stats.t.ppf(0.975, df)) * se
+    return [diff - h, diff + h]
+
+
+def outcome_tests(o) -> list[Hypothesis]:
+    """RCBD F, seed-paired t (primary pairwise), and the robustness checks for one ``OutcomeStats``."""
+    if o.rcbd is None:
+        return []
+    r, n, primary = o.rcbd, len(o.seeds), o.outcome == PRIMARY_OUTCOME
+    best, worst = o.order()
+    gap = abs(r.treatment_means[worst] - r.treatment_means[best])
+    out = [Hypothesis(f"{o.outcome}/rcbd", "rcbd", o.outcome, "primary" if primary else "secondary",
+                      list(o.activations), "RCBD F", "F", r.f_a, [r.df_a, r.df_e], r.p_a, estimate=gap, n_seeds=n,
+                      extra={"best": o.activations[best], "best_mean": r.treatment_means[best],
+                             "worst": o.activations[worst], "worst_mean": r.treatment_means[worst],
+                             "partial_eta2": r.partial_eta2, "mde": o.mde})]
+    fam = "primary_pairwise" if primary else f"exploratory:{o.outcome}_pairwise"
+    for row in o.pairwise:
+        se = abs(row.diff / row.t) if math.isfinite(row.t) and row.t != 0 else math.nan
+        out.append(Hypothesis(f"{o.outcome}/paired_t/{row.a}-{row.b}", "paired_t", o.outcome, fam, [row.a, row.b],
+                              "seed-paired t", "t", row.t, [n - 1], row.p_t, estimate=row.diff,
+                              ci=_t_ci(row.diff, se, n - 1), n_seeds=n))
+    fr = o.friedman
+    if fr is not None and math.isfinite(fr.f_id):
+        out.append(Hypothesis(f"{o.outcome}/iman_davenport", "friedman", o.outcome, "exploratory:robustness",
+                              list(o.activations), "Friedman (Iman-Davenport F)", "F", fr.f_id,
+                              [r.df_a, r.df_e], fr.p_id, n_seeds=n))
+    elif fr is not None:
+        out.append(Hypothesis(f"{o.outcome}/friedman", "friedman", o.outcome, "exploratory:robustness",
+                              list(o.activations), "Friedman chi-square", "Q", fr.q, [r.df_a], fr.p, n_seeds=n))
+    if o.homogeneity is not None and o.homogeneity.passed:
+        for row in o.pairwise:
+            out.append(Hypothesis(f"{o.outcome}/studentized_range/{row.a}-{row.b}", "studentized_range",
+                                  o.outcome, f"exploratory:{o.outcome}_range", [row.a, row.b],
+                                  "studentized range, pooled RCBD error", "q", row.q, [r.k, r.df_e], row.p_range,
+                                  estimate=row.diff, n_seeds=n))
+    return out
+
+
+def pd_tests(pd) -> list[Hypothesis]:
+    """The PD tests of a ``pdtests.PDResult``: cross vs within (all, and per pair), reproducibility per pair."""
+    from nanoact.analysis import pdtests as pt
+
+    if pd is None or pd.omnibus is None:
+        return []
+    acts, n, k = pd.activations, len(pd.seeds), len(pd.activations)
+    o = pd.omnibus  # n <= 1 seeds never gets here (analyse_pd needs 2)
+    out = [Hypothesis(f"{pd.metric}/cross_vs_within", "pd_cross_within", pd.metric, "secondary", list(acts),
+                      "within-seed relabelling of activations", "delta", o.estimate, [], o.p, estimate=o.estimate,
+                      ci=[o.lo, o.hi], n_seeds=n, p_floor=o.p_floor, extra={"labels": k})]
+    for t in pd.pair_cross:
+        a, b = acts[t.a], acts[t.b]
+        out.append(Hypothesis(f"{pd.metric}/cross_vs_within/{a}-{b}", "pd_cross_within", pd.metric,
+                              "pd_cross_within_pairs", [a, b], "within-seed relabelling of the two activations",
+                              "delta", t.estimate, [], t.p, estimate=t.estimate, ci=[t.lo, t.hi], n_seeds=n,
+                              p_floor=t.p_floor, extra={"labels": 2}))
+    m = len(pd.reproducibility)
+    for t in pd.reproducibility:
+        a, b = acts[t.a], acts[t.b]
+        out.append(Hypothesis(f"{pd.metric}/reproducibility/{a}-{b}", "pd_reproducibility", pd.metric,
+                              "pd_reproducibility_pairs", [a, b], "delete-one-seed jackknife t", "t", t.statistic,
+                              [t.df] if t.df else [], t.p, estimate=t.estimate, ci=[t.lo, t.hi], n_seeds=n,
+                              seeds_needed=pt.seeds_for_power(t.estimate, t.se, n, m)))
+    return out
+
+
+def sources_tests(src) -> list[Hypothesis]:
+    if src is None:
+        return []
+    n = min(len(src.init_seeds), len(src.data_seeds))
+    return [Hypothesis(f"pd_tv/sources/{c.name}", f"sources_{c.name}", "pd_tv", "sources", [c.name],
+                       "two-way (init x data seed) jackknife t", "t", c.t, [c.df], c.p, estimate=c.mean,
+                       ci=[c.lo, c.hi], n_seeds=n) for c in src.contrasts]
+
+
+def build_hypotheses(outcomes, pd, sources) -> list[Hypothesis]:
+    """Every test of one experiment, adjusted per family."""
+    tests = [h for o in outcomes for h in outcome_tests(o)] + pd_tests(pd) + sources_tests(sources)
+    return adjust(tests)

@@ -306,3 +306,61 @@ def same_seed_ratio(d: np.ndarray) -> np.ndarray:
     den = 0.5 * (w[:, None] + w[None, :])
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, same / den, np.where(same > 0, np.inf, 0.0))
+
+
+def delta_jackknife_se(d: np.ndarray) -> float:
+    """Delete-one-seed jackknife SE of Δ = C − W (NaN with fewer than 3 seeds)."""
+    k, n = d.shape[0], d.shape[-1]
+    if n < 3:
+        return math.nan
+    theta = np.array([cross_minus_within(d[np.ix_(range(k), keep, range(k), keep)])
+                      for keep in ([s for s in range(n) if s != u] for u in range(n))])
+    return float(math.sqrt((n - 1) / n * np.sum((theta - theta.mean()) ** 2)))
+
+
+@dataclass
+class PDResult:
+    """Every PD number the report states, for one metric at one step, on the complete seeds of the grid."""
+
+    metric: str
+    step: int
+    activations: list[str]
+    seeds: list[str]
+    within: list[Estimate]
+    cross: np.ndarray  # (k, k) different activations, different seeds
+    cross_se: np.ndarray
+    excess: np.ndarray  # (k, k) cross − mean within, like with like
+    excess_se: np.ndarray
+    same_seed_ratio: np.ndarray  # (k, k)
+    omnibus: PairTest | None
+    pair_cross: list[PairTest]
+    reproducibility: list[PairTest]
+
+
+def analyse_pd(matrix: np.ndarray, run_acts: list[str], run_seeds: list[str], metric: str, step: int,
+               rng: np.random.Generator) -> PDResult | None:
+    """All PD tests for runs labelled (run_acts[r], run_seeds[r]); seeds missing any activation are left out."""
+    acts = sorted(set(run_acts))
+    seeds = [s for s in dict.fromkeys(run_seeds) if all((a, s) in set(zip(run_acts, run_seeds)) for a in acts)]
+    if len(acts) < 1 or len(seeds) < 2:
+        return None
+    pos = {(a, s): r for r, (a, s) in enumerate(zip(run_acts, run_seeds))}
+    rows = [pos[(a, s)] for a in acts for s in seeds]
+    sub = np.asarray(matrix, dtype=np.float64)[np.ix_(rows, rows)]
+    k, n = len(acts), len(seeds)
+    d = sub.reshape(k, n, k, n)
+    cross, cross_se = cross_estimates(d)
+    excess, excess_se = excess_estimates(d)
+    omnibus = None
+    if k >= 2:
+        omnibus = cross_vs_within_test(d, rng)
+        omnibus.se = delta_jackknife_se(d)
+        est = t_interval(omnibus.estimate, omnibus.se, n - 1)
+        omnibus.lo, omnibus.hi = est.lo, est.hi
+    pairs = pairwise_cross_vs_within(d, rng) if k >= 3 else []  # with 2 activations the omnibus is the pair
+    for t in pairs:
+        t.se = float(excess_se[t.a, t.b])
+        est = t_interval(t.estimate, t.se, n - 1)
+        t.lo, t.hi = est.lo, est.hi
+    return PDResult(metric, step, acts, seeds, within_estimates(d), cross, cross_se, excess, excess_se,
+                    same_seed_ratio(d), omnibus, pairs, reproducibility_tests(d) if k >= 2 else [])

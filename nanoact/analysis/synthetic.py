@@ -12,7 +12,8 @@ with Z the true logits (targets are sampled from softmax(Z)), A_a an activation-
 effect on predictions), S_s a seed offset shared by all activations (the block), E_as run noise, and q_a a
 per-activation sharpness (``quality``) that moves the loss. Checkpoint t predicts with f_t·L + (1−f_t)·I_as,
 f_t = t / max_step, I_as a small "initialisation" term. ``copy_of`` makes an activation silently reuse another
-activation's model: the failure of the flawed report.
+activation's model: the failure of the flawed report (``copy_jitter`` adds the small differences that
+nondeterministic training would, so the copies are not byte-identical).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SyntheticSpec:
     seed_scale: float = 0.3
     run_scale: float = 0.3
     copy_of: Mapping[str, str] = field(default_factory=dict)  # activation -> activation it silently reuses
+    copy_jitter: float = 0.0  # logit noise added to copies: nondeterministic training, not byte-identical
     failed: Sequence[tuple[str, int]] = ()  # cells with only a FAILED attempt
     retried: Sequence[tuple[str, int]] = ()  # cells with an older FINISHED attempt before the kept one
     eval_sha256: Mapping[tuple[str, int], str] = field(default_factory=dict)  # per-cell override (refusal test)
@@ -207,6 +209,8 @@ def log_synthetic_runs(
 
         # copies share the source's predictions exactly, as the flawed report's runs did
         logits, init = world.final_logits(src, s, attempt)
+        if src != a and spec.copy_jitter:
+            logits = logits + spec.copy_jitter * _rng("jitter", a, s).standard_normal(logits.shape, dtype=np.float32)
         g = _rng("timing", a, s, attempt)
         tps = 5000.0 * (1 + 0.02 * g.standard_normal(len(spec.steps)))
         ts = t0 + clock[0]
