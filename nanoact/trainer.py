@@ -163,14 +163,18 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
     try:
-        model = build_model(m, data.vocab.size, seed=t.seed).to(device)
-        check = wiring.check_model(model, m, data.vocab.size, t.seed)
+        init_seed, data_seed, dropout_seed = t.source_seeds()
+        model = build_model(m, data.vocab.size, seed=init_seed).to(device)
+        check = wiring.check_model(model, m, data.vocab.size, init_seed)
         n_params = model.num_params()
         run_tags = {
             **provenance_tags(device),
             "nanoact.model": m.name,
             "nanoact.activation": m.activation,
             "nanoact.seed": str(t.seed),
+            "nanoact.init_seed": str(init_seed),
+            "nanoact.data_seed": str(data_seed),
+            "nanoact.dropout_seed": str(dropout_seed),
             "nanoact.eval_set_sha256": eval_set.sha256,
             "nanoact.data_sha256": data.sha256,
             "nanoact.activation_modules": ";".join(check.found),
@@ -207,10 +211,11 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
           ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The optimisation loop with its evals; returns (final metrics, one row of metrics per eval step)."""
     m, t = cfg.model, cfg.train
-    torch.manual_seed(t.seed)  # dropout draws from the global generator
+    _, data_seed, dropout_seed = t.source_seeds()
+    torch.manual_seed(dropout_seed)  # dropout draws from the global generator
     if device.type == "cuda":
-        torch.cuda.manual_seed_all(t.seed)
-    batch_gen = torch.Generator().manual_seed(t.seed)
+        torch.cuda.manual_seed_all(dropout_seed)
+    batch_gen = torch.Generator().manual_seed(data_seed)  # the training batch order
     eval_batches = {
         split: data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
         for split in ("train", "val")

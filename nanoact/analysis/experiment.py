@@ -289,6 +289,14 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     outcomes, same = _outcomes(er)
     rng = np.random.default_rng(RNG_SEED)
     pd = pt.analyse_pd(pp.heat, [r.activation for r in runs], [r.seed for r in runs], PD_TEST_METRIC, steps[-1], rng)
+    sources = _sources(runs, pp.heat)
+    if sources is not None and pd is not None:
+        # blocks (init, data) share seeds, so they are not independent units: the seed-level jackknife of the
+        # reproducibility tests does not apply; the within-block relabelling test does (exchangeability per block)
+        pd.reproducibility = []
+        notes.append("init and data-order seeds are crossed: each (init, data) pair is a block, but blocks share "
+                     "seeds, so the loss RCBD and the jackknife intervals that treat blocks as independent are "
+                     "approximate; the PD-by-source section uses the two-way jackknife instead")
     if len(er.activations) < 2:
         notes.append("only one activation: there is no treatment to compare")
     eval_iters = {r.params.get("train.eval_iters") for r in runs} - {None}
@@ -297,7 +305,7 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
         eval_acc=pp.eval_acc, fingerprints=pp.fingerprints, pairs=pairs, pair_values=pp.pair_values,
         heatmap=pp.heat, pd_score=pp.scores, within=_within_summary(runs, pairs, pp.pair_values, steps),
         cross=_cross_summary(runs, pairs, pp.pair_values, steps), outcomes=outcomes, pd=pd,
-        sources=_sources(runs, pp.heat), guards=_guards(er, pp, outcomes, pd, steps[-1]),
+        sources=sources, guards=_guards(er, pp, outcomes, pd, steps[-1]),
         parent_run_id=er.parent_run_id(), eval_iters=", ".join(sorted(eval_iters)) or None, best_equals_final=same,
     )
     an.hypotheses = build_hypotheses(outcomes, pd, an.sources)

@@ -21,10 +21,10 @@ LABELS = {"final_val_loss": "final val loss", "final_val_acc": "final val acc", 
 SOURCE_QUESTIONS = {
     "activation_vs_reseeding": "Does changing the activation move predictions more than reseeding both init and "
                                "data order does (different seeds on both sides)?",
-    "init_only_vs_reseeding": "Does changing only the initial weights move predictions less than changing both "
-                              "seeds does?",
-    "data_only_vs_reseeding": "Does changing only the batch order move predictions less than changing both seeds "
-                              "does?",
+    "init_only_vs_reseeding": "Does changing only the initial weights move predictions by a different amount than "
+                              "changing both seeds does?",
+    "data_only_vs_reseeding": "Does changing only the batch order move predictions by a different amount than "
+                              "changing both seeds does?",
     "init_only_vs_data_only": "Do initial weights and batch order move predictions by different amounts?",
 }
 CITE_SD = ("Summers & Dinneen, \"Nondeterminism and instability in neural network optimization\", ICML 2021")
@@ -173,7 +173,10 @@ def headline(analyses, anomalies: list[str]) -> str:
         k, n = len(an.er.activations), len(an.er.seeds)
         prim = by_family(an.hypotheses, "primary")
         pdo = [h for h in by_family(an.hypotheses, "secondary") if h.kind == "pd_cross_within"]
-        txt = f"on {an.er.name} ({k} activations × {n} seeds) "
+        src = an.sources
+        blocks = (f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds" if src is not None
+                  else f"{n} seeds")
+        txt = f"on {an.er.name} ({k} activations × {blocks}) "
         txt += _short(prim[0], "final val loss differs between activations",
                       "no detectable difference in final val loss") if prim else "no blocked test was possible"
         if pdo:

@@ -49,6 +49,8 @@ class SyntheticSpec:
     run_scale: float = 0.3
     copy_of: Mapping[str, str] = field(default_factory=dict)  # activation -> activation it silently reuses
     copy_jitter: float = 0.0  # logit noise added to copies: nondeterministic training, not byte-identical
+    data_seeds: Sequence[int] = ()  # non-empty: ``seeds`` are init seeds, crossed with these data-order seeds
+    data_scale: float = 0.3  # weight of the data-order seed's offset
     failed: Sequence[tuple[str, int]] = ()  # cells with only a FAILED attempt
     retried: Sequence[tuple[str, int]] = ()  # cells with an older FINISHED attempt before the kept one
     eval_sha256: Mapping[tuple[str, int], str] = field(default_factory=dict)  # per-cell override (refusal test)
@@ -103,12 +105,16 @@ class _World:
             self._seed[s] = _rng("seed", s, self.spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
         return self._seed[s]
 
-    def final_logits(self, a: str, s: int, attempt: int) -> tuple[np.ndarray, np.ndarray]:
+    def final_logits(self, a: str, s: int | tuple[int, int], attempt: int) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
         g = _rng("run", a, s, attempt, spec.data_seed)
         logits = spec.quality.get(a, 1.0) * self.z
         logits += spec.act_scale * self.act(a)
-        logits += spec.seed_scale * self.seed(s)
+        if isinstance(s, tuple):  # (init seed, data-order seed)
+            logits += spec.seed_scale * self.seed(s[0])
+            logits += spec.data_scale * _rng("data", s[1], spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+        else:
+            logits += spec.seed_scale * self.seed(s)
         logits += spec.run_scale * g.standard_normal(self.z.shape, dtype=np.float32)
         init = 0.1 * g.standard_normal(self.z.shape, dtype=np.float32)
         return logits, init
@@ -163,8 +169,9 @@ def log_synthetic_runs(
     run_ids: dict[tuple[str, int], str] = {}
     all_ids: list[str] = []
     attempts: list[tuple[str, int, int, str]] = []  # (activation, seed, attempt, final status)
+    cells = [(i, d) for i in spec.seeds for d in spec.data_seeds] if spec.data_seeds else list(spec.seeds)
     for a in spec.activations:
-        for s in spec.seeds:
+        for s in cells:
             if (a, s) in spec.retried:
                 attempts.append((a, s, 0, "FINISHED"))
             if (a, s) in spec.failed:
@@ -181,9 +188,12 @@ def log_synthetic_runs(
             "data": {"corpus": "synthetic"},
             "eval": {"n_contexts": spec.n_contexts, "seed": 1234},
         }
+        if isinstance(s, tuple):
+            config["train"].update({"seed": 1337, "init_seed": s[0], "data_seed": s[1]})
         flat = {f"{sec}.{k}": str(v) for sec, d in config.items() for k, v in d.items()}
-        flat.update({"activation": a, "seed": str(s)})
-        grid_key = f"model.activation={a}|train.seed={s}"
+        flat.update({"activation": a, "seed": str(config["train"]["seed"])})
+        grid_key = (f"model.activation={a}|train.data_seed={s[1]}|train.init_seed={s[0]}" if isinstance(s, tuple)
+                    else f"model.activation={a}|train.seed={s}")
         tags = {"mlflow.runName": f"{spec.model}-{a}-s{s}",
                 "nanoact.eval_set_sha256": spec.eval_sha256.get((a, s), world.eval_sha256)}
         if parent_id:
@@ -191,7 +201,7 @@ def log_synthetic_runs(
         if spec.nanoact_tags:
             tags.update({
                 "nanoact.role": "cell", "nanoact.study": spec.experiment, "nanoact.grid_key": grid_key,
-                "optuna.trial_number": str(trial), "nanoact.activation": a, "nanoact.seed": str(s),
+                "optuna.trial_number": str(trial), "nanoact.activation": a, "nanoact.seed": str(config["train"]["seed"]),
                 "nanoact.model": spec.model, "nanoact.data_sha256": "0" * 64,
                 "nanoact.activation_modules": MODULE_NAMES.get(src, f"{src}()"),
                 "nanoact.activation_modules_expected": MODULE_NAMES.get(a, f"{a}()"),

@@ -253,3 +253,25 @@ def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
     again.steps(run)
     assert [again.path(run, s) for s in steps] == first and again.downloads == 0
     assert log.run_ids[("relu", 1)] == run.run_id
+
+
+def test_sources_grid_is_decomposed(uri, artifacts, tmp_path):
+    # activations x init seeds x data-order seeds, crossed; the init seed moves predictions far more than the data
+    spec = SyntheticSpec(experiment="sources", activations=("relu", "gelu"), seeds=(1, 2, 3), data_seeds=(1, 2, 3),
+                         n_contexts=128, steps=(0, 100), act_scale=0.8, seed_scale=0.8, data_scale=0.1,
+                         run_scale=0.05)
+    log_synthetic_runs(uri, spec, artifact_root=artifacts)
+    res = _report(uri, tmp_path, ["sources"], log_to_parent=False)
+    assert res.anomalies == []
+    e = json.loads(res.summary_json.read_text())["per_experiment"]["sources"]
+    assert len(e["runs"]) == 18 and len(e["seeds"]) == 9  # every (init, data) pair is a block of the RCBD
+    assert {r["init_seed"] for r in e["runs"]} == {"1", "2", "3"}
+    cats = {c["name"]: c for c in e["sources"]["categories"]}
+    assert cats["init"]["mean"] > 3 * cats["data"]["mean"] > 0
+    assert all(c["lo"] < c["mean"] < c["hi"] for c in cats.values())
+    tests = {h["id"]: h for h in e["hypotheses"] if h["family"] == "sources"}
+    assert tests["pd_tv/sources/init_only_vs_data_only"]["outcome"] == "difference"
+    assert tests["pd_tv/sources/activation_vs_reseeding"]["estimate"] > 0
+    md = res.report_md.read_text()
+    assert "PD by source of variation" in md and "Summers & Dinneen" in md
+    assert any("pd_tv/sources/" in t for x in e["executive_summary"] for t in x["tests"])
