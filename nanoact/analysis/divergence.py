@@ -1,4 +1,4 @@
-"""Prediction-difference (PD) metrics of FACTS.md §3, computed for many pairs of runs at once.
+"""Prediction-difference (PD) metrics, computed for many pairs of runs at once.
 
 All runs of a ``PredictionStack`` predicted on the same evaluation set (the report refuses anything else), so
 row n of every run is the same context x_n. Names and formulas, averaged over the N contexts:
@@ -223,7 +223,7 @@ def frechet_bounds(acc_a: float | np.ndarray, acc_b: float | np.ndarray) -> tupl
 def pair_mean_jackknife(pairs: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """Mean over pairs of units, with a jackknife standard error that leaves out one *unit* (seed) at a time.
 
-    Pairs share units, so a standard error over pairs would be too small (FACTS.md §3). ``pairs`` holds unit
+    Pairs share units, so a standard error over pairs would be too small. ``pairs`` holds unit
     labels (n_pairs, 2). Returns (mean, se); se is NaN with fewer than 3 units (no pair survives deletion).
     """
     pairs = np.asarray(pairs).reshape(-1, 2)
