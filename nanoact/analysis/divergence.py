@@ -238,3 +238,16 @@ def pair_mean_jackknife(pairs: np.ndarray, values: np.ndarray) -> tuple[float, f
     g = len(units)
     se = float(np.sqrt((g - 1) / g * np.sum((theta - theta.mean()) ** 2)))
     return mean, se
+
+
+def per_context_tv(stack: PredictionStack, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(N,) pd_tv per context, averaged over ``pairs``: the input of a bootstrap over evaluation contexts."""
+    out = np.zeros(stack.n_contexts)
+    if not len(pairs):
+        return out
+    step = max(1, CHUNK // stack.vocab_size)
+    for i, j in pairs:
+        for lo in range(0, stack.n_contexts, step):
+            a, b = stack.probs[i, lo:lo + step], stack.probs[j, lo:lo + step]
+            out[lo:lo + step] += 0.5 * np.abs(a - b).sum(axis=1, dtype=np.float64)
+    return out / len(pairs)

@@ -85,6 +85,7 @@ class _PDPass:
     fingerprints: dict[str, str] = field(default_factory=dict)
     self_pd: dict[str, dict[str, float]] = field(default_factory=dict)
     asym: list[tuple[str, str, str, float]] = field(default_factory=list)
+    context_tv: dict[str, np.ndarray] = field(default_factory=dict)  # activation -> (N,) within-pair pd_tv per context
 
 
 def _check_eval_hashes(er: ExperimentRuns, notes: list[str]) -> str | None:
@@ -177,6 +178,8 @@ def _final_step_extras(stack: dv.PredictionStack, runs: list[RunRecord], pairs, 
     for i, r in enumerate(runs):
         groups[r.activation].append(i)
     out.scores = dv.loo_scores(stack, list(groups.values()))
+    for act, idx in groups.items():
+        out.context_tv[act] = dv.per_context_tv(stack, list(combinations(idx, 2)))
     for i, r in enumerate(runs):  # PD(a, a) through the full code path, on a separate copy
         twin = dv.PredictionStack(np.stack([stack.probs[i], stack.probs[i]]), stack.targets,
                                   top1[[i, i]], label_prob[[i, i]])
@@ -288,7 +291,8 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     pp, (n_ctx, vocab) = _pd_pass(name, runs, steps, pairs, fetcher, progress)
     outcomes, same = _outcomes(er)
     rng = np.random.default_rng(RNG_SEED)
-    pd = pt.analyse_pd(pp.heat, [r.activation for r in runs], [r.seed for r in runs], PD_TEST_METRIC, steps[-1], rng)
+    pd = pt.analyse_pd(pp.heat, [r.activation for r in runs], [r.seed for r in runs], PD_TEST_METRIC, steps[-1], rng,
+                       context_tv=pp.context_tv)
     sources = _sources(runs, pp.heat)
     if sources is not None and pd is not None:
         # blocks (init, data) share seeds, so they are not independent units: the seed-level jackknife of the

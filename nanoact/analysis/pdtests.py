@@ -84,13 +84,18 @@ def jackknife_se(theta_loo: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Estimate:
-    """A mean PD with its jackknife SE over seeds and a t interval on ``df`` degrees of freedom."""
+    """A mean PD with its jackknife SE over seeds and a t interval on ``df`` degrees of freedom.
+
+    ``context_se`` is the SE from resampling evaluation contexts (the bootstrap over contexts, computed exactly:
+    the statistic is a mean over contexts). When it is the larger, the interval is widened to ±1.96·context_se.
+    """
 
     mean: float
     se: float
     df: int
     lo: float
     hi: float
+    context_se: float = math.nan
 
 
 def t_interval(mean: float, se: float, df: int, level: float = 0.95) -> Estimate:
@@ -337,9 +342,23 @@ class PDResult:
     reproducibility: list[PairTest]
 
 
+def with_context_se(est: Estimate, per_context: np.ndarray | None) -> Estimate:
+    """Adds the bootstrap-over-contexts SE of a mean over contexts; widens the interval when that is larger."""
+    if per_context is None or len(per_context) < 2:
+        return est
+    est.context_se = float(np.std(per_context, ddof=1) / math.sqrt(len(per_context)))
+    half = 1.959963984540054 * est.context_se
+    if not (est.hi - est.mean >= half):  # also when the seed interval is undefined (NaN)
+        est.lo, est.hi = est.mean - half, est.mean + half
+    return est
+
+
 def analyse_pd(matrix: np.ndarray, run_acts: list[str], run_seeds: list[str], metric: str, step: int,
-               rng: np.random.Generator) -> PDResult | None:
-    """All PD tests for runs labelled (run_acts[r], run_seeds[r]); seeds missing any activation are left out."""
+               rng: np.random.Generator, context_tv: dict[str, np.ndarray] | None = None) -> PDResult | None:
+    """All PD tests for runs labelled (run_acts[r], run_seeds[r]); seeds missing any activation are left out.
+
+    ``context_tv``: per activation, the within-activation pd_tv per evaluation context (for the context SE).
+    """
     acts = sorted(set(run_acts))
     seeds = [s for s in dict.fromkeys(run_seeds) if all((a, s) in set(zip(run_acts, run_seeds)) for a in acts)]
     if len(acts) < 1 or len(seeds) < 2:
@@ -362,5 +381,6 @@ def analyse_pd(matrix: np.ndarray, run_acts: list[str], run_seeds: list[str], me
         t.se = float(excess_se[t.a, t.b])
         est = t_interval(t.estimate, t.se, n - 1)
         t.lo, t.hi = est.lo, est.hi
-    return PDResult(metric, step, acts, seeds, within_estimates(d), cross, cross_se, excess, excess_se,
+    within = [with_context_se(e, (context_tv or {}).get(a)) for a, e in zip(acts, within_estimates(d))]
+    return PDResult(metric, step, acts, seeds, within, cross, cross_se, excess, excess_se,
                     same_seed_ratio(d), omnibus, pairs, reproducibility_tests(d) if k >= 2 else [])

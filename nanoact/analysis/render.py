@@ -279,9 +279,11 @@ PD_INTRO = (
 def _md_pd_tables(an, pd) -> list[str]:
     acts = pd.activations
     n = len(pd.seeds)
-    rows = [[a, f"{f(e.mean)} ± {f(e.se)}", f"[{f(e.lo)}, {f(e.hi)}]"] for a, e in zip(acts, pd.within)]
-    L = [f"Seed-to-seed {pd.metric} within each activation at step {pd.step} (mean over pairs of seeds ± jackknife "
-         f"SE; 95% t interval on {n - 1} df):", "", table(["activation", "mean ± SE", "95% CI"], rows), ""]
+    rows = [[a, f"{f(e.mean)} ± {f(e.se)}", f(e.context_se), f"[{f(e.lo)}, {f(e.hi)}]"] for a, e in zip(acts, pd.within)]
+    L = [f"Seed-to-seed {pd.metric} within each activation at step {pd.step}: mean over pairs of seeds ± jackknife "
+         f"SE over seeds; the SE from resampling the {an.n_contexts} evaluation contexts; 95% interval (t on {n - 1} "
+         "df with the seed SE, widened to ±1.96 context SE where that is larger):", "",
+         table(["activation", "mean ± seed SE", "context SE", "95% CI"], rows), ""]
     rows = []
     for i in range(len(acts)):
         for j in range(i + 1, len(acts)):

@@ -223,3 +223,14 @@ def test_threads_do_not_change_results():
     two = dv.pair_metrics(dv.PredictionStack(probs, y), pairs, threads=2)
     for k in dv.METRICS:
         assert np.array_equal(one[k], two[k]), k
+
+
+def test_per_context_tv_averages_to_pair_pd_tv():
+    rng = np.random.default_rng(11)
+    probs = np.stack([_random_probs(rng, 3000, 65) for _ in range(3)])
+    stack = dv.PredictionStack(probs, rng.integers(0, 65, 3000))
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    per = dv.per_context_tv(stack, pairs)
+    assert per.shape == (3000,)
+    assert per.mean() == pytest.approx(dv.pair_metrics(stack, pairs, ("pd_tv",))["pd_tv"].mean(), rel=1e-5)
+    assert dv.per_context_tv(stack, []).sum() == 0

@@ -152,3 +152,15 @@ def test_seeds_for_power_is_monotone():
     assert pt.seeds_for_power(0.01, 0.005, 3, 1) is not None
     assert pt.seeds_for_power(0.01, 0.005, 3, 1) <= pt.seeds_for_power(0.01, 0.005, 3, 10)
     assert pt.seeds_for_power(0.0, 0.005, 3, 1) is None
+
+
+def test_context_se_is_the_bootstrap_over_contexts_and_widens_the_interval():
+    rng = np.random.default_rng(70)
+    per_ctx = rng.gamma(2.0, 0.05, size=400)
+    boot = [per_ctx[rng.integers(0, 400, 400)].mean() for _ in range(4000)]
+    est = pt.with_context_se(pt.Estimate(per_ctx.mean(), 1e-6, 4, per_ctx.mean() - 1e-5, per_ctx.mean() + 1e-5),
+                             per_ctx)
+    assert est.context_se == pytest.approx(np.std(boot), rel=0.05)
+    assert est.hi - est.mean == pytest.approx(1.96 * est.context_se, rel=1e-3)  # the larger uncertainty wins
+    wide = pt.with_context_se(pt.Estimate(0.1, 1.0, 4, -2.0, 2.2), per_ctx)
+    assert (wide.lo, wide.hi) == (-2.0, 2.2)
