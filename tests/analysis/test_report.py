@@ -68,6 +68,13 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
     assert e["executive_summary"] and all(set(x["tests"]) <= ids and x["tests"] for x in e["executive_summary"])
     assert {h["family"] for h in e["hypotheses"] if h["outcome"] == "difference"} >= {"primary", "secondary"}
     assert "pd_score" not in e["statistics"]  # the per-run leave-one-out RCBD is gone
+    # synthetic val loss falls monotonically, so best = final: said once, not repeated as a second outcome
+    assert e["best_val_loss_equals_final"] and "best_val_loss" not in e["statistics"]
+    assert "Best val loss equals final val loss for every run" in md and "best val loss" not in md.lower().replace(
+        "best val loss equals final val loss", "")
+    assert e["primary_outcome"] == "final_val_loss" and "Primary outcome, final val loss" in md
+    assert "FACTS" not in md and "FACTS" not in res.summary_json.read_text()
+    assert "js in nats" in md.lower() or "in nats" in md
     # the outputs were logged to the sweep's parent run
     client = make_client(uri)
     logged = {Path(f.path).name for f in client.list_artifacts(log.parent_run_id, "report")}
@@ -231,6 +238,8 @@ def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
     res = run_report(["dflt"], tracking_uri=uri, log_to_parent=False)
     assert res.out_dir == Path("reports/dflt") and (tmp_path / "reports/dflt/report.md").exists()
     assert res.anomalies == []
+    md = res.report_md.read_text()
+    assert "∞" not in md and "= inf" not in md  # Iman-Davenport with 2 seeds: undefined, not F = ∞
     # 2 activations x 2 seeds: the relabelling test has 2 relabellings, so it cannot conclude, and says so
     e = json.loads(res.summary_json.read_text())["per_experiment"]["dflt"]
     (pd,) = [h for h in e["hypotheses"] if h["id"] == "pd_tv/cross_vs_within"]
