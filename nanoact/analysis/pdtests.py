@@ -208,11 +208,11 @@ def cross_minus_within(d: np.ndarray) -> np.ndarray:
     return c - wsum / (n * (n - 1) * k)
 
 
-def cross_vs_within_test(d: np.ndarray, rng: np.random.Generator, n_perm: int = N_PERM) -> PairTest:
+def cross_vs_within_test(d: np.ndarray, rng: np.random.Generator, n_perm: int | None = None) -> PairTest:
     """Randomisation test of Δ = C − W > 0 for all activations of ``d`` (k, n, k, n); a = b = −1."""
     k, n = d.shape[0], d.shape[-1]
     delta = float(cross_minus_within(d))
-    inv, _ = _relabellings(k, n, rng, n_perm)
+    inv, _ = _relabellings(k, n, rng, n_perm or N_PERM)
     sums = np.concatenate([_within_sums(d, inv[i:i + 512]) for i in range(0, len(inv), 512)])
     obs = sums[0]
     tol = 1e-12 * max(1.0, abs(obs))
@@ -223,7 +223,7 @@ def cross_vs_within_test(d: np.ndarray, rng: np.random.Generator, n_perm: int = 
     return PairTest(-1, -1, delta, math.nan, delta, math.nan, p, floor)
 
 
-def pairwise_cross_vs_within(d: np.ndarray, rng: np.random.Generator, n_perm: int = N_PERM) -> list[PairTest]:
+def pairwise_cross_vs_within(d: np.ndarray, rng: np.random.Generator, n_perm: int | None = None) -> list[PairTest]:
     """``cross_vs_within_test`` for each pair of activations alone (two labels: 2^(n−1) relabellings)."""
     k = d.shape[0]
     out = []
@@ -262,12 +262,10 @@ def seeds_for_power(diff: float, se: float, n: int, m: int, alpha: float = ALPHA
     """
     if not (math.isfinite(diff) and math.isfinite(se)) or se <= 0 or diff == 0:
         return None
-    for cand in range(max(n, 3), 1001):
-        se_c = se * math.sqrt(n / cand)
-        need = stats.t.ppf(1 - alpha / (2 * m), cand - 1) + stats.t.ppf(power, cand - 1)
-        if abs(diff) / se_c >= need:
-            return cand
-    return None
+    cand = np.arange(max(n, 3), 1001)
+    need = stats.t.ppf(1 - alpha / (2 * m), cand - 1) + stats.t.ppf(power, cand - 1)
+    ok = np.flatnonzero(abs(diff) / (se * np.sqrt(n / cand)) >= need)
+    return int(cand[ok[0]]) if len(ok) else None
 
 
 def cross_estimates(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -164,3 +164,31 @@ def test_context_se_is_the_bootstrap_over_contexts_and_widens_the_interval():
     assert est.hi - est.mean == pytest.approx(1.96 * est.context_se, rel=1e-3)  # the larger uncertainty wins
     wide = pt.with_context_se(pt.Estimate(0.1, 1.0, 4, -2.0, 2.2), per_ctx)
     assert (wide.lo, wide.hi) == (-2.0, 2.2)
+
+
+def _claims(d, rng):
+    from nanoact.analysis.hypotheses import adjust, pd_tests
+
+    k, n = d.shape[0], d.shape[1]
+    acts, seeds = [f"a{i}" for i in range(k)], [str(s) for s in range(n)]
+    res = pt.analyse_pd(d.reshape(k * n, k * n), [a for a in acts for _ in seeds], seeds * k, "pd_tv", 1, rng)
+    return {h.family for h in adjust(pd_tests(res)) if h.outcome == "difference"}
+
+
+def test_report_pd_claims_on_null_data_stay_within_alpha_per_family(monkeypatch):
+    # what the report would claim, end to end through analyse_pd + the hypothesis list, on exchangeable activations
+    monkeypatch.setattr(pt, "N_PERM", 199)
+    rng = np.random.default_rng(80)
+    m = 300
+    data = simulate(rng, m, 4, 5, seed_scale=1.0)
+    claims = [_claims(data[i], rng) for i in range(m)]
+    for fam in ("secondary", "pd_cross_within_pairs", "pd_reproducibility_pairs"):
+        assert np.mean([fam in c for c in claims]) <= bound(m), fam
+
+
+def test_report_pd_claims_find_planted_differences(monkeypatch):
+    monkeypatch.setattr(pt, "N_PERM", 199)
+    rng = np.random.default_rng(81)
+    claims = [_claims(d, rng) for d in simulate(rng, 30, 3, 10, loc=0.8)]
+    assert np.mean(["secondary" in c for c in claims]) >= 0.9
+    assert np.mean(["pd_cross_within_pairs" in c for c in claims]) >= 0.8
