@@ -342,7 +342,23 @@ def _md_sources(an, h: str) -> list[str]:
     for c in src.categories[:2]:
         if both.mean > 0:
             L.append(f"- {c.name} alone gives {100 * c.mean / both.mean:.0f}% of the PD of changing both seeds.")
+    L.append("- " + _agreement(an.hypotheses))
     return L + [""]
+
+
+def _agreement(tests: list[Hypothesis]) -> str:
+    """Whether this grid agrees with Summers & Dinneen, from the two single-source tests only."""
+    single = {h.subjects[0]: h for h in tests if h.family == "sources"
+              and h.subjects[0] in ("init_only_vs_reseeding", "data_only_vs_reseeding")}
+    words = {"init_only_vs_reseeding": "initial-weights", "data_only_vs_reseeding": "batch-order"}
+    lower = [words[k] for k, h in single.items() if h.significant and h.estimate < 0]
+    if any(h.outcome == "cannot_conclude" for h in single.values()) or len(single) < 2:
+        return "Whether a single source gives the full variability cannot be decided with these seeds."
+    if not lower:
+        return ("Consistent with Summers & Dinneen: neither the initial weights alone nor the batch order alone "
+                "moves predictions detectably less than changing both.")
+    return (f"Not what Summers & Dinneen found: changing only the {' or only the '.join(lower)} seed moves "
+            "predictions detectably less than changing both.")
 
 
 def _md_outcome(an, o) -> list[str]:
