@@ -58,27 +58,40 @@ class Hypothesis:
         return asdict(self)
 
 
+def _floor_blocks(members: list[Hypothesis], i: int, alpha: float) -> bool:
+    """True when test i could not have been rejected even at its smallest possible p, given the family's others."""
+    h = members[i]
+    if h.p_floor <= 0:
+        return False
+    ps = [x.p if math.isfinite(x.p) else math.nan for x in members]
+    ps[i] = h.p_floor
+    return not holm(ps)[i] < alpha
+
+
 def adjust(tests: list[Hypothesis], alpha: float = ALPHA) -> list[Hypothesis]:
-    """Holm-adjust p within each family and set ``p_adjusted``, ``significant`` and ``outcome`` (in place)."""
+    """Holm-adjust p within each family and set ``p_adjusted``, ``significant`` and ``outcome`` (in place).
+
+    ``cannot_conclude``: no p-value, or a permutation test whose p-value floor could not have been significant
+    (then ``seeds_needed`` says how many seeds would let it reach alpha / m).
+    """
     fams: dict[str, list[Hypothesis]] = defaultdict(list)
     for h in tests:
         fams[h.family].append(h)
     for members in fams.values():
         m = sum(1 for h in members if math.isfinite(h.p))
-        for h, pa in zip(members, holm([h.p if math.isfinite(h.p) else math.nan for h in members])):
+        for i, (h, pa) in enumerate(zip(members, holm([h.p if math.isfinite(h.p) else math.nan for h in members]))):
             h.p_adjusted = pa
             h.exploratory = h.exploratory or h.family.startswith("exploratory")
-            # Holm's first step compares the smallest p with alpha / m: a floor above that can never reject
-            floor_blocks = m > 0 and h.p_floor > alpha / m
-            if not math.isfinite(h.p) or floor_blocks:
+            if math.isfinite(h.p) and pa < alpha:
+                h.significant, h.outcome = True, "difference"
+            elif not math.isfinite(h.p) or _floor_blocks(members, i, alpha):
                 h.significant, h.outcome = None, "cannot_conclude"
-                if floor_blocks and "labels" in h.extra:  # relabelling tests: seeds for the floor to reach alpha/m
+                if "labels" in h.extra and m:  # relabelling tests: seeds for the floor to reach alpha / m
                     from nanoact.analysis.pdtests import seeds_for_floor
 
                     h.seeds_needed = seeds_for_floor(h.extra["labels"], m, alpha)
             else:
-                h.significant = bool(pa < alpha)
-                h.outcome = "difference" if h.significant else "no_detectable_difference"
+                h.significant, h.outcome = False, "no_detectable_difference"
     return tests
 
 

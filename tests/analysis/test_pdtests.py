@@ -192,3 +192,20 @@ def test_report_pd_claims_find_planted_differences(monkeypatch):
     claims = [_claims(d, rng) for d in simulate(rng, 30, 3, 10, loc=0.8)]
     assert np.mean(["secondary" in c for c in claims]) >= 0.9
     assert np.mean(["pd_cross_within_pairs" in c for c in claims]) >= 0.8
+
+
+def test_holm_families_cannot_conclude_only_when_the_floor_rules_out_rejection():
+    from nanoact.analysis.hypotheses import Hypothesis, adjust
+
+    def h(i, p, floor=0.0):
+        return Hypothesis(f"t{i}", "x", "m", "fam", [], "m", "s", 0.0, [], p, p_floor=floor, extra={"labels": 2})
+
+    # a relabelling test with floor 0.04 next to a clearly rejected test: Holm's second step uses alpha/1
+    a, b = adjust([h(0, 1e-6), h(1, 0.04, 0.04)])
+    assert a.outcome == b.outcome == "difference"
+    # alone with another non-rejected test, the same floor cannot pass alpha/2: cannot conclude, with a seed count
+    a, b = adjust([h(0, 0.3), h(1, 0.04, 0.04)])
+    assert a.outcome == "no_detectable_difference" and b.outcome == "cannot_conclude" and b.significant is None
+    assert b.seeds_needed == 7  # 1/2^(n-1) <= 0.025
+    (c,) = adjust([h(0, float("nan"))])
+    assert c.outcome == "cannot_conclude"
