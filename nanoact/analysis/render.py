@@ -134,14 +134,18 @@ def _pairs_sentence(fam: list[Hypothesis], what: str, how: str) -> dict[str, Any
         h = fam[0]
         return _item(f"{what}: no pair can be decided with {h.n_seeds} seeds ({how}; its smallest possible p, "
                      f"{g(h.p_floor, 3)}, is above α/{len(fam)}); that needs at least {h.seeds_needed} seeds.", fam)
+    undecided = [h for h in fam if h.outcome == "cannot_conclude"]
+    tail = (f" {len(undecided)} pair(s) cannot be decided with {undecided[0].n_seeds} seeds (p-value floor); that "
+            f"needs {undecided[0].seeds_needed} seeds." if undecided else "")
     if not sig:
         big = max(fam, key=lambda h: abs(h.estimate) if math.isfinite(h.estimate) else -1)
-        need = f"; detecting a gap that size would need roughly {big.seeds_needed} seeds" if big.seeds_needed else ""
+        need = (f"; detecting a gap that size would need roughly {big.seeds_needed} seeds"
+                if big.seeds_needed and big.outcome != "cannot_conclude" else "")
         return _item(f"{what}: no pair differs detectably ({how}, Holm over {len(fam)} pairs; largest estimate "
-                     f"{big.subjects[0]} − {big.subjects[1]} = {g(big.estimate)}, {ci(big)}{need}).", fam)
+                     f"{big.subjects[0]} − {big.subjects[1]} = {g(big.estimate)}, {ci(big)}{need}).{tail}", fam)
     parts = [f"{h.subjects[0]} − {h.subjects[1]} = {g(h.estimate)} (Holm p {fp(h.p_adjusted)})" for h in sig]
     return _item(f"{what}: {len(sig)} of {len(fam)} pairs differ ({how}, Holm over {len(fam)} pairs): "
-                 + "; ".join(parts) + ".", fam)
+                 + "; ".join(parts) + "." + tail, fam)
 
 
 def executive_summary(tests: list[Hypothesis], n_seeds: int) -> list[dict[str, Any]]:
