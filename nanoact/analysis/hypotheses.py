@@ -116,7 +116,7 @@ def outcome_tests(o) -> list[Hypothesis]:
     best, worst = o.order()
     gap = abs(r.treatment_means[worst] - r.treatment_means[best])
     out = [Hypothesis(f"{o.outcome}/rcbd", "rcbd", o.outcome, "primary" if primary else "secondary",
-                      list(o.activations), "RCBD F", "F", r.f_a, [r.df_a, r.df_e], r.p_a, estimate=gap, n_seeds=n,
+                      list(o.activations), "RCBD ANOVA", "F", r.f_a, [r.df_a, r.df_e], r.p_a, estimate=gap, n_seeds=n,
                       extra={"best": o.activations[best], "best_mean": r.treatment_means[best],
                              "worst": o.activations[worst], "worst_mean": r.treatment_means[worst],
                              "partial_eta2": r.partial_eta2, "mde": o.mde})]
