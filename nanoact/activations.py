@@ -8,7 +8,9 @@ parameter raises :class:`ActivationError` with a one-line message. Spec grammar:
     param  := KEY "=" NUMBER                                 NUMBER: a finite int or float literal
 
 Names are case-sensitive (``"Relu"`` is an error). Per-layer lists (``"relu,gelu"``) are split with
-:func:`split_layer_spec`. Exact definitions are in docs/FACTS.md section 4.
+:func:`split_layer_spec`. Definitions: SmeLU and generalized SmeLU from Shamir et al., "Smooth activations
+and reproducibility in deep networks" (arXiv:2010.09931); SwiGLU from Shazeer, "GLU variants improve
+transformer" (arXiv:2002.05202); GELU from Hendrycks & Gimpel (arXiv:1606.08415).
 
 Users add their own activations with :func:`register_activation`; everything else (``build_activation``,
 ``is_activation_module``, ``activation_modules``, ``expected_modules``) then sees them.
@@ -123,7 +125,7 @@ class SmeLU(nn.Module):
 
 
 class GeneralizedSmeLU(nn.Module):
-    """Generalized SmeLU: slopes g_neg / g_pos, half-widths alpha / beta > 0, offset t (FACTS.md section 4).
+    """Generalized SmeLU: slopes g_neg / g_pos, half-widths alpha / beta > 0, offset t (Shamir et al., arXiv:2010.09931).
 
     With a = (g_pos-g_neg)/(2(alpha+beta)), b = (alpha g_pos + beta g_neg)/(alpha+beta),
     c = t + alpha^2 (g_pos-g_neg)/(2(alpha+beta)), d = t + (alpha-beta)(g_pos-g_neg)/2:
@@ -171,7 +173,8 @@ class SwiGLU(nn.Module):
     projects d -> 2h with h = int(8 d / 3) (2/3 of 4d; see :func:`mlp_hidden` and :func:`mlp_in_features`),
     applies SwiGLU, then projects h -> d. That MLP has 3 d h ~= 8 d^2 weights (without biases), like the ungated
     d -> 4d -> d MLP, but parameter counts and initialisation differ slightly from the other arms for the same
-    seed (FACTS.md section 4), so report the SwiGLU arm as such.
+    seed (Shazeer, arXiv:2002.05202, keeps the hidden size at 2/3 of 4d for this reason), so report the SwiGLU
+    arm as such.
     """
 
     def __init__(self, beta: float = 1.0) -> None:

@@ -2,9 +2,10 @@
 
 ``RunConfig`` is what one training run needs. It is built from defaults, a sweep file and ``--set key=value``
 overrides; every key is checked, so an unknown key or a value of the wrong type is an error naming the key
-(nothing is silently ignored, FACTS §1.3).
+(nothing is silently ignored: a knob that does nothing would make an ablation claim something that never ran).
 
-The defaults are nanoGPT's CPU recipe for ``shakespeare_char`` (FACTS §2) on ``minigpt``.
+The defaults are nanoGPT's CPU recipe for ``shakespeare_char`` (``config/train_shakespeare_char.py`` in
+github.com/karpathy/nanoGPT) on ``minigpt``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     seed: int = 1337
+    """Default for the three source seeds below (each -1 takes this value)."""
+    init_seed: int = -1
+    """Seed of the initial weights; -1: ``train.seed``."""
+    data_seed: int = -1
+    """Seed of the training batch order; -1: ``train.seed``."""
+    dropout_seed: int = -1
+    """Seed of dropout and any other draw from torch's global generator; -1: ``train.seed``."""
     max_iters: int = 2000
     batch_size: int = 12
     lr: float = 1e-3
@@ -70,6 +78,10 @@ class TrainConfig:
     """Log the training loss of the current batch and the learning rate every this many iterations (0: only at
     eval steps)."""
     checkpoint: bool = True
+
+    def source_seeds(self) -> tuple[int, int, int]:
+        """(init, data order, dropout) seeds, each defaulting to ``seed``: unset, a run is what it always was."""
+        return tuple(self.seed if s == -1 else s for s in (self.init_seed, self.data_seed, self.dropout_seed))
 
 
 @dataclass
@@ -228,6 +240,8 @@ def validate(cfg: RunConfig) -> None:
     need(t.dtype in ("float32", "bfloat16"), "train.dtype must be 'float32' or 'bfloat16'")
     need(t.threads >= 0, "train.threads must be >= 0")
     need(t.log_interval >= 0, "train.log_interval must be >= 0 (0: log only at eval steps)")
+    for name in ("init_seed", "data_seed", "dropout_seed"):
+        need(getattr(t, name) >= -1, f"train.{name} must be >= 0, or -1 to use train.seed")
     need(e.n_contexts >= 1, "eval.n_contexts must be >= 1")
     need(0.5 <= d.train_fraction < 1.0, "data.train_fraction must be in [0.5, 1)")
     need(bool(d.corpus.strip()), "data.corpus must not be empty")

@@ -21,7 +21,8 @@ def store_dir(cwd: str | Path | None = None) -> Path:
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
     """Explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs>/mlruns/mlflow.db``.
 
-    A relative sqlite path is made absolute (FACTS §6: MLflow resolves it against whatever the cwd is later).
+    A relative sqlite path is made absolute (MLflow resolves a relative sqlite path against whatever the cwd is
+    later, so the same URI could name different stores).
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:

@@ -118,6 +118,14 @@ def _check_runtime(cfg: RunConfig, device: torch.device) -> None:
         raise ConfigError(f"train.tf32=true is a CUDA switch, but the device is {device}; set it to false")
 
 
+def default_run_name(cfg: RunConfig) -> str:
+    """``minigpt-gelu-s42``; with seeds split into sources, ``minigpt-gelu-s42-i1-d2`` (init, data order)."""
+    t = cfg.train
+    name = f"{cfg.model.name}-{cfg.model.activation}-s{t.seed}"
+    return name + "".join(f"-{tag}{v}" for tag, v in (("i", t.init_seed), ("d", t.data_seed), ("p", t.dropout_seed))
+                          if v != -1)
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -131,7 +139,7 @@ def train(
     validate(cfg)
     tracker = tracker or NullTracker()
     t_start = time.perf_counter()
-    tracker.start(run_name or f"{cfg.model.name}-{cfg.model.activation}-s{cfg.train.seed}", tags or {})
+    tracker.start(run_name or default_run_name(cfg), tags or {})
     try:
         result = _train(cfg, data, tracker, progress, t_start)
     except KeyboardInterrupt:
@@ -163,14 +171,18 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
     try:
-        model = build_model(m, data.vocab.size, seed=t.seed).to(device)
-        check = wiring.check_model(model, m, data.vocab.size, t.seed)
+        init_seed, data_seed, dropout_seed = t.source_seeds()
+        model = build_model(m, data.vocab.size, seed=init_seed).to(device)
+        check = wiring.check_model(model, m, data.vocab.size, init_seed)
         n_params = model.num_params()
         run_tags = {
             **provenance_tags(device),
             "nanoact.model": m.name,
             "nanoact.activation": m.activation,
             "nanoact.seed": str(t.seed),
+            "nanoact.init_seed": str(init_seed),
+            "nanoact.data_seed": str(data_seed),
+            "nanoact.dropout_seed": str(dropout_seed),
             "nanoact.eval_set_sha256": eval_set.sha256,
             "nanoact.data_sha256": data.sha256,
             "nanoact.activation_modules": ";".join(check.found),
@@ -218,10 +230,11 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
           ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The optimisation loop with its evals; returns (final metrics, one row of metrics per eval step)."""
     m, t = cfg.model, cfg.train
-    torch.manual_seed(t.seed)  # dropout draws from the global generator
+    _, data_seed, dropout_seed = t.source_seeds()
+    torch.manual_seed(dropout_seed)  # dropout draws from the global generator
     if device.type == "cuda":
-        torch.cuda.manual_seed_all(t.seed)
-    batch_gen = torch.Generator().manual_seed(t.seed)
+        torch.cuda.manual_seed_all(dropout_seed)
+    batch_gen = torch.Generator().manual_seed(data_seed)  # the training batch order
     eval_batches = {
         split: data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
         for split in ("train", "val")

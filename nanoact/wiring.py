@@ -1,4 +1,5 @@
-"""The run-start check that the configured activation is really what runs (FACTS §1.1).
+"""The run-start check that the configured activation is really what runs (a model that maps an unknown activation
+name to a default ReLU silently runs ReLU for every "activation"; this makes that impossible).
 
 Two independent checks, both cheap:
   * the activation modules found in ``model.modules()`` are exactly what the configured spec builds;

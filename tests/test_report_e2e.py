@@ -43,3 +43,20 @@ def test_report_refuses_to_mix_studies(tmp_path):
     res = run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r1", study="tiny-lr",
                      allow_anomalies=True)
     assert "tiny" in res.headline
+
+
+@pytest.mark.slow
+def test_report_decomposes_a_real_sources_sweep(tmp_path):
+    # the sweep engine crosses activation x init seed x data seed; the report must see 9 blocks, not 1 seed
+    grid = ('"model.activation" = ["relu", "gelu"]\n"train.init_seed" = [1, 2, 3]\n"train.data_seed" = [1, 2, 3]')
+    p = write_sweep(tmp_path, iters=10, grid=grid)
+    assert sweep.run(sweep.load_sweep(path=p)).complete
+    res = run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r", allow_anomalies=True,
+                     log_to_parent=False)
+    e = json.loads(res.summary_json.read_text())["per_experiment"]["tiny"]
+    assert len(e["runs"]) == 18 and e["duplicates"] == [] and len(e["seeds"]) == 9
+    assert {(r["init_seed"], r["data_seed"]) for r in e["runs"]} == {(str(i), str(d)) for i in (1, 2, 3)
+                                                                     for d in (1, 2, 3)}
+    cats = {c["name"]: c["mean"] for c in e["sources"]["categories"]}
+    assert all(v > 0 for v in cats.values())
+    assert any(h["family"] == "sources" for h in e["hypotheses"])

@@ -134,3 +134,34 @@ def test_every_model_trains(tiny_data, name):
     res = run(tiny_data, **{"model.name": name, "model.n_head": heads, "train.lr": 3e-3})
     assert math.isfinite(res.metrics["final/val_loss"])
     assert res.history[-1]["train/loss"] < res.history[0]["train/loss"]
+
+
+def _numbers(tracker):
+    return [(s, {k: v for k, v in m.items() if "time" not in k and "tokens" not in k}) for s, m in tracker.metrics]
+
+
+def test_source_seeds_default_to_train_seed_so_old_runs_keep_their_meaning(tiny_data):
+    # unset (-1) source seeds give exactly the numbers of a run that only knows train.seed
+    kw = {"train.deterministic": True, "model.dropout": 0.1, "train.seed": 7}
+    old, explicit = MemoryTracker(), MemoryTracker()
+    run(tiny_data, old, **kw)
+    run(tiny_data, explicit, **kw, **{"train.init_seed": 7, "train.data_seed": 7, "train.dropout_seed": 7})
+    assert _numbers(old) == _numbers(explicit)
+    for k in old.checkpoint["model"]:
+        assert torch.equal(old.checkpoint["model"][k], explicit.checkpoint["model"][k])
+    assert old.tags["nanoact.init_seed"] == old.tags["nanoact.data_seed"] == old.tags["nanoact.dropout_seed"] == "7"
+
+
+def test_each_source_seed_moves_only_its_source(tiny_data):
+    kw = {"train.deterministic": True, "model.dropout": 0.1, "train.seed": 7}
+    base = run(tiny_data, **kw)
+    init = run(tiny_data, **kw, **{"train.init_seed": 8})
+    data = run(tiny_data, **kw, **{"train.data_seed": 8})
+    drop = run(tiny_data, **kw, **{"train.dropout_seed": 8})
+    losses = {r.metrics["final/val_loss"] for r in (base, init, data, drop)}
+    assert len(losses) == 4
+    # the initial weights depend on init_seed alone: the step-0 eval is unchanged by the other two
+    step0 = [r.history[0]["val/loss"] for r in (base, init, data, drop)]
+    assert step0[0] == step0[2] == step0[3] != step0[1]
+    with pytest.raises(ConfigError, match="train.data_seed must be >= 0, or -1"):
+        apply_overrides(RunConfig(), {"train.data_seed": -2})

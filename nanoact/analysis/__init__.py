@@ -2,11 +2,17 @@
 
 Modules (import them directly; importing this package does no work):
   runs        query MLflow for the cells of an experiment, dedupe attempts, fetch prediction artifacts
-  divergence  the PD metrics of FACTS.md §3, vectorised over many run pairs
+  divergence  the PD metrics (Shamir et al., arXiv:2010.09931), vectorised over many run pairs
   stats       RCBD ANOVA, Friedman / Iman–Davenport, blocked pairwise comparisons, effect sizes, power
+  pdtests     tests about PD that resample or permute whole seeds (pairs share runs)
+  sources     PD split into initialisation, data order and activation (crossed seed grids)
+  hypotheses  the list of every test, Holm-adjusted per family
+  experiment  the computation for one experiment (numbers only)
+  render      report.md, the headline and the executive summary (the words)
+  summary     summary.json
   guards      checks that make the failures of the flawed report loud
   plots       matplotlib Figures (Agg canvas, no pyplot state)
-  report      ``run_report``: the whole pipeline, writing report.md, the PNGs and summary.json
+  report      ``run_report``: the entry point, writing report.md, the PNGs and summary.json
   synthetic   logs synthetic runs in the docs/TRACKING.md schema (tests, benchmark, foreign-run proof)
 """
 

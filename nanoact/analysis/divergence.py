@@ -1,4 +1,4 @@
-"""Prediction-difference (PD) metrics of FACTS.md §3, computed for many pairs of runs at once.
+"""Prediction-difference (PD) metrics, computed for many pairs of runs at once.
 
 All runs of a ``PredictionStack`` predicted on the same evaluation set (the report refuses anything else), so
 row n of every run is the same context x_n. Names and formulas, averaged over the N contexts:
@@ -223,7 +223,7 @@ def frechet_bounds(acc_a: float | np.ndarray, acc_b: float | np.ndarray) -> tupl
 def pair_mean_jackknife(pairs: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """Mean over pairs of units, with a jackknife standard error that leaves out one *unit* (seed) at a time.
 
-    Pairs share units, so a standard error over pairs would be too small (FACTS.md §3). ``pairs`` holds unit
+    Pairs share units, so a standard error over pairs would be too small. ``pairs`` holds unit
     labels (n_pairs, 2). Returns (mean, se); se is NaN with fewer than 3 units (no pair survives deletion).
     """
     pairs = np.asarray(pairs).reshape(-1, 2)
@@ -238,3 +238,16 @@ def pair_mean_jackknife(pairs: np.ndarray, values: np.ndarray) -> tuple[float, f
     g = len(units)
     se = float(np.sqrt((g - 1) / g * np.sum((theta - theta.mean()) ** 2)))
     return mean, se
+
+
+def per_context_tv(stack: PredictionStack, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(N,) pd_tv per context, averaged over ``pairs``: the input of a bootstrap over evaluation contexts."""
+    out = np.zeros(stack.n_contexts)
+    if not len(pairs):
+        return out
+    step = max(1, CHUNK // stack.vocab_size)
+    for i, j in pairs:
+        for lo in range(0, stack.n_contexts, step):
+            a, b = stack.probs[i, lo:lo + step], stack.probs[j, lo:lo + step]
+            out[lo:lo + step] += 0.5 * np.abs(a - b).sum(axis=1, dtype=np.float64)
+    return out / len(pairs)

@@ -48,6 +48,8 @@ class RunRecord:
     tags: dict[str, str]
     metrics: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    init_seed: str = ""  # the seed of the initial weights (train.init_seed, else the run's seed)
+    data_seed: str = ""  # the seed of the batch order (train.data_seed, else the run's seed)
 
     @property
     def cell(self) -> tuple[str, str]:
@@ -127,16 +129,32 @@ def make_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+SOURCE_SEEDS = ("train.init_seed", "train.data_seed", "train.dropout_seed")  # -1 (or absent): train.seed
+
+
+def _seed_label(params: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, str, str]:
+    """(block label, init seed, data seed). The block is the run's seed, or every explicit source seed."""
+    seed = params.get("seed") or tags.get("nanoact.seed") or params.get("train.seed", "")
+    explicit = {k: params[k] for k in SOURCE_SEEDS if params.get(k, "-1") != "-1"}
+    init = explicit.get("train.init_seed", seed)
+    data = explicit.get("train.data_seed", seed)
+    if not explicit:
+        return str(seed), str(init), str(data)
+    label = f"i{init}-d{data}" + (f"-o{explicit['train.dropout_seed']}" if "train.dropout_seed" in explicit else "")
+    return label, str(init), str(data)
+
+
 def _record(run, experiment: str) -> RunRecord:
     params, tags = dict(run.data.params), dict(run.data.tags)
     activation = params.get("activation") or tags.get("nanoact.activation") or params.get("model.activation", "")
-    seed = params.get("seed") or tags.get("nanoact.seed") or params.get("train.seed", "")
+    seed, init, data = _seed_label(params, tags)
     grid_key = tags.get("nanoact.grid_key") or f"activation={activation}|seed={seed}"
     return RunRecord(
         run_id=run.info.run_id, run_name=run.info.run_name or "", experiment=experiment,
         activation=str(activation), seed=str(seed), grid_key=grid_key, status=run.info.status,
         start_time=int(run.info.start_time or 0), end_time=run.info.end_time, parent_id=tags.get("mlflow.parentRunId"),
         artifact_uri=run.info.artifact_uri, params=params, tags=tags, metrics=dict(run.data.metrics),
+        init_seed=init, data_seed=data,
     )
 
 
@@ -147,7 +165,7 @@ def _is_cell(rec: RunRecord) -> bool:
     return role == "cell" or ("activation" in rec.params and "seed" in rec.params)
 
 
-DESIGN_AXES = {"model.activation", "train.seed", "activation", "seed"}
+DESIGN_AXES = {"model.activation", "train.seed", "activation", "seed", *SOURCE_SEEDS}
 
 
 def _other_axes(rec: RunRecord) -> tuple[tuple[str, str], ...]:

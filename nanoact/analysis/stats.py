@@ -1,8 +1,15 @@
-"""Statistics for "every activation runs with the same seeds": a randomized complete block design (FACTS.md §5).
+"""Statistics for "every activation runs with the same seeds": a randomized complete block design (RCBD).
 
-Activation is the treatment (k levels, rows of ``y``), seed is the block (n levels, columns). Nothing here uses
-``f_oneway``, ``kruskal`` or ``tukey_hsd``: they assume independent groups and move the seed variance into the
-error term.
+Activation is the treatment (k levels, rows of ``y``), seed is the block (n levels, columns); see
+Montgomery, *Design and Analysis of Experiments*, ch. 4, and docs/REPORT.md. Nothing here uses ``f_oneway``,
+``kruskal`` or ``tukey_hsd``: they assume independent groups and move the seed variance into the error term.
+
+Pairwise comparisons: the primary procedure is the seed-paired t test with Holm's adjustment, which uses each
+pair's own variance and so stays valid when variances differ between activations. The studentized range with the
+pooled RCBD error assumes every paired difference has the same variance (sphericity); it is computed as a
+secondary check and reported only when the variances of the paired differences pass a homogeneity check.
+
+Everything here returns numbers; the report's rendering module turns them into sentences.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 def rcbd_anova(y: np.ndarray) -> RcbdResult:
-    """RCBD ANOVA of a (k activations, n seeds) table with the sums of squares of FACTS.md §5."""
+    """RCBD ANOVA of a (k activations, n seeds) table (two-way ANOVA without interaction)."""
     y = np.asarray(y, dtype=np.float64)
     k, n = y.shape
     assert k >= 2 and n >= 2, f"RCBD needs at least 2 activations and 2 seeds, got {k}x{n}"
@@ -83,7 +90,7 @@ def rcbd_anova(y: np.ndarray) -> RcbdResult:
 class FriedmanResult:
     q: float
     p: float
-    f_id: float  # Iman–Davenport F on (k−1, (k−1)(n−1)) df
+    f_id: float  # Iman–Davenport F on (k−1, (k−1)(n−1)) df; NaN when undefined (Q at its maximum)
     p_id: float
     kendall_w: float
     mean_ranks: list[float]
@@ -112,7 +119,10 @@ def friedman(y: np.ndarray) -> FriedmanResult:
     if not math.isfinite(q):
         f_id = p_id = math.nan
     elif den <= 1e-12 * n * (k - 1):
-        f_id, p_id = math.inf, 0.0  # every seed ranks the activations the same way
+        # every seed ranks the activations the same way: Q is at its maximum n(k-1) and F_F divides by zero.
+        # The F approximation says nothing here (with 2 seeds this happens by chance with probability 1/k!-ish),
+        # so it is left undefined rather than printed as infinity; Friedman's chi-square p still stands.
+        f_id = p_id = math.nan
     else:
         f_id = (n - 1) * q / den
         p_id = float(stats.f.sf(f_id, k - 1, (k - 1) * (n - 1)))
@@ -148,8 +158,9 @@ def holm(p: Sequence[float]) -> list[float]:
 def pairwise(y: np.ndarray, labels: Sequence[str], ms_e: float, df_e: int) -> list[PairwiseRow]:
     """Block-respecting comparisons of every pair of treatments.
 
-    Primary: q_ij = |ȳ_i − ȳ_j| / sqrt(MS_E/n) against the studentized range with (k, df_E) (family-wise).
-    Secondary: seed-paired t-tests, Holm-adjusted.
+    Primary: seed-paired t tests on n − 1 df, Holm-adjusted (valid under unequal variances).
+    Secondary: q_ij = |ȳ_i − ȳ_j| / sqrt(MS_E/n) against the studentized range with (k, df_E), which pools the
+    error and is meaningful only when ``homogeneity`` passes.
     """
     y = np.asarray(y, dtype=np.float64)
     k, n = y.shape
@@ -173,6 +184,31 @@ def pairwise(y: np.ndarray, labels: Sequence[str], ms_e: float, df_e: int) -> li
     return rows
 
 
+VARIANCE_RATIO_LIMIT = 4.0  # rule of thumb for pooling: largest variance at most 4x the smallest
+
+
+@dataclass
+class Homogeneity:
+    """Variances of the seed-paired differences y_i − y_j: pooling one error (the studentized range) needs them equal."""
+
+    min_var: float
+    max_var: float
+    ratio: float  # max / min
+    passed: bool
+
+
+def homogeneity(y: np.ndarray) -> Homogeneity:
+    """Checks that every paired difference has about the same variance (ratio <= VARIANCE_RATIO_LIMIT)."""
+    y = np.asarray(y, dtype=np.float64)
+    k, n = y.shape
+    v = [float(np.var(y[i] - y[j], ddof=1)) for i in range(k) for j in range(i + 1, k)] if n > 1 else []
+    if not v:
+        return Homogeneity(math.nan, math.nan, math.nan, False)
+    lo, hi = min(v), max(v)
+    ratio = _ratio(hi, lo)
+    return Homogeneity(lo, hi, ratio, bool(math.isfinite(ratio) and ratio <= VARIANCE_RATIO_LIMIT))
+
+
 def rcbd_power(k: int, n: int, f_effect: float, alpha: float = ALPHA) -> float:
     """Power of the RCBD F test for Cohen's f = σ_τ/σ_e: λ = n·Στ²/σ²_e = n·k·f²."""
     df_e = (k - 1) * (n - 1)
@@ -194,23 +230,9 @@ def min_detectable_gap(k: int, n: int, power: float = 0.8, alpha: float = ALPHA)
     return float(f_min * math.sqrt(2 * k))
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float) and math.isinf(x):
-        return "∞"
-    return f"{x:.{digits}g}"
-
-
-def _fmt_p(p: float) -> str:
-    if p is None or math.isnan(p):
-        return "n/a"
-    return "< 0.0001" if p < 1e-4 else f"= {p:.4f}"
-
-
 @dataclass
 class OutcomeStats:
-    """Everything the report says about one per-run outcome."""
+    """Everything computed for one per-run outcome (numbers only)."""
 
     outcome: str
     label: str
@@ -222,12 +244,18 @@ class OutcomeStats:
     rcbd: RcbdResult | None = None
     friedman: FriedmanResult | None = None
     pairwise: list[PairwiseRow] = field(default_factory=list)
+    homogeneity: Homogeneity | None = None
     mde_sigma: float = math.nan  # minimum detectable best-to-worst gap, in σ_e units
     mde: float = math.nan  # the same in outcome units (σ_e = sqrt(MS_E))
-    sentences: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def order(self) -> tuple[int, int]:
+        """Indices of the best and the worst activation by mean."""
+        means = np.mean(np.asarray(self.y), axis=1)
+        order = np.argsort(means)
+        return (int(order[0]), int(order[-1])) if self.lower_is_better else (int(order[-1]), int(order[0]))
 
 
 def analyse_outcome(
@@ -239,9 +267,10 @@ def analyse_outcome(
     *,
     lower_is_better: bool,
 ) -> OutcomeStats:
-    """RCBD, Friedman, pairwise comparisons, effect sizes, variance components and power for one outcome.
+    """RCBD, Friedman, pairwise comparisons, homogeneity, effect sizes, variance components and power.
 
     Only complete blocks enter (seeds with a finite value for every activation); dropped seeds are listed.
+    With fewer than 2 activations or 2 complete seeds nothing is tested (``rcbd`` is None).
     """
     complete = [s for s in seeds if all(math.isfinite(values.get((a, s), math.nan)) for a in activations)]
     res = OutcomeStats(outcome=outcome, label=label, lower_is_better=lower_is_better,
@@ -249,62 +278,13 @@ def analyse_outcome(
                        excluded_seeds=[s for s in seeds if s not in complete],
                        y=[[values[(a, s)] for s in complete] for a in activations])
     k, n = len(activations), len(complete)
-    lab = label[0].upper() + label[1:]
     if k < 2 or n < 2:
-        res.sentences.append(
-            f"{lab}: no blocked test is possible with {k} activation(s) and {n} complete seed block(s); "
-            "it needs at least 2 of each."
-        )
         return res
     y = np.asarray(res.y)
     r = res.rcbd = rcbd_anova(y)
-    fr = res.friedman = friedman(y)
+    res.friedman = friedman(y)
     res.pairwise = pairwise(y, activations, r.ms_e, r.df_e)
+    res.homogeneity = homogeneity(y)
     res.mde_sigma = min_detectable_gap(k, n)
     res.mde = res.mde_sigma * math.sqrt(r.ms_e) if r.ms_e >= 0 else math.nan
-
-    order = np.argsort(r.treatment_means)
-    best, worst = (order[0], order[-1]) if lower_is_better else (order[-1], order[0])
-    verdict = "differs between activations" if r.p_a < ALPHA else "shows no detectable difference between activations"
-    res.sentences.append(
-        f"{lab} {verdict}: RCBD F({r.df_a}, {r.df_e}) = {_fmt(r.f_a)}, p {_fmt_p(r.p_a)}, "
-        f"partial η² = {_fmt(r.partial_eta2, 3)}, partial ω² = {_fmt(r.partial_omega2, 3)}; "
-        f"best {activations[best]} ({_fmt(r.treatment_means[best])}), "
-        f"worst {activations[worst]} ({_fmt(r.treatment_means[worst])}), over {n} seeds."
-    )
-    agree = (fr.p_id < ALPHA) == (r.p_a < ALPHA) if math.isfinite(fr.p_id) and math.isfinite(r.p_a) else None
-    res.sentences.append(
-        f"Friedman's rank test {'agrees' if agree else 'does not agree' if agree is False else 'is inconclusive'}: "
-        f"Q = {_fmt(fr.q)}, p {_fmt_p(fr.p)}; Iman–Davenport F({k - 1}, {r.df_e}) = {_fmt(fr.f_id)}, "
-        f"p {_fmt_p(fr.p_id)}; Kendall's W = {_fmt(fr.kendall_w, 3)} "
-        "(1 means every seed ranks the activations the same way)."
-    )
-    sig = [p for p in res.pairwise if p.p_range < ALPHA]
-    if sig:
-        parts = []
-        for p in sig:
-            lo, hi = (p.a, p.b) if p.diff < 0 else (p.b, p.a)
-            parts.append(f"{lo} < {hi} (Δ = {_fmt(abs(p.diff))}, p {_fmt_p(p.p_range)})")
-        res.sentences.append(
-            "Pairs that differ at p < 0.05 (studentized range with the RCBD error, family-wise): "
-            + "; ".join(parts) + "."
-        )
-    else:
-        res.sentences.append(
-            "No pair of activations differs at p < 0.05 (studentized range with the RCBD error, family-wise)."
-        )
-    res.sentences.append(
-        f"Variance components: activation {_fmt(r.var_activation)}, seed {_fmt(r.var_seed)}, "
-        f"residual {_fmt(r.var_residual)} (σ_e = {_fmt(math.sqrt(r.ms_e))})."
-    )
-    res.sentences.append(
-        f"With {k} activations and {n} seeds the smallest best-to-worst difference detectable at 80% power "
-        f"(α = 0.05) is {_fmt(res.mde_sigma, 3)} σ_e ≈ {_fmt(res.mde, 3)}"
-        + (f"; the observed gap is {_fmt(abs(r.treatment_means[worst] - r.treatment_means[best]), 3)}."
-           if math.isfinite(res.mde) else ".")
-    )
-    if res.excluded_seeds:
-        res.sentences.append(
-            f"Seeds {', '.join(res.excluded_seeds)} were left out: not every activation has a value there."
-        )
     return res

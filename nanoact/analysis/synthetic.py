@@ -12,7 +12,8 @@ with Z the true logits (targets are sampled from softmax(Z)), A_a an activation-
 effect on predictions), S_s a seed offset shared by all activations (the block), E_as run noise, and q_a a
 per-activation sharpness (``quality``) that moves the loss. Checkpoint t predicts with f_t·L + (1−f_t)·I_as,
 f_t = t / max_step, I_as a small "initialisation" term. ``copy_of`` makes an activation silently reuse another
-activation's model: the failure of the flawed report.
+activation's model: the failure of the flawed report (``copy_jitter`` adds the small differences that
+nondeterministic training would, so the copies are not byte-identical).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class SyntheticSpec:
     seed_scale: float = 0.3
     run_scale: float = 0.3
     copy_of: Mapping[str, str] = field(default_factory=dict)  # activation -> activation it silently reuses
+    copy_jitter: float = 0.0  # logit noise added to copies: nondeterministic training, not byte-identical
+    data_seeds: Sequence[int] = ()  # non-empty: ``seeds`` are init seeds, crossed with these data-order seeds
+    data_scale: float = 0.3  # weight of the data-order seed's offset
     failed: Sequence[tuple[str, int]] = ()  # cells with only a FAILED attempt
     retried: Sequence[tuple[str, int]] = ()  # cells with an older FINISHED attempt before the kept one
     eval_sha256: Mapping[tuple[str, int], str] = field(default_factory=dict)  # per-cell override (refusal test)
@@ -101,12 +105,16 @@ class _World:
             self._seed[s] = _rng("seed", s, self.spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
         return self._seed[s]
 
-    def final_logits(self, a: str, s: int, attempt: int) -> tuple[np.ndarray, np.ndarray]:
+    def final_logits(self, a: str, s: int | tuple[int, int], attempt: int) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
         g = _rng("run", a, s, attempt, spec.data_seed)
         logits = spec.quality.get(a, 1.0) * self.z
         logits += spec.act_scale * self.act(a)
-        logits += spec.seed_scale * self.seed(s)
+        if isinstance(s, tuple):  # (init seed, data-order seed)
+            logits += spec.seed_scale * self.seed(s[0])
+            logits += spec.data_scale * _rng("data", s[1], spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+        else:
+            logits += spec.seed_scale * self.seed(s)
         logits += spec.run_scale * g.standard_normal(self.z.shape, dtype=np.float32)
         init = 0.1 * g.standard_normal(self.z.shape, dtype=np.float32)
         return logits, init
@@ -133,7 +141,7 @@ def log_synthetic_runs(
     sqlite DB (``nanoact.tracking_uri.default_artifact_root``).
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     from nanoact.tracking_uri import default_artifact_root
 
@@ -161,8 +169,9 @@ def log_synthetic_runs(
     run_ids: dict[tuple[str, int], str] = {}
     all_ids: list[str] = []
     attempts: list[tuple[str, int, int, str]] = []  # (activation, seed, attempt, final status)
+    cells = [(i, d) for i in spec.seeds for d in spec.data_seeds] if spec.data_seeds else list(spec.seeds)
     for a in spec.activations:
-        for s in spec.seeds:
+        for s in cells:
             if (a, s) in spec.retried:
                 attempts.append((a, s, 0, "FINISHED"))
             if (a, s) in spec.failed:
@@ -172,30 +181,8 @@ def log_synthetic_runs(
 
     for trial, (a, s, attempt, status) in enumerate(attempts):
         src = spec.copy_of.get(a, a)  # the model that really "ran"
-        config = {
-            "model": {"name": spec.model, "activation": a, "n_layer": 2, "n_embd": 64, "n_head": 4,
-                      "block_size": 64, "dropout": 0.0, "bias": False},
-            "train": {"seed": s, "lr": 3e-4, "max_iters": max_step, "batch_size": 32},
-            "data": {"corpus": "synthetic"},
-            "eval": {"n_contexts": spec.n_contexts, "seed": 1234},
-        }
-        flat = {f"{sec}.{k}": str(v) for sec, d in config.items() for k, v in d.items()}
-        flat.update({"activation": a, "seed": str(s)})
-        grid_key = f"model.activation={a}|train.seed={s}"
-        tags = {"mlflow.runName": f"{spec.model}-{a}-s{s}",
-                "nanoact.eval_set_sha256": spec.eval_sha256.get((a, s), world.eval_sha256)}
-        if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
-        if spec.nanoact_tags:
-            tags.update({
-                "nanoact.role": "cell", "nanoact.study": spec.experiment, "nanoact.grid_key": grid_key,
-                "optuna.trial_number": str(trial), "nanoact.activation": a, "nanoact.seed": str(s),
-                "nanoact.model": spec.model, "nanoact.data_sha256": "0" * 64,
-                "nanoact.activation_modules": MODULE_NAMES.get(src, f"{src}()"),
-                "nanoact.activation_modules_expected": MODULE_NAMES.get(a, f"{a}()"),
-                "nanoact.wiring_check": "passed", "nanoact.n_params": str(100_000 + 1000 * len(a)),
-                "nanoact.device": spec.device, "nanoact.version": "synthetic",
-            })
+        config, flat, grid_key = _cell_config(spec, a, s, max_step)
+        tags = _cell_tags(spec, world, a, s, src, grid_key, parent_id, trial, config["train"]["seed"])
         run = client.create_run(exp_id, start_time=tick(), tags=tags, run_name=f"{spec.model}-{a}-s{s}")
         rid = run.info.run_id
         all_ids.append(rid)
@@ -207,33 +194,10 @@ def log_synthetic_runs(
 
         # copies share the source's predictions exactly, as the flawed report's runs did
         logits, init = world.final_logits(src, s, attempt)
+        if src != a and spec.copy_jitter:
+            logits = logits + spec.copy_jitter * _rng("jitter", a, s).standard_normal(logits.shape, dtype=np.float32)
         g = _rng("timing", a, s, attempt)
-        tps = 5000.0 * (1 + 0.02 * g.standard_normal(len(spec.steps)))
-        ts = t0 + clock[0]
-        metrics: list[Metric] = []
-        val_losses = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, step in enumerate(spec.steps):
-                f = step / max_step if max_step else 1.0
-                probs32 = _softmax(f * logits + (1 - f) * init)
-                vl, va = _metrics_for(probs32, world.targets)
-                tl, ta = vl - 0.05 * f, min(1.0, va + 0.01 * f)
-                val_losses.append(vl)
-                for key, val in (("val/loss", vl), ("val/acc", va), ("train/loss", tl), ("train/acc", ta),
-                                 ("lr", 3e-4 * (1 - 0.9 * f)), ("tokens_per_s", float(tps[i]))):
-                    metrics.append(Metric(key, val, ts + i, step))
-                np.savez(
-                    Path(tmp) / f"step_{step}.npz",
-                    probs=probs32.astype(np.float16), targets=world.targets, step=np.asarray(step, dtype=np.int64),
-                    top1=probs32.argmax(axis=1).astype(np.int64),
-                    label_prob=probs32[np.arange(spec.n_contexts), world.targets].astype(np.float32),
-                )
-            client.log_artifacts(rid, tmp, "predictions")
-        train_s = 10.0 + g.random()
-        final = {"final/train_loss": tl, "final/val_loss": vl, "final/train_acc": ta, "final/val_acc": va,
-                 "best/val_loss": min(val_losses), "best/val_acc": va, "time/train_s": train_s,
-                 "time/wall_s": train_s + 2.0, "tokens_per_s_mean": float(tps.mean())}
-        metrics += [Metric(k, v, ts + len(spec.steps), max_step) for k, v in final.items()]
+        metrics = _log_steps(client, rid, spec, world, logits, init, g, t0 + clock[0])
         client.log_batch(rid, metrics=metrics)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1))
@@ -244,6 +208,75 @@ def log_synthetic_runs(
     if parent_id:
         client.set_terminated(parent_id, "FINISHED", end_time=tick())
     return SyntheticLog(experiment_id=exp_id, parent_run_id=parent_id, run_ids=run_ids, all_run_ids=all_ids)
+
+
+def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, dict[str, str], str]:
+    """The config, flat params and grid key of cell (a, s); s is a seed or an (init, data) seed pair."""
+    config = {
+        "model": {"name": spec.model, "activation": a, "n_layer": 2, "n_embd": 64, "n_head": 4,
+                  "block_size": 64, "dropout": 0.0, "bias": False},
+        "train": {"seed": s, "lr": 3e-4, "max_iters": max_step, "batch_size": 32},
+        "data": {"corpus": "synthetic"},
+        "eval": {"n_contexts": spec.n_contexts, "seed": 1234},
+    }
+    if isinstance(s, tuple):
+        config["train"].update({"seed": 1337, "init_seed": s[0], "data_seed": s[1]})
+    flat = {f"{sec}.{k}": str(v) for sec, d in config.items() for k, v in d.items()}
+    flat.update({"activation": a, "seed": str(config["train"]["seed"])})
+    grid_key = (f"model.activation={a}|train.data_seed={s[1]}|train.init_seed={s[0]}" if isinstance(s, tuple)
+                else f"model.activation={a}|train.seed={s}")
+    return config, flat, grid_key
+
+
+def _cell_tags(spec: SyntheticSpec, world: _World, a: str, s, src: str, grid_key: str, parent_id: str | None,
+               trial: int, seed) -> dict[str, str]:
+    tags = {"mlflow.runName": f"{spec.model}-{a}-s{s}",
+            "nanoact.eval_set_sha256": spec.eval_sha256.get((a, s), world.eval_sha256)}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    if spec.nanoact_tags:
+        tags.update({
+            "nanoact.role": "cell", "nanoact.study": spec.experiment, "nanoact.grid_key": grid_key,
+            "optuna.trial_number": str(trial), "nanoact.activation": a, "nanoact.seed": str(seed),
+            "nanoact.model": spec.model, "nanoact.data_sha256": "0" * 64,
+            "nanoact.activation_modules": MODULE_NAMES.get(src, f"{src}()"),
+            "nanoact.activation_modules_expected": MODULE_NAMES.get(a, f"{a}()"),
+            "nanoact.wiring_check": "passed", "nanoact.n_params": str(100_000 + 1000 * len(a)),
+            "nanoact.device": spec.device, "nanoact.version": "synthetic",
+        })
+    return tags
+
+
+def _log_steps(client, rid: str, spec: SyntheticSpec, world: _World, logits, init, g, ts: int) -> list:
+    """Logs the prediction files of every step; returns the step and final metrics, computed from them."""
+    from mlflow.entities import Metric
+
+    max_step = max(spec.steps)
+    tps = 5000.0 * (1 + 0.02 * g.standard_normal(len(spec.steps)))
+    metrics: list[Metric] = []
+    val_losses = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, step in enumerate(spec.steps):
+            f = step / max_step if max_step else 1.0
+            probs32 = _softmax(f * logits + (1 - f) * init)
+            vl, va = _metrics_for(probs32, world.targets)
+            tl, ta = vl - 0.05 * f, min(1.0, va + 0.01 * f)
+            val_losses.append(vl)
+            for key, val in (("val/loss", vl), ("val/acc", va), ("train/loss", tl), ("train/acc", ta),
+                             ("lr", 3e-4 * (1 - 0.9 * f)), ("tokens_per_s", float(tps[i]))):
+                metrics.append(Metric(key, val, ts + i, step))
+            np.savez(
+                Path(tmp) / f"step_{step}.npz",
+                probs=probs32.astype(np.float16), targets=world.targets, step=np.asarray(step, dtype=np.int64),
+                top1=probs32.argmax(axis=1).astype(np.int64),
+                label_prob=probs32[np.arange(spec.n_contexts), world.targets].astype(np.float32),
+            )
+        client.log_artifacts(rid, tmp, "predictions")
+    train_s = 10.0 + g.random()
+    final = {"final/train_loss": tl, "final/val_loss": vl, "final/train_acc": ta, "final/val_acc": va,
+             "best/val_loss": min(val_losses), "best/val_acc": va, "time/train_s": train_s,
+             "time/wall_s": train_s + 2.0, "tokens_per_s_mean": float(tps.mean())}
+    return metrics + [Metric(k, v, ts + len(spec.steps), max_step) for k, v in final.items()]
 
 
 def spec_dict(spec: SyntheticSpec) -> dict:

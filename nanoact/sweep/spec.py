@@ -24,6 +24,9 @@ GRID_VALUE_TYPES = (str, int, float, bool)
 SWEEP_KEYS = {"name", "description", "study", "config", "grid"}
 # where and how fast a cell runs, not what it computes: may change between resumed invocations
 NOT_FINGERPRINTED = {"train.threads", "train.device", "train.compile", "train.log_interval"}
+# keys added after studies existed: at these values they change nothing a cell computes, so they stay out of the
+# fingerprint and older studies still resume
+NEUTRAL = {"train.init_seed": -1, "train.data_seed": -1, "train.dropout_seed": -1}
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """Identifies the base config and grid: a study must not silently mix two different experiments."""
-        base = {k: v for k, v in self.base.flat().items() if k not in NOT_FINGERPRINTED}
+        base = {k: v for k, v in self.base.flat().items()
+                if k not in NOT_FINGERPRINTED and not (k in NEUTRAL and v == NEUTRAL[k])}
         payload = json.dumps({"base": base, "grid": self.grid}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

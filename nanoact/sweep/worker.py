@@ -124,8 +124,7 @@ class Worker:
             self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
 
         try:
-            res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train,
-                        run_name=f"{cfg.model.name}-{cfg.model.activation}-s{cfg.train.seed}")
+            res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train)
         except KeyboardInterrupt:
             self._end(trial, key, error="interrupted (Ctrl-C)", interrupted=True)
             raise

@@ -1,4 +1,4 @@
-"""PD metrics (FACTS.md §3) on hand-made distributions, invariants and a scrambled-context control.
+"""PD metrics (docs/REPORT.md, "Predictions and PD") on hand-made distributions, invariants and a scrambled-context control.
 
     python -m pytest tests/analysis/test_divergence.py -q
 """
@@ -15,7 +15,7 @@ from nanoact.analysis import divergence as dv
 
 
 def _reference(p: np.ndarray, q: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Straight float64 transcription of the FACTS.md §3 table."""
+    """Straight float64 transcription of the table in docs/REPORT.md."""
     p, q = p.astype(np.float64), q.astype(np.float64)
     n = np.arange(len(y))
     pa, pb = p[n, y], q[n, y]
@@ -123,7 +123,7 @@ def test_ranges_and_frechet_bounds_on_random_models():
 
 
 def test_frechet_bounds_are_tight():
-    # FACTS §1: two models each 57% accurate agree on at least 14% of top-1 predictions
+    # two models each 57% accurate agree on at least 14% of top-1 predictions
     n, v = 100, 5
     y = np.zeros(n, dtype=np.int64)
     a = np.where(np.arange(n) < 57, 0, 1)  # right on the first 57
@@ -175,7 +175,7 @@ def test_chunked_many_pairs_equal_single_pairs(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# scrambled-context control (FACTS §1.2): two real bigram models, scored on the same or on shifted contexts
+# scrambled-context control (PD on shifted contexts looks like unrelated models): two real bigram models, scored on the same or on shifted contexts
 
 
 def _markov_corpus(rng, v: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,3 +223,14 @@ def test_threads_do_not_change_results():
     two = dv.pair_metrics(dv.PredictionStack(probs, y), pairs, threads=2)
     for k in dv.METRICS:
         assert np.array_equal(one[k], two[k]), k
+
+
+def test_per_context_tv_averages_to_pair_pd_tv():
+    rng = np.random.default_rng(11)
+    probs = np.stack([_random_probs(rng, 3000, 65) for _ in range(3)])
+    stack = dv.PredictionStack(probs, rng.integers(0, 65, 3000))
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    per = dv.per_context_tv(stack, pairs)
+    assert per.shape == (3000,)
+    assert per.mean() == pytest.approx(dv.pair_metrics(stack, pairs, ("pd_tv",))["pd_tv"].mean(), rel=1e-5)
+    assert dv.per_context_tv(stack, []).sum() == 0

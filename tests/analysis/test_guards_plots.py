@@ -64,7 +64,10 @@ def test_activation_module_guard():
     failed = _run("f", "relu", "1", nanoact_wiring_check="failed: logits are identical")
     assert "wiring check failed" in gd.check_activation_modules([failed]).details[0]
     untagged = gd.check_activation_modules([_run("g", "relu", "1")])
-    assert untagged.passed and "cannot be checked" in untagged.details[0]
+    # not an anomaly, but never a PASS: nothing was checked
+    assert untagged.passed and not untagged.verified and untagged.status == "UNVERIFIED"
+    assert "cannot be checked" in untagged.details[0] and untagged.anomalies() == []
+    assert gd.check_activation_modules([ok]).status == "PASS"
 
 
 def test_cells_guard():
@@ -74,9 +77,9 @@ def test_cells_guard():
 
 
 def test_pd_self_guard():
-    assert gd.check_pd_self({"r": {"pd_tv": 0.0}}, [], []).passed
-    g = gd.check_pd_self({"r": {"pd_tv": 1e-9}}, [("a", "b", "js", 1e-3)], ["step 1: pd_top1 outside"])
-    assert not g.passed and len(g.details) == 3
+    assert gd.check_pd_self({"r": {"pd_tv": 0.0}}, []).passed
+    g = gd.check_pd_self({"r": {"pd_tv": 1e-9}}, [("a", "b", "js", 1e-3)])
+    assert not g.passed and len(g.details) == 2
 
 
 def test_plot_functions_return_figures_without_pyplot_state():
@@ -104,3 +107,47 @@ def test_imports_do_no_work():
             "print('mlflow' in sys.modules, 'matplotlib.pyplot' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _relu_copies(rng, k, n, jitter):
+    """pd_tv tables of k 'activations' that are all the same model per seed, plus run-level jitter."""
+    z = rng.standard_normal((1, n, 16, 5)) + jitter * rng.standard_normal((k, n, 16, 5))
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    p = p.reshape(k * n, 16, 5)
+    h = 0.5 * np.abs(p[:, None] - p[None, :]).sum(axis=-1).mean(axis=-1)
+    return h.reshape(k, n, k, n)
+
+
+def test_near_identity_guard_fires_on_jittered_relu_copies_and_is_silent_on_honest_runs():
+    from nanoact.analysis import pdtests as pt
+
+    rng = np.random.default_rng(0)
+    acts = ["relu", "gelu", "swish"]
+    for jitter in (0.0, 1e-4, 1e-2, 0.1):  # bit-identical, then nondeterministic copies of one model
+        d = _relu_copies(rng, 3, 3, jitter)
+        g = gd.check_near_identity(acts, pt.same_seed_ratio(d), 3)
+        assert not g.passed and len(g.details) == 3 and "nearly the same model" in g.details[0]
+    # honest runs: each activation its own model (plus seed and run effects)
+    z = (rng.standard_normal((3, 1, 16, 5)) + 0.7 * rng.standard_normal((1, 3, 16, 5))
+         + 0.5 * rng.standard_normal((3, 3, 16, 5)))
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    p = p.reshape(9, 16, 5)
+    d = (0.5 * np.abs(p[:, None] - p[None, :]).sum(axis=-1).mean(axis=-1)).reshape(3, 3, 3, 3)
+    assert gd.check_near_identity(acts, pt.same_seed_ratio(d), 3).status == "PASS"
+    one = gd.check_near_identity(["relu"], np.zeros((1, 1)), 3)
+    assert one.status == "UNVERIFIED"
+
+
+def test_near_identity_guard_is_silent_on_the_committed_cpu_runs():
+    # the honest cpu experiment (docs/results/cpu): every pd_tv between its 15 runs at step 2000
+    import json
+    from pathlib import Path
+
+    from nanoact.analysis import pdtests as pt
+
+    e = json.loads((Path(__file__).parents[2] / "docs/results/cpu/summary.json").read_text())["per_experiment"]["cpu"]
+    res = pt.analyse_pd(np.array(e["heatmap"]["pd_tv"]), [r["activation"] for r in e["runs"]],
+                        [r["seed"] for r in e["runs"]], "pd_tv", 2000, np.random.default_rng(0))
+    assert gd.check_near_identity(res.activations, res.same_seed_ratio, 3).status == "PASS"
