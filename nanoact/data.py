@@ -128,9 +128,6 @@ class CharVocab:
         except KeyError as e:
             raise DataError(f"character {e.args[0]!r} is not in the vocabulary") from None
 
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
 
 @dataclass
 class EvalSet:

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 METRICS: tuple[str, ...] = ("pd_tv", "pd_top1", "pd_label", "pd_label_rel", "js")
-DENSE = ("pd_tv", "js")  # the metrics that read the full (N, V) probabilities
 
 _TINY = np.finfo(np.float32).tiny  # floor for probabilities so log(p) is finite; far below float16's 6e-8
 CHUNK = 1 << 17  # elements per chunk of a run's flattened probabilities (512 KiB of float32)

@@ -24,7 +24,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -277,11 +277,3 @@ def _log_steps(client, rid: str, spec: SyntheticSpec, world: _World, logits, ini
              "best/val_loss": min(val_losses), "best/val_acc": va, "time/train_s": train_s,
              "time/wall_s": train_s + 2.0, "tokens_per_s_mean": float(tps.mean())}
     return metrics + [Metric(k, v, ts + len(spec.steps), max_step) for k, v in final.items()]
-
-
-def spec_dict(spec: SyntheticSpec) -> dict:
-    """The spec as plain JSON-able data (for benchmark logs)."""
-    d = asdict(spec)
-    d["retried"], d["failed"] = [list(x) for x in spec.retried], [list(x) for x in spec.failed]
-    d["eval_sha256"] = {f"{a}:{s}": v for (a, s), v in spec.eval_sha256.items()}
-    return d
