@@ -43,13 +43,18 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
+def check_heads(n_embd: int, n_head: int) -> None:
+    """Multi-head attention splits n_embd into n_head equal heads."""
+    if n_embd % n_head != 0:
+        raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through ``scaled_dot_product_attention``."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
         super().__init__()
-        if n_embd % n_head != 0:
-            raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+        check_heads(n_embd, n_head)
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)

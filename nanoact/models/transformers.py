@@ -23,6 +23,8 @@ class MiniGPT(CharLM):
     Activation: the MLP of every block (``Block.mlp.act``).
     """
 
+    has_attention = True
+
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
         self.transformer = nn.ModuleDict(
@@ -60,6 +62,8 @@ class NanoTransformer(CharLM):
 
     Activation: the MLP of every block (``blocks[i].mlp.act``).
     """
+
+    has_attention = True
 
     block_cls: type[nn.Module] = Block
     final_norm = True  # pre-LN blocks leave the residual stream unnormalised
