@@ -41,6 +41,14 @@ class CharLM(nn.Module):
         """Std of the normal init for weight ``name``; GPT-style N(0, 0.02) unless a model says otherwise."""
         return 0.02
 
+    def forward_last(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) at the last position only, what the prediction evals keep.
+
+        Equal bit for bit to ``forward(idx)[0][:, -1]`` (on CPU; tests check every model): models override it
+        to skip the work only earlier positions need (the last block's MLP, projections and the head).
+        """
+        return self(idx)[0][:, -1, :]
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
