@@ -10,7 +10,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +30,13 @@ from nanoact.analysis.runs import (
     load_experiment,
     load_histories,
     make_client,
+    prediction_steps,
     read_predictions,
 )
 from nanoact.analysis.stats import OutcomeStats, analyse_outcome
 from nanoact.errors import NanoactError
-from nanoact.tracking_uri import mask_url, resolve_tracking_uri
+from nanoact.paths import report_dir, safe_dirname
+from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
 SCHEMA_VERSION = 1
 # (key in summary.json, words, logged metric or None for the PD score, lower is better)
@@ -138,17 +139,8 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     progress(f"{name}: reading metric histories of {len(runs)} runs")
     load_histories(client, runs)
 
-    step_sets = {r.run_id: fetcher.steps(r) for r in runs}
-    empty = [rid for rid, s in step_sets.items() if not s]
-    if empty:
-        raise NanoactError(f"experiment {name!r}: run(s) {', '.join(empty)} have no predictions/step_<N>.npz "
-                           "artifacts; PD needs them (rerun or delete those runs)")
-    steps = sorted(set.intersection(*(set(s) for s in step_sets.values())))
-    if not steps:
-        raise NanoactError(f"experiment {name!r}: no checkpoint step has predictions for every run")
-    partial = sorted(set.union(*(set(s) for s in step_sets.values())) - set(steps))
-    if partial:
-        notes.append(f"steps {partial} have predictions for only some runs and are left out of PD")
+    steps, step_notes = prediction_steps(name, runs, {r.run_id: fetcher.steps(r) for r in runs})
+    notes += step_notes
 
     pairs = _pair_list(runs)
     pair_idx = np.array([(i, j) for i, j, _ in pairs], dtype=np.int64).reshape(-1, 2)
@@ -334,10 +326,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def _make_plots(an: ExperimentAnalysis, out: Path, prefix: str) -> None:
@@ -708,17 +696,18 @@ def run_report(
     uri = resolve_tracking_uri(tracking_uri)
     client = make_client(uri)
     fetcher = ArtifactFetcher(client)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / "+".join(experiments)
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
 
     analyses = []
     for name in experiments:
         an = analyse_experiment(client, name, fetcher, say, study=study, where=where)
         an.sentences = [o.sentences[0] for o in an.outcomes] + _pd_sentences(an)
-        say(f"{name}: plotting")
-        _make_plots(an, out, f"{_slug(name)}_" if multi else "")
         analyses.append(an)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
+    for an in analyses:
+        say(f"{an.er.name}: plotting")
+        _make_plots(an, out, f"{safe_dirname(an.er.name)}_" if multi else "")
     anomalies = [(f"{an.er.name}: " if multi else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
     headline = _headline(analyses, anomalies)
     art_path = "report" if not multi else f"report/{'+'.join(experiments)}"
@@ -731,14 +720,15 @@ def run_report(
         if an.parent_run_id is None:
             return ("No sweep parent run was found (no cell has a mlflow.parentRunId tag), so this report is NOT "
                     "logged to MLflow; it exists only in this folder.")
-        return f"This report is logged as artifacts of parent run `{an.parent_run_id}` under `{art_path}/`."
+        return (f"After writing it, nanoact logs this report as artifacts of parent run `{an.parent_run_id}` under "
+                f"`{art_path}/`; had that upload failed, this note would say so.")
 
     status: dict[str, str] = {}
 
     def write() -> tuple[Path, Path]:
         md = [f"# nanoact report: {' + '.join(experiments)}", "",
               f"*Generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
-              f"`{mask_url(uri)}`; every number traces to the MLflow run ids in the tables.*", "",
+              f"`{display_url(uri)}`; every number traces to the MLflow run ids in the tables.*", "",
               f"**Headline:** {headline}", ""]
         md += _guard_md(analyses, multi)
         if anomalies and allow_anomalies:
@@ -758,7 +748,7 @@ def run_report(
         report_md.write_text("\n".join(md) + "\n")
         summary = {
             "schema_version": SCHEMA_VERSION, "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "tracking_uri": mask_url(uri), "experiments": experiments, "headline": headline,
+            "tracking_uri": display_url(uri), "experiments": experiments, "headline": headline,
             "anomalies": anomalies, "allow_anomalies": allow_anomalies,
             "per_experiment": {an.er.name: _summary_experiment(an) for an in analyses},
             "comparison": _comparison(analyses) if multi else [],
