@@ -13,6 +13,7 @@ import click
 from nanoact.errors import NanoactError
 
 SET_HELP = "Override a config key, e.g. --set train.max_iters=200 (repeatable)."
+_STORES: list[str] = []  # store URLs this invocation was given: their passwords are redacted from any error
 
 
 class Progress:
@@ -82,6 +83,8 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MLflow logs a DB error with its traceback before re-raising it; main() words it in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _tracking_uri(tracking_uri: str | None) -> str:
@@ -90,7 +93,9 @@ def _tracking_uri(tracking_uri: str | None) -> str:
     from nanoact.tracking_uri import move_credentials_to_env
     from nanoact.tracking_uri import resolve_tracking_uri
 
-    return move_credentials_to_env(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    _STORES.append(uri)
+    return move_credentials_to_env(uri)
 
 
 def _config(model: str | None, activation: str | None, seed: int | None, overrides: tuple[str, ...]):
@@ -119,19 +124,19 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
 
     Defaults are nanoGPT's CPU recipe for shakespeare_char on minigpt; change anything with --set.
     """
-    from nanoact.models import build_model
+    from nanoact.models import validate_model_config
     from nanoact.trainer import train
 
     cfg = _config(model, activation, seed, overrides)
-    build_model(cfg.model, 65)  # fail fast on bad names before loading data
+    validate_model_config(cfg.model, 65)  # fail fast on bad names before loading data
     tracker = None
     if tracking_uri:
-        from nanoact.tracking_uri import display_url as mask_url
+        from nanoact.tracking_uri import display_url
         from nanoact.tracking import MlflowTracker, ensure_experiment
 
         uri = _tracking_uri(tracking_uri)
         tracker = MlflowTracker(uri, ensure_experiment(uri, experiment_name))
-        click.echo(f"tracking to {mask_url(uri)} (experiment {experiment_name})")
+        click.echo(f"tracking to {display_url(uri)} (experiment {experiment_name})")
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
     progress = Progress()
@@ -298,13 +303,14 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     import importlib
 
     from nanoact import sweep
-    from nanoact.tracking_uri import display_url as mask_url
+    from nanoact.tracking_uri import display_url
 
     for mod in plugins:
         try:
             importlib.import_module(mod)
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
+    _STORES.extend([storage] if storage else [])
     spec = _load_spec(experiment, sweep_file, overrides, study)
     device_list = devices.split(",") if devices else None  # validated by sweep.run
     uri = _tracking_uri(tracking_uri)
@@ -315,11 +321,11 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         for s in res.states:
             action = "would run" if s.cell.key in res.planned else s.state
             click.echo(f"  {s.cell.key:60s} {action}")
-        click.echo(f"{len(res.planned)} cell(s) would run; tracking {mask_url(uri)}; storage "
-                   f"{mask_url(storage) if storage else sweep.default_storage_path()}")
+        click.echo(f"{len(res.planned)} cell(s) would run; tracking {display_url(uri)}; storage "
+                   f"{display_url(storage) if storage else sweep.default_storage_path()}")
         return
-    click.echo(f"experiment {spec.name}: tracking {mask_url(uri)}; storage "
-               f"{mask_url(storage) if storage else sweep.default_storage_path()}")
+    click.echo(f"experiment {spec.name}: tracking {display_url(uri)}; storage "
+               f"{display_url(storage) if storage else sweep.default_storage_path()}")
     progress = SweepProgress()
     try:
         res = sweep.run(spec, storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
@@ -388,22 +394,25 @@ def experiments_command() -> None:
 @cli.command("ui", short_help="Open the MLflow UI on the same store.")
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
-@click.option("--port", type=int, default=5000, show_default=True, help="Port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
 def ui_command(tracking_uri, host, port) -> None:
     """Start `mlflow ui` on the store nanoact writes to, bound to 127.0.0.1 unless told otherwise."""
     import os
     import subprocess
 
-    from nanoact.tracking_uri import display_url as mask_url
+    from nanoact.server import check_port_free
+    from nanoact.tracking_uri import display_url
     from nanoact.tracking_uri import default_artifact_root, resolve_tracking_uri
 
+    check_port_free(host, port)
     uri = resolve_tracking_uri(tracking_uri)
+    _STORES.append(uri)
     # the store URI (maybe with a password) goes through the environment, not a command line `ps` shows
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
     root = default_artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    click.echo(f"MLflow UI for {mask_url(uri)} at http://{host}:{port} (Ctrl-C to stop)")
+    click.echo(f"MLflow UI for {display_url(uri)} at http://{host}:{port} (Ctrl-C to stop)")
     try:
         sys.exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}))
     except KeyboardInterrupt:
@@ -472,7 +481,9 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     from nanoact import server
     from nanoact.tracking_uri import display_url
 
+    server.check_port_free(host, port)  # else another server's /health answer would read as "ready"
     spec = server.server_spec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers)
+    _STORES.append(spec.backend_store_uri)
     server.check_database(spec.backend_store_uri)
     if not server.is_loopback(host):
         click.echo(f"warning: listening on {host}, beyond loopback. MLflow has no authentication by default: anyone "
@@ -489,6 +500,13 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     click.echo("mlflow server stopped")
 
 
+def _fail(e: Exception) -> None:
+    from nanoact.tracking_uri import redact
+
+    click.echo(f"error: {redact(' '.join(str(e).split()), *_STORES)}", err=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2; bugs keep their traceback."""
     try:
@@ -500,8 +518,15 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except NanoactError as e:
-        click.echo(f"error: {' '.join(str(e).split())}", err=True)
-        sys.exit(2)
+        _fail(e)
+    except Exception as e:  # a read-only or full disk or database is the user's to fix: one line, not a traceback
+        from nanoact.errors import storage_error
+        from nanoact.tracking_uri import display_url
+
+        err = storage_error(e, display_url(_STORES[-1]) if _STORES else "")
+        if err is None:
+            raise
+        _fail(err)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

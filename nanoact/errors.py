@@ -41,6 +41,7 @@ _DB_FAILURES = (
     ("no space left on device", "is on a full disk (no space left on device)"),
     ("disk quota exceeded", "is on a disk whose quota is exceeded"),
     ("unable to open database file", "cannot be opened (missing folder, or not readable/writable)"),
+    ("disk i/o error", "cannot be read or written (disk I/O error: a read-only, full or failing disk?)"),
 )
 
 
