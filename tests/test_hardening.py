@@ -221,3 +221,4 @@ def test_display_url_masks_any_password(pw):
         shown = display_url(url)
         assert pw not in shown and "u:***@" in shown, shown
         assert redact(f"failed: {url} said no", url).count(pw) == 0
+

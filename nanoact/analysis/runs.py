@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from nanoact.errors import NanoactError
+from nanoact.paths import safe_dirname
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -379,7 +380,7 @@ class ArtifactFetcher:
         local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
         if local is not None:
             return local / rel
-        dst = self.cache_dir / run.run_id / PRED_DIR
+        dst = self.cache_dir / safe_dirname(run.run_id) / PRED_DIR  # a store's run id is not a trusted path
         target = dst / f"step_{step}.npz"
         size = self._sizes.get((run.run_id, step))
         if target.is_file() and (size is None or target.stat().st_size == size):

@@ -142,3 +142,39 @@ def test_no_password_in_the_error_of_a_report_on_a_dead_database(monkeypatch, ca
     assert code == 2 and "nanoact:***@127.0.0.1" in line
     for piece in PIECES:
         assert piece not in out + err, piece
+
+
+# -- artifact folders of an experiment named like a path (sweep and train create experiments this way) -------------
+
+def test_an_experiment_named_dotdot_keeps_its_artifacts_in_the_store(uri, tmp_path):
+    from nanoact.errors import NanoactError
+    from nanoact.tracking import ensure_experiment
+
+    root = tmp_path.resolve()  # the store's artifact root: the folder of mlflow.db
+    client = make_client(uri)
+    for name in ("..", "../../x", str(tmp_path.parent / "elsewhere")):
+        loc = client.get_experiment(ensure_experiment(uri, name)).artifact_location
+        assert root in Path(loc.removeprefix("file://")).resolve().parents, (name, loc)
+    # an experiment made before names were made safe, pointing outside the store, is refused
+    client.create_experiment("old", artifact_location=f"{tmp_path.as_uri()}/..")
+    with pytest.raises(NanoactError, match="outside"):
+        ensure_experiment(uri, "old")
+
+
+def test_train_into_an_experiment_named_dotdot_writes_only_into_the_store(monkeypatch, capsys, uri, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    tiny = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=16", "train.max_iters=4",
+            "train.eval_interval=2", "train.eval_iters=1", "eval.n_contexts=8", f"data.corpus={corpus}"]
+    args = ["train", "--experiment", "..", "--tracking-uri", uri]
+    for kv in tiny:
+        args += ["--set", kv]
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert list(work.iterdir()) == []  # no ./<run_id>/ in the working directory
+    [ckpt] = list(tmp_path.rglob("model.pt"))
+    [folder] = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "work"]
+    assert folder.name.startswith("__-") and folder in ckpt.parents
