@@ -178,3 +178,23 @@ def test_train_into_an_experiment_named_dotdot_writes_only_into_the_store(monkey
     [ckpt] = list(tmp_path.rglob("model.pt"))
     [folder] = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "work"]
     assert folder.name.startswith("__-") and folder in ckpt.parents
+
+
+def test_a_read_only_reports_folder_is_one_line(monkeypatch, capsys, uri, artifacts, tmp_path):
+    import shutil
+    import subprocess
+
+    log_synthetic_runs(uri, SyntheticSpec(experiment="ro", **SMALL), artifact_root=artifacts)
+    work = tmp_path / "work"
+    (work / "reports").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(work / "reports")],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs ext4 and CAP_LINUX_IMMUTABLE); chmod does not stop root")
+    try:
+        code, out, err = run_main(monkeypatch, capsys, "report", "--experiment", "ro", "--tracking-uri", uri)
+    finally:
+        subprocess.run(["chattr", "-i", str(work / "reports")], check=True)
+    line = one_error_line(err)
+    assert code == 2 and "reports/ro is not writable" in line, line
+    assert list((work / "reports").iterdir()) == []
