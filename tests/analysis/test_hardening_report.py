@@ -198,3 +198,18 @@ def test_a_read_only_reports_folder_is_one_line(monkeypatch, capsys, uri, artifa
     line = one_error_line(err)
     assert code == 2 and "reports/ro is not writable" in line, line
     assert list((work / "reports").iterdir()) == []
+
+
+def test_no_password_in_the_error_tag_of_a_failed_run(uri):
+    from nanoact.tracking import MlflowTracker, ensure_experiment
+
+    secret_uri = f"postgresql+psycopg2://nanoact:{PASSWORD}@db.example:5432/mlflow"
+    tracker = MlflowTracker(uri, ensure_experiment(uri, "tags"))
+    tracker.tracking_uri = secret_uri  # the store as the user named it (the driver's message echoes it)
+    tracker.start("cell", {})
+    tracker.finish("FAILED", f"OperationalError: could not translate host name \"et@x y%41@db.example\" "
+                             f"for {secret_uri}")
+    tag = make_client(uri).get_run(tracker.run_id).data.tags["nanoact.error"]
+    assert "nanoact:***@db.example" in tag
+    for piece in PIECES:
+        assert piece not in tag, piece
