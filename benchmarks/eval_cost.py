@@ -1,15 +1,12 @@
 """What the prediction evals cost in a ``cpu`` cell (nanoGPT's CPU recipe, minigpt 4x128, block 64, batch 12,
 2000 iterations, an eval every 250, 2048 evaluation contexts), before and after making them cheaper.
 
-Two measurements, both in one process:
-
-1. Interleaved, ``--repeats`` times: the prediction eval as it was (the full forward pass over 512 contexts at
-   a time under ``no_grad``, last position sliced afterwards) and as it is (``nanoact.trainer.predict``). Prints
-   the median seconds of each, their ratio, and whether the probabilities are bit-identical (and identical
-   after the float16 cast of the stored artifact).
-2. The share of a cell: median ms per training iteration (the trainer's own timing, evals excluded) and the
-   median cost of the loss evals, combined with (1) for the 9 eval steps of a 2000-iteration cell:
-   share = 9 * predict / (2000 * iter + 9 * (predict + loss evals)).
+``--repeats`` rounds, each timing back to back: the prediction eval as it was (the full forward pass over 512
+contexts at a time under ``no_grad``, last position sliced afterwards), as it is (``nanoact.trainer.predict``),
+``--iters`` training iterations (the trainer's own timing, evals excluded) and one eval step's loss evals.
+Prints the median seconds of each eval, their ratio, whether the probabilities are bit-identical (and identical
+after the float16 cast of the stored artifact), and per round the share of the 9 prediction evals in a
+2000-iteration cell, share = 9 * predict / (2000 * iter + 9 * (predict + loss evals)), as the median over rounds.
 
 With ``--full-cell`` it also trains one real ``cpu`` cell (about a minute on 2 idle cores) and reports the
 measured share of its prediction evals (the trainer's ``predict`` calls timed from outside).
@@ -57,39 +54,29 @@ def timed(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def interleaved(model, eval_set, repeats: int) -> dict[str, float]:
+def one_round(model, eval_set, cfg: RunConfig, data: CharDataset, iters: int, batches) -> dict[str, float]:
+    """One round of every timing, back to back, so a busy machine distorts them alike."""
     model.eval()
-    times: dict[str, list[float]] = {"before": [], "now": []}
-    same = same16 = True
-    for _ in range(repeats):
-        t_b, p_b = timed(predict_before, model, eval_set)
-        t_n, p_n = timed(predict_now, model, eval_set)
-        times["before"].append(t_b)
-        times["now"].append(t_n)
-        same &= bool(np.array_equal(p_b, p_n))
-        same16 &= bool(np.array_equal(p_b.astype(np.float16), p_n.astype(np.float16)))
-    return {"before": statistics.median(times["before"]), "now": statistics.median(times["now"]),
-            "bit_identical": same, "float16_identical": same16}
-
-
-def iteration_cost(cfg: RunConfig, data: CharDataset, iters: int, repeats: int) -> tuple[float, float]:
-    """(median s per training iteration, median s of one eval step's loss evals) at the recipe's shapes."""
+    t_b, p_b = timed(predict_before, model, eval_set)
+    t_n, p_n = timed(predict_now, model, eval_set)
     short = apply_overrides(cfg, {"train.max_iters": iters, "train.eval_interval": iters,
                                   "train.lr_decay_iters": max(iters, cfg.train.warmup_iters),
                                   "train.predictions": False, "train.checkpoint": False})
-    per_iter = statistics.median(trainer.train(short, data=data).metrics["time/train_s"] / iters
-                                 for _ in range(repeats))
-    m, t = cfg.model, cfg.train
-    model = build_model(m, data.vocab.size, seed=t.seed).eval()
-    batches = {s: data.fixed_batches(s, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
-               for s in ("train", "val")}
-    losses = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for s in ("train", "val"):
-            trainer.evaluate(model, batches[s], torch.device("cpu"), contextlib.nullcontext)
-        losses.append(time.perf_counter() - t0)
-    return per_iter, statistics.median(losses)
+    per_iter = trainer.train(short, data=data).metrics["time/train_s"] / iters
+    t0 = time.perf_counter()
+    for split in ("train", "val"):
+        trainer.evaluate(model, batches[split], torch.device("cpu"), contextlib.nullcontext)
+    loss_evals = time.perf_counter() - t0
+    return {"before": t_b, "now": t_n, "iter": per_iter, "loss_evals": loss_evals,
+            "bit_identical": float(np.array_equal(p_b, p_n)),
+            "float16_identical": float(np.array_equal(p_b.astype(np.float16), p_n.astype(np.float16)))}
+
+
+def share(r: dict[str, float], which: str, cfg: RunConfig) -> tuple[float, float, float, float]:
+    """(cell seconds, train seconds, loss-eval seconds, prediction-eval seconds) of a cpu cell from one round."""
+    n_evals = cfg.train.max_iters // cfg.train.eval_interval + 1
+    train_s, loss_s, pred_s = cfg.train.max_iters * r["iter"], n_evals * r["loss_evals"], n_evals * r[which]
+    return train_s + loss_s + pred_s, train_s, loss_s, pred_s
 
 
 def full_cell(cfg: RunConfig, data: CharDataset) -> tuple[float, float, int]:
@@ -125,19 +112,24 @@ def main() -> None:
     eval_set = data.eval_set(cfg.eval.n_contexts, cfg.model.block_size, cfg.eval.seed)
     model = build_model(cfg.model, data.vocab.size, seed=cfg.train.seed)
 
-    r = interleaved(model, eval_set, args.repeats)
-    print(f"prediction eval, {len(eval_set)} contexts, median of {args.repeats} interleaved: before "
-          f"{r['before']:.3f} s, now {r['now']:.3f} s, ratio {r['before'] / r['now']:.2f}x; "
-          f"bit-identical {r['bit_identical']}, float16-identical {r['float16_identical']}")
-    per_iter, loss_evals = iteration_cost(cfg, data, args.iters, max(3, args.repeats // 2))
-    n_evals = cfg.train.max_iters // cfg.train.eval_interval + 1
-    train_s = cfg.train.max_iters * per_iter
+    m, t = cfg.model, cfg.train
+    batches = {split: data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
+               for split in ("train", "val")}
+    rounds = [one_round(model, eval_set, cfg, data, args.iters, batches) for _ in range(args.repeats)]
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    print(f"prediction eval, {len(eval_set)} contexts, median of {args.repeats} interleaved rounds: before "
+          f"{med['before']:.3f} s, now {med['now']:.3f} s, ratio {med['before'] / med['now']:.2f}x (median of "
+          f"per-round ratios {statistics.median(r['before'] / r['now'] for r in rounds):.2f}x); "
+          f"bit-identical {all(r['bit_identical'] for r in rounds)}, "
+          f"float16-identical {all(r['float16_identical'] for r in rounds)}")
+    print(f"train step {1000 * med['iter']:.1f} ms/iter (trainer timing), loss evals {med['loss_evals']:.3f} s per "
+          "eval step")
     for label in ("before", "now"):
-        pred = n_evals * r[label]
-        total = train_s + n_evals * loss_evals + pred
-        print(f"{label:6s}: cpu cell ~{total:.0f} s = train {train_s:.0f} s + loss evals {n_evals * loss_evals:.1f} s"
-              f" + prediction evals {pred:.1f} s -> prediction evals {100 * pred / total:.1f}% of the cell")
-    print(f"(train step {1000 * per_iter:.1f} ms/iter, trainer timing; loss evals {loss_evals:.3f} s per eval step)")
+        shares = sorted(100 * share(r, label, cfg)[3] / share(r, label, cfg)[0] for r in rounds)
+        total, train_s, loss_s, pred_s = share(med, label, cfg)
+        print(f"{label:6s}: cpu cell ~{total:.0f} s = train {train_s:.0f} s + loss evals {loss_s:.1f} s + prediction "
+              f"evals {pred_s:.1f} s; prediction evals {statistics.median(shares):.1f}% of the cell (median of "
+              f"rounds; range {shares[0]:.1f}-{shares[-1]:.1f}%)")
     if args.full_cell:
         pred, wall, n = full_cell(cfg, data)
         print(f"one real cpu cell: {wall:.1f} s wall, {n} prediction evals {pred:.1f} s = {100 * pred / wall:.1f}%")
