@@ -13,6 +13,7 @@ import click
 from nanoact.errors import NanoactError
 
 SET_HELP = "Override a config key, e.g. --set train.max_iters=200 (repeatable)."
+_STORES: list[str] = []  # store URLs this invocation was given: their passwords are redacted from any error
 
 
 class Progress:
@@ -84,6 +85,8 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MLflow logs a DB error with its traceback before re-raising it; main() words it in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _tracking_uri(tracking_uri: str | None) -> str:
@@ -92,7 +95,9 @@ def _tracking_uri(tracking_uri: str | None) -> str:
     from nanoact.tracking_uri import move_credentials_to_env
     from nanoact.tracking_uri import resolve_tracking_uri
 
-    return move_credentials_to_env(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    _STORES.append(uri)
+    return move_credentials_to_env(uri)
 
 
 def _config(model: str | None, activation: str | None, seed: int | None, overrides: tuple[str, ...]):
@@ -124,13 +129,13 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     Defaults are nanoGPT's CPU recipe for shakespeare_char on minigpt; change anything with --set. The run is
     tracked in MLflow (the same store as sweeps, experiment `train`) unless --no-track is given.
     """
-    from nanoact.models import build_model
+    from nanoact.models import validate_model_config
     from nanoact.trainer import train
 
     if no_track and (tracking_uri or system_metrics):
         raise click.UsageError("--no-track logs nothing: drop --tracking-uri / --system-metrics, or --no-track")
     cfg = _config(model, activation, seed, overrides)
-    build_model(cfg.model, 65)  # fail fast on bad names before loading data
+    validate_model_config(cfg.model, 65)  # fail fast on bad names before loading data
     tracker = None if no_track else _train_tracker(tracking_uri, experiment_name, system_metrics)
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
@@ -321,6 +326,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
             importlib.import_module(mod)
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
+    _STORES.extend([storage] if storage else [])
     spec = _load_spec(experiment, sweep_file, overrides, study)
     uri = _tracking_uri(tracking_uri)
     opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
@@ -445,8 +451,9 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
     from nanoact import server, tracking
     from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
     server.check_port_free(host, port)
+    uri = resolve_tracking_uri(tracking_uri)
+    _STORES.append(uri)
     tracking.open_store(uri)  # a fresh sqlite store's schema, made once even when a sweep starts at the same time
     base = f"http://{host}:{port}"
     target = base + (tracking.runs_table_path(uri, experiment) if experiment else "")
@@ -524,7 +531,9 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     from nanoact import server
     from nanoact.tracking_uri import display_url
 
+    server.check_port_free(host, port)  # else another server's /health answer would read as "ready"
     spec = server.server_spec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers)
+    _STORES.append(spec.backend_store_uri)
     server.check_database(spec.backend_store_uri)
     if not server.is_loopback(host):
         click.echo(f"warning: listening on {host}, beyond loopback. MLflow has no authentication by default: anyone "
@@ -541,6 +550,13 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     click.echo("mlflow server stopped")
 
 
+def _fail(e: Exception) -> None:
+    from nanoact.tracking_uri import redact
+
+    click.echo(f"error: {redact(' '.join(str(e).split()), *_STORES)}", err=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2; bugs keep their traceback."""
     try:
@@ -552,8 +568,15 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except NanoactError as e:
-        click.echo(f"error: {' '.join(str(e).split())}", err=True)
-        sys.exit(2)
+        _fail(e)
+    except Exception as e:  # a read-only or full disk or database is the user's to fix: one line, not a traceback
+        from nanoact.errors import storage_error
+        from nanoact.tracking_uri import display_url
+
+        err = storage_error(e, display_url(_STORES[-1]) if _STORES else "")
+        if err is None:
+            raise
+        _fail(err)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

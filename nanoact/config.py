@@ -14,7 +14,9 @@ import ast
 import copy
 import dataclasses
 import math
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from nanoact.errors import ConfigError
@@ -120,6 +122,8 @@ class RunConfig:
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+MAX_VALUE_LEN = 64
+"""Longest text accepted for a number or bool from the command line (``--set``)."""
 
 
 def _section_fields(cfg: RunConfig, section: str) -> dict[str, dataclasses.Field]:
@@ -138,9 +142,12 @@ def coerce(key: str, value: Any, default: Any) -> Any:
             if low in ("false", "0", "no", "off"):
                 return False
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        if len(text) > MAX_VALUE_LEN:  # the parser recurses per operator: 5,000 '-' would overflow the stack
+            raise ConfigError(f"{key}: expected {typ.__name__}, got a {len(text)}-character value "
+                              f"({text[:20]!r}...); numbers are at most {MAX_VALUE_LEN} characters")
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
     if typ is bool:
         if not isinstance(value, bool):
@@ -211,6 +218,30 @@ def from_dict(d: Mapping[str, Any], base: RunConfig | None = None, where: str = 
             set_key(cfg, f"{section}.{name}", value)
     validate(cfg)
     return cfg
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; anything wrong with it is a one-line ``ConfigError`` naming the file.
+
+    Besides syntax errors this catches what ``tomllib`` leaves as a crash: a file nested thousands of levels
+    deep (RecursionError), one too large for memory, and text that is not UTF-8.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror or e})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to parse (tables or arrays within each other thousands of "
+                          "levels deep); a sweep file needs two levels") from None
+    except MemoryError:
+        raise ConfigError(f"{p}: too large to parse ({len(text):,} characters)") from None
 
 
 def validate(cfg: RunConfig) -> None:

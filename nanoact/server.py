@@ -11,6 +11,7 @@ Library code: nothing here prints; output goes to the callbacks the caller passe
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -41,6 +42,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One clear line if ``host:port`` is taken, before anything is started or printed as ready.
+
+    A bind test with ``SO_REUSEADDR``, as the servers themselves bind: a port left in TIME_WAIT by a server that
+    just stopped counts as free, one something listens on does not. Without this, the UI printed its URL and
+    exited 0, and ``nanoact server`` announced "ready" because the other server answered ``/health``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            words = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            raise NanoactError(f"port {port} on {host} {words}; stop whatever listens there or choose another "
+                               "--port") from None
 
 
 @dataclass
@@ -177,6 +196,7 @@ class ServerProcess:
 
 def start_server(spec: ServerSpec, on_line: Callable[[str], None] | None = None) -> ServerProcess:
     """Start ``mlflow server`` in its own process group; returns at once (then call ``wait_healthy``)."""
+    check_port_free(spec.host, spec.port)
     proc = subprocess.Popen(spec.command(), env=spec.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
     sp = ServerProcess(spec, proc)
@@ -221,7 +241,10 @@ def serve(spec: ServerSpec, on_line: Callable[[str], None] | None = None,
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """For an ``http(s)://`` tracking URI: one clear line if nothing answers ``/health`` (instead of MLflow's
-    minutes of retries). Other URIs pass."""
+    minutes of retries); for a PostgreSQL one, if the database cannot be reached. Other URIs pass."""
+    if uri.startswith("postgresql"):
+        check_database(uri, timeout=max(1, int(timeout)))
+        return
     if not uri.startswith(("http://", "https://")):
         return
     parts = urlsplit(uri)
@@ -229,17 +252,6 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     if not health(bare, timeout):
         raise NanoactError(f"cannot reach the MLflow tracking server at {display_url(uri)} (no answer on /health "
                            f"within {timeout:.0f} s); start it with `nanoact server` or check --tracking-uri")
-
-
-def check_port_free(host: str, port: int) -> None:
-    """One clear line, before anything starts, when another process already listens on ``host:port``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise NanoactError(f"port {port} on {host} is taken ({e.strerror}); pick another with --port") from None
 
 
 def ui_process(tracking_uri: str, host: str, port: int) -> subprocess.Popen:

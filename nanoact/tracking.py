@@ -287,6 +287,9 @@ class MlflowTracker:
                 if status == "FINISHED":
                     status, error = "FAILED", f"artifact upload failed: {type(e).__name__}: {e}"
             if error:
+                from nanoact.tracking_uri import redact
+
+                error = redact(error, self.tracking_uri)  # a driver's message may echo the store URL
                 self.client.set_tag(self.run_id, "nanoact.error", error[:MAX_TAG_LEN])
             self.client.set_terminated(self.run_id, status)
         finally:
@@ -318,21 +321,27 @@ def ensure_experiment(tracking_uri: str, name: str, tags: Mapping[str, str] | No
     """
     from mlflow import MlflowClient
 
+    from nanoact.paths import experiment_artifact_location
+    from nanoact.server import check_tracking_server
     from nanoact.tracking_uri import default_artifact_root
 
+    check_tracking_server(tracking_uri)  # one line within seconds, not minutes of MLflow retries
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri)
     tags = {"mlflow.experimentKind": "custom_model_development", **dict(tags or {})}
+    root = default_artifact_root(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        root = default_artifact_root(tracking_uri)
+        location = experiment_artifact_location(root, name) if root else None
         try:
-            return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=tags)
+            return client.create_experiment(name, artifact_location=location, tags=tags)
         except Exception:  # another worker created it between our check and our create
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
+    if root:  # an old experiment named '..' may point outside the store: refuse to write there
+        experiment_artifact_location(root, name, exp.artifact_location)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     for k, v in tags.items():

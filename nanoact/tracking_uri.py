@@ -40,10 +40,11 @@ def default_artifact_root(tracking_uri: str, cwd: str | Path | None = None) -> s
     return None
 
 
-def mask_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host/...`` URLs in a text (never log credentials).
+def _mask_urls_in_text(url: str) -> str:
+    """Hide passwords of ``scheme://user:password@host/...`` URLs found in a text whose URLs are not known.
 
-    The password runs to the last ``@`` before the host, so a raw ``@`` in it is masked too.
+    This reading stops at ``/`` and whitespace; ``display_url`` (for a known URL) and ``redact`` (for a text
+    and the URLs it may echo) handle every character and are what callers use.
     """
     return re.sub(r"(://[^/:@\s]+):[^/\s]*@", r"\1:***@", url)
 
@@ -52,7 +53,8 @@ def url_passwords(url: str | None) -> set[str]:
     """The password(s) in ``scheme://user:password@host/...``, as written and percent-decoded.
 
     Two readings, both kept: the standard one (``urlsplit``) and one that allows a raw ``@`` or ``/`` in the
-    password (everything between the first ``:`` of the user info and the last ``@``).
+    password (everything between the first ``:`` of the user info and the last ``@``), plus the pieces between
+    its ``@``, ``/`` and ``:``, which a driver reading the URL another way may print as a host or a path.
     """
     if not url or "://" not in url:
         return set()
@@ -68,6 +70,9 @@ def url_passwords(url: str | None) -> set[str]:
     user, colon, pw = userinfo.partition(":")
     if at and colon and pw and "/" not in user:
         out.add(pw)
+    # a driver that splits such a URL at another '@' or '/' echoes the rest of the password as a host or path
+    pieces = {piece for p in out for sep in "@/:" for piece in p.split(sep) if piece != p}
+    out |= pieces
     return out | {unquote(p) for p in out}
 
 
@@ -80,14 +85,26 @@ def redact(text: str, *urls: str | None) -> str:
     out = text
     for url in urls:
         for pw in sorted(url_passwords(url), key=len, reverse=True):
-            if len(pw) >= 3:  # shorter "passwords" would mangle every message; mask_url still hides them in URLs
+            if len(pw) >= 3:  # shorter "passwords" would mangle every message; URLs in it are masked below
                 out = out.replace(pw, "***")
-    return mask_url(out)
+        if url:
+            out = out.replace(url, display_url(url))
+    return _mask_urls_in_text(out)
 
 
 def display_url(url: str) -> str:
-    """A URL safe to print: credentials masked, even when the password holds characters mask_url stops at."""
-    return redact(url, url)
+    """The one way a URL is printed, written to a report or a tag: ``scheme://user:***@host/...``.
+
+    The password is everything between the first ``:`` of the user info and the last ``@``, so one holding
+    ``/``, ``@``, ``:``, spaces or ``%`` is masked whole.
+    """
+    head, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, host = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if at and colon and "/" not in user:
+            url = f"{head}://{user}:***@{host}"
+    return _mask_urls_in_text(url)
 
 
 def move_credentials_to_env(tracking_uri: str, env: dict | None = None) -> str:

@@ -98,16 +98,30 @@ def evaluate(model: CharLM, batches, device: torch.device, autocast) -> tuple[fl
     return float(torch.stack(losses).mean()), float(correct) / total
 
 
-@torch.no_grad()
-def predict(model: CharLM, eval_set: EvalSet, device: torch.device, autocast, chunk: int = 512) -> np.ndarray:
-    """Next-character probabilities (N, V) at the last position of each evaluation context, float32."""
+@torch.inference_mode()
+def predict(model: CharLM, eval_set: EvalSet, device: torch.device, autocast, chunk: int | None = None,
+            last_only: bool | None = None) -> np.ndarray:
+    """Next-character probabilities (N, V) at the last position of each evaluation context, float32.
+
+    Only the last position is stored, so on CPU the model skips what only the other positions need
+    (``CharLM.forward_last``) and runs 64 contexts at a time, which keeps activations in cache: together
+    about twice as fast, with bit-identical probabilities (tests/test_trainer_eval.py checks them; other
+    devices keep the full forward, which is not verified bit-identical there).
+
+    Args:
+        chunk: contexts per forward pass (default 64 on CPU, 512 elsewhere); the result does not depend on it.
+        last_only: use ``forward_last`` (default: on CPU).
+    """
+    cpu = device.type == "cpu"
+    chunk = chunk or (64 if cpu else 512)
+    last = model.forward_last if (cpu if last_only is None else last_only) else (lambda x: model(x)[0][:, -1, :])
+    contexts = eval_set.contexts.to(device)  # one transfer, not one per chunk
     out = []
     for i in range(0, len(eval_set), chunk):
-        x = eval_set.contexts[i : i + chunk].to(device)
         with autocast():
-            logits, _ = model(x)
-        out.append(torch.softmax(logits[:, -1, :].float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+            logits = last(contexts[i : i + chunk])
+        out.append(torch.softmax(logits.float(), dim=-1))
+    return torch.cat(out).cpu().numpy()
 
 
 def _check_runtime(cfg: RunConfig, device: torch.device) -> None:
@@ -284,7 +298,7 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
             tracker.log_metrics(row, step=it)
             if t.predictions:
                 model.eval()
-                probs = predict(fwd, eval_set, device, autocast)
+                probs = predict(fwd, eval_set, device, autocast, last_only=device.type == "cpu" and not t.compile)
                 model.train()
                 tracker.log_predictions(it, probs, eval_set.targets.numpy())
             if progress:

@@ -21,7 +21,7 @@ from nanoact.analysis import guards as gd
 from nanoact.analysis import pdtests as pt
 from nanoact.analysis.hypotheses import Hypothesis, build_hypotheses
 from nanoact.analysis.runs import ArtifactFetcher, ExperimentRuns, RunRecord, load_experiment, load_histories
-from nanoact.analysis.runs import read_predictions
+from nanoact.analysis.runs import prediction_steps, read_predictions
 from nanoact.analysis.sources import SourcesAnalysis, analyse_sources, is_sources_grid
 from nanoact.analysis.stats import OutcomeStats, analyse_outcome
 from nanoact.errors import NanoactError
@@ -121,17 +121,9 @@ def _pair_list(runs: list[RunRecord]) -> list[tuple[int, int, str]]:
 
 
 def _common_steps(name: str, runs: list[RunRecord], fetcher: ArtifactFetcher, notes: list[str]) -> list[int]:
-    step_sets = {r.run_id: fetcher.steps(r) for r in runs}
-    empty = [rid for rid, s in step_sets.items() if not s]
-    if empty:
-        raise NanoactError(f"experiment {name!r}: run(s) {', '.join(empty)} have no predictions/step_<N>.npz "
-                           "artifacts; PD needs them (rerun or delete those runs)")
-    steps = sorted(set.intersection(*(set(s) for s in step_sets.values())))
-    if not steps:
-        raise NanoactError(f"experiment {name!r}: no checkpoint step has predictions for every run")
-    partial = sorted(set.union(*(set(s) for s in step_sets.values())) - set(steps))
-    if partial:
-        notes.append(f"steps {partial} have predictions for only some runs and are left out of PD")
+    """Steps with predictions for every run; a run missing its final step is an error (``prediction_steps``)."""
+    steps, step_notes = prediction_steps(name, runs, {r.run_id: fetcher.steps(r) for r in runs})
+    notes += step_notes
     return steps
 
 

@@ -1,8 +1,9 @@
-"""``run_report``: the entry point. Analyse experiments, then write report.md, the PNGs and summary.json.
+"""``run_report``: the entry point. Analyse experiments, then write report.md, report.html, the PNGs and
+summary.json, and log them to the sweep's parent run.
 
 The work is split by job: ``experiment`` computes (numbers only), ``hypotheses`` lists and adjusts every test,
-``render`` words it (report.md, the headline, the executive summary), ``summary`` writes summary.json (schema in
-docs/REPORT.md). Library code: no printing, progress goes to the ``progress`` callback, user mistakes raise
+``render`` words it (report.md, the headline, the executive summary), ``html`` turns report.md into one
+self-contained page, ``summary`` writes summary.json (schema in docs/REPORT.md). Library code: no printing, progress goes to the ``progress`` callback, user mistakes raise
 ``NanoactError`` with a one-line message.
 """
 
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nanoact.analysis import render as rd
 from nanoact.analysis import summary as sm
 from nanoact.analysis.experiment import ExperimentAnalysis, analyse_experiment
+from nanoact.analysis.html import write_html
 from nanoact.analysis.runs import ArtifactFetcher, make_client
 from nanoact.errors import NanoactError
-from nanoact.tracking_uri import mask_url, resolve_tracking_uri
+from nanoact.paths import report_dir, safe_dirname
+from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
 SCHEMA_VERSION = sm.SCHEMA_VERSION
 __all__ = ["ReportResult", "ExperimentAnalysis", "analyse_experiment", "run_report"]
@@ -35,10 +39,6 @@ class ReportResult:
     headline: str  # one-sentence executive summary
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 def _logging_note(an: ExperimentAnalysis, log_to_parent: bool, art_path: str, status: str | None) -> str:
     if status:
         return status
@@ -47,7 +47,9 @@ def _logging_note(an: ExperimentAnalysis, log_to_parent: bool, art_path: str, st
     if an.parent_run_id is None:
         return ("No sweep parent run was found (no cell has a mlflow.parentRunId tag), so this report is NOT "
                 "logged to MLflow; it exists only in this folder.")
-    return f"This report is logged as artifacts of parent run `{an.parent_run_id}` under `{art_path}/`."
+    return (f"After writing it, nanoact logs this report (report.md, report.html, summary.json and the plots) as "
+            f"artifacts of parent run `{an.parent_run_id}` under `{art_path}/`; had that upload failed, this note "
+            "would say so.")
 
 
 def _write(out: Path, experiments: list[str], uri: str, analyses: list[ExperimentAnalysis], headline: str,
@@ -55,7 +57,7 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
     multi = len(experiments) > 1
     md = [f"# nanoact report: {' + '.join(experiments)}", "",
           f"*Generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
-          f"`{mask_url(uri)}`; every number traces to the MLflow run ids in the tables.*", "",
+          f"`{display_url(uri)}`; every number traces to the MLflow run ids in the tables.*", "",
           f"**Headline:** {headline}", ""]
     md += rd.guard_md(analyses, multi)
     if anomalies and allow_anomalies:
@@ -68,9 +70,10 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
         md += rd.experiment_md(an, "###" if multi else "##", notes[an.er.name])
     report_md = out / "report.md"
     report_md.write_text("\n".join(md) + "\n")
+    write_html(report_md)
     summary = {
         "schema_version": SCHEMA_VERSION, "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "tracking_uri": mask_url(uri), "experiments": experiments, "headline": headline,
+        "tracking_uri": display_url(uri), "experiments": experiments, "headline": headline,
         "anomalies": anomalies, "allow_anomalies": allow_anomalies,
         "per_experiment": {an.er.name: sm.experiment_summary(an) for an in analyses},
         "comparison": sm.comparison(analyses) if multi else [],
@@ -81,8 +84,9 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
     return report_md, summary_json
 
 
-def _log_outputs(client, analyses, files: list[Path], art_path: str, say) -> dict[str, str]:
-    """Log the outputs to each experiment's parent run; returns a note per experiment where that failed."""
+def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: str, say) -> dict[str, str]:
+    """Log the outputs to each experiment's parent run, with a description and headline metrics; returns a note
+    per experiment where that failed."""
     failed = {}
     for an in analyses:
         if an.parent_run_id is None:
@@ -91,10 +95,31 @@ def _log_outputs(client, analyses, files: list[Path], art_path: str, say) -> dic
         try:
             for f in files:
                 client.log_artifact(an.parent_run_id, str(f), art_path)
+            _describe_parent(client, an, art_path, headline)
         except Exception as e:  # the report on disk is still valid; say so in it instead of failing
             failed[an.er.name] = (f"Logging this report to parent run `{an.parent_run_id}` FAILED "
                                   f"({type(e).__name__}: {e}); it exists only in this folder.")
     return failed
+
+
+def _describe_parent(client, an: ExperimentAnalysis, art_path: str, headline: str) -> None:
+    """The parent run says what the report found: a description, and per activation the mean final val loss
+    and the within-activation pd_tv at the final step as metrics (``report/<activation>/...``)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    ts, step = int(time.time() * 1000), an.final_step
+    metrics = []
+    for row in sm.comparison([an]):
+        for key, value in (("final_val_loss_mean", row["mean_final_val_loss"]),
+                           ("within_pd_tv", row["mean_within_pd_tv"])):
+            if value is not None and np.isfinite(value):
+                metrics.append(Metric(f"report/{row['activation']}/{key}", float(value), ts, step))
+    client.log_batch(an.parent_run_id, metrics=metrics)
+    client.set_tag(an.parent_run_id, "mlflow.note.content",
+                   f"{headline}\n\nThe whole report: `{art_path}/report.html` (or report.md, summary.json) in this "
+                   f"run's artifacts; made by `nanoact report --experiment {an.er.name}`.")
 
 
 def run_report(
@@ -108,12 +133,12 @@ def run_report(
     study: str | None = None,
     where: Mapping[str, str] | None = None,
 ) -> ReportResult:
-    """Analyse ``experiments`` and write report.md, the PNGs and summary.json to ``out_dir``.
+    """Analyse ``experiments`` and write report.md, report.html, the PNGs and summary.json to ``out_dir``.
 
     Args:
         experiments: MLflow experiment names (one report; a comparison table when several).
         tracking_uri: the store; resolved with ``nanoact.tracking_uri.resolve_tracking_uri``.
-        out_dir: output folder; default ``reports/<experiment>`` or ``reports/<e1>+<e2>``.
+        out_dir: output folder; default ``reports/<experiment>`` or ``reports/<e1>+<e2>`` (names made safe).
         allow_anomalies: recorded in the report; the CLI uses it to decide the exit code.
         log_to_parent: also log the outputs as artifacts of each experiment's sweep parent run.
         progress: callback for one-line progress messages.
@@ -122,7 +147,7 @@ def run_report(
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
-    unreadable artifacts).
+    unreadable or missing artifacts); then nothing is written.
     """
     if not experiments:
         raise NanoactError("no experiment given; pass --experiment NAME")
@@ -132,26 +157,23 @@ def run_report(
     uri = resolve_tracking_uri(tracking_uri)
     client = make_client(uri)
     fetcher = ArtifactFetcher(client)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / "+".join(experiments)
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
-
-    analyses = []
-    for name in experiments:
-        an = analyse_experiment(client, name, fetcher, say, study=study, where=where)
-        say(f"{name}: plotting")
-        rd.make_plots(an, out, f"{_slug(name)}_" if multi else "")
-        analyses.append(an)
+    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where) for name in experiments]
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
+    for an in analyses:
+        say(f"{an.er.name}: plotting")
+        rd.make_plots(an, out, f"{safe_dirname(an.er.name)}_" if multi else "")
     anomalies = [(f"{an.er.name}: " if multi else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
     headline = rd.headline(analyses, anomalies)
-    art_path = "report" if not multi else f"report/{'+'.join(experiments)}"
+    art_path = "report" if not multi else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
-    say("writing report.md and summary.json")
+    say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
     report_md, summary_json = _write(*args, notes)
     if log_to_parent:
-        files = [report_md, summary_json] + [out / f for an in analyses for f in an.plots.values()]
-        failed = _log_outputs(client, analyses, files, art_path, say)
+        files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
+        failed = _log_outputs(client, analyses, files, art_path, headline, say)
         if failed:
             notes.update(failed)
             report_md, summary_json = _write(*args, notes)

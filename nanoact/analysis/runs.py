@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from nanoact.errors import NanoactError
+from nanoact.paths import safe_dirname
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -123,9 +124,23 @@ def sort_seeds(seeds: set[str] | list[str]) -> list[str]:
 
 
 def make_client(tracking_uri: str) -> MlflowClient:
-    """An MlflowClient on an explicit URI (never the global ``mlflow.set_tracking_uri``)."""
+    """An MlflowClient on an explicit URI (never the global ``mlflow.set_tracking_uri``), for reading.
+
+    Reading never creates a store: a sqlite file that does not exist is an error (MLflow would create an empty
+    database there), and an ``http(s)`` server that does not answer is one within seconds (MLflow would retry
+    for minutes).
+    """
     from mlflow import MlflowClient
 
+    from nanoact.server import check_tracking_server
+    from nanoact.tracking_uri import display_url
+
+    if tracking_uri.startswith("sqlite:///"):
+        db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+        if db and db != ":memory:" and not Path(db).is_file():
+            raise NanoactError(f"no tracking store at {display_url(tracking_uri)} (the file does not exist); run a "
+                               "sweep first, or point --tracking-uri at the store that holds the runs")
+    check_tracking_server(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -290,6 +305,45 @@ def load_histories(client: MlflowClient, runs: list[RunRecord], keys: tuple[str,
 # prediction artifacts
 
 
+def prediction_steps(name: str, runs: list[RunRecord], step_sets: Mapping[str, list[int]]
+                     ) -> tuple[list[int], list[str]]:
+    """The steps PD is computed at, and notes on steps left out.
+
+    Every run must have its final step (its ``train.max_iters`` param, else the newest step any run has): a
+    missing final file is an error naming the run and the step, never a quiet fall-back to an earlier step,
+    which would change every PD number. An intermediate step some runs lack is left out, and the note names
+    the runs lacking it.
+    """
+    empty = [r.run_id for r in runs if not step_sets[r.run_id]]
+    if empty:
+        raise NanoactError(f"experiment {name!r}: run(s) {', '.join(empty)} have no predictions/step_<N>.npz "
+                           "artifacts; PD needs them (rerun or delete those runs)")
+    newest = max(max(step_sets[r.run_id]) for r in runs)
+    lacking = []
+    for r in runs:
+        try:
+            final = int(r.params.get("train.max_iters", newest))
+        except ValueError:
+            final = newest
+        if final not in step_sets[r.run_id]:
+            lacking.append(f"run {r.run_id} ({r.activation} s{r.seed}) lacks predictions/step_{final}.npz, its "
+                           f"final step (it has steps {', '.join(map(str, step_sets[r.run_id]))})")
+    finals = {int(r.params["train.max_iters"]) for r in runs if str(r.params.get("train.max_iters", "")).isdigit()}
+    if lacking or len(finals) > 1:
+        detail = "; ".join(lacking) if lacking else f"runs end at different steps {sorted(finals)}"
+        raise NanoactError(f"experiment {name!r}: {detail}; PD at an earlier step would silently change the "
+                           "numbers: restore the file, or rerun or delete the run")
+    steps = sorted(set.intersection(*(set(step_sets[r.run_id]) for r in runs)))
+    notes = []
+    partial = sorted(set.union(*(set(step_sets[r.run_id]) for r in runs)) - set(steps))
+    if partial:
+        who = [f"{r.run_id} lacks {[s for s in partial if s not in step_sets[r.run_id]]}"
+               for r in runs if not set(partial) <= set(step_sets[r.run_id])]
+        notes.append(f"steps {partial} have predictions for only some runs and are left out of PD "
+                     f"({'; '.join(who[:10])}{'; ...' if len(who) > 10 else ''})")
+    return steps, notes
+
+
 def default_cache_dir() -> Path:
     """Where downloaded artifacts are kept: ``$NANOACT_CACHE_DIR``, else ``$XDG_CACHE_HOME/nanoact/artifacts``."""
     if os.environ.get("NANOACT_CACHE_DIR"):
@@ -344,7 +398,7 @@ class ArtifactFetcher:
         local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
         if local is not None:
             return local / rel
-        dst = self.cache_dir / run.run_id / PRED_DIR
+        dst = self.cache_dir / safe_dirname(run.run_id) / PRED_DIR  # a store's run id is not a trusted path
         target = dst / f"step_{step}.npz"
         size = self._sizes.get((run.run_id, step))
         if target.is_file() and (size is None or target.stat().st_size == size):

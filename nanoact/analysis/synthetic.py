@@ -129,7 +129,10 @@ def _experiment(client, name: str, artifact_root: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None)
+    from nanoact.paths import experiment_artifact_location
+
+    location = experiment_artifact_location(artifact_root, name) if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def log_synthetic_runs(

@@ -109,14 +109,36 @@ def init_parameters(model: CharLM, seed: int) -> None:
             p.copy_(torch.empty_like(p).normal_(0.0, std, generator=g))
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> CharLM:
-    """Build ``cfg.name`` for ``vocab_size`` characters, with parameters drawn from ``seed``."""
+def validate_model_config(cfg: ModelConfig, vocab_size: int) -> None:
+    """Raise the ``ConfigError`` that ``build_model(cfg, vocab_size)`` would raise, without building a model.
+
+    Checks the model name (registry lookup), fields the model ignores, the activation spec (parsed, one entry
+    per layer, each activation's factory called once: the activation alone, no weights) and the shape
+    arithmetic the model class states in ``check_config`` (``n_embd % n_head`` for attention). Microseconds
+    per config, so a sweep validates every cell of a large grid without building any.
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ConfigError(f"vocab_size must be a positive int, got {vocab_size!r}")
     cls = get_model_class(cfg.name)
     check_fields(cfg, cls)
-    layer_activations(cfg)  # validate the activation spec before building anything
+    specs = layer_activations(cfg)
+    try:
+        check = getattr(cls, "check_config", None)
+        if check is not None:
+            check(cfg, vocab_size)
+        for spec in dict.fromkeys(specs):  # a factory may reject values its registry entry does not validate
+            activations.build_activation(spec)
+    except ValueError as e:  # as build_model words them
+        raise ConfigError(str(e)) from None
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> CharLM:
+    """Build ``cfg.name`` for ``vocab_size`` characters, with parameters drawn from ``seed``."""
+    validate_model_config(cfg, vocab_size)  # fail before building anything
+    cls = get_model_class(cfg.name)
     try:
         model = cls(cfg, vocab_size)
-    except ValueError as e:  # shape constraints such as n_embd % n_head
+    except ValueError as e:  # constraints a registered class checks only in its constructor
         raise ConfigError(str(e)) from None
     init_parameters(model, seed)
     return model
@@ -130,4 +152,5 @@ __all__ = [
     "layer_activations",
     "model_names",
     "register_model",
+    "validate_model_config",
 ]

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from nanoact.config import ModelConfig
+from nanoact.models.layers import check_heads
 
 
 class CharLM(nn.Module):
@@ -15,7 +16,8 @@ class CharLM(nn.Module):
 
     Subclasses build their layers in ``__init__(cfg, vocab_size)`` and never initialise or seed there:
     ``nanoact.models.init_parameters`` does that. ``unused_fields`` names ``ModelConfig`` fields the model
-    ignores; setting one of them away from its default is an error.
+    ignores; setting one of them away from its default is an error. ``check_config`` states the shape
+    constraints, so a config is validated without building the model.
     """
 
     unused_fields: ClassVar[frozenset[str]] = frozenset()
@@ -26,9 +28,26 @@ class CharLM(nn.Module):
         self.vocab_size = vocab_size
         self.block_size = cfg.block_size
 
+    has_attention: ClassVar[bool] = False
+    """True if the model has multi-head attention layers (``n_embd`` must then split into ``n_head`` heads)."""
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig, vocab_size: int) -> None:
+        """Raise ValueError for a shape this model cannot be built with (arithmetic only, nothing built)."""
+        if cls.has_attention:
+            check_heads(cfg.n_embd, cfg.n_head)
+
     def init_std(self, name: str) -> float:
         """Std of the normal init for weight ``name``; GPT-style N(0, 0.02) unless a model says otherwise."""
         return 0.02
+
+    def forward_last(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) at the last position only, what the prediction evals keep.
+
+        Equal bit for bit to ``forward(idx)[0][:, -1]`` (on CPU; tests check every model): models override it
+        to skip the work only earlier positions need (the last block's MLP, projections and the head).
+        """
+        return self(idx)[0][:, -1, :]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -43,13 +43,18 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
+def check_heads(n_embd: int, n_head: int) -> None:
+    """Multi-head attention splits n_embd into n_head equal heads."""
+    if n_embd % n_head != 0:
+        raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through ``scaled_dot_product_attention``."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
         super().__init__()
-        if n_embd % n_head != 0:
-            raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+        check_heads(n_embd, n_head)
         self.n_head = n_head
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
@@ -57,6 +62,13 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resid_dropout(self.c_proj(self._attend(x)))
+
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The output at the last position only, (B, 1, C); every position is still attended over."""
+        return self.resid_dropout(self.c_proj(self._attend(x)[:, -1:]))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -65,8 +77,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=True
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return y.transpose(1, 2).contiguous().view(B, T, C)
 
 
 class Block(nn.Module):
@@ -81,6 +92,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)[:, -1:]`` without the MLP and projections of the other positions."""
+        x = x[:, -1:] + self.attn.forward_last(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 

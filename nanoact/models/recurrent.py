@@ -62,6 +62,8 @@ class HybridLM(CharLM):
     Activation: the MLP of every attention block (``blocks[i].mlp.act``).
     """
 
+    has_attention = True
+
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
         from nanoact.models import layer_activations

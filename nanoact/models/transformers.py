@@ -16,12 +16,21 @@ def _layer_specs(cfg: ModelConfig) -> list[str]:
     return layer_activations(cfg)
 
 
+def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, last_only: bool) -> torch.Tensor:
+    """All blocks over every position; with ``last_only`` the last block returns only the last one, (B, 1, C)."""
+    for block in blocks[:-1] if last_only else blocks:
+        x = block(x)
+    return blocks[-1].forward_last(x) if last_only else x
+
+
 class MiniGPT(CharLM):
     """GPT-2 as in nanoGPT's ``model.py``: pre-LN blocks, learned positions, tied embeddings, dropout on
     embeddings, attention and residuals, causal SDPA, scaled init of residual projections.
 
     Activation: the MLP of every block (``Block.mlp.act``).
     """
+
+    has_attention = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
@@ -43,14 +52,18 @@ class MiniGPT(CharLM):
         return residual_proj_std(self.cfg.n_layer) if name.endswith("c_proj.weight") else 0.02
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.lm_head(self._hidden(idx))  # (B, T, vocab)
+        return logits, lm_loss(logits, targets)
+
+    def forward_last(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self._hidden(idx, last_only=True))[:, -1]  # (B, vocab)
+
+    def _hidden(self, idx: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         b, t = idx.size()
         assert t <= self.block_size, f"Cannot forward sequence of length {t}, block size is only {self.block_size}"
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        return logits, lm_loss(logits, targets)
+        return self.transformer.ln_f(_run_blocks(self.transformer.h, x, last_only))
 
 
 class NanoTransformer(CharLM):
@@ -60,6 +73,8 @@ class NanoTransformer(CharLM):
 
     Activation: the MLP of every block (``blocks[i].mlp.act``).
     """
+
+    has_attention = True
 
     block_cls: type[nn.Module] = Block
     final_norm = True  # pre-LN blocks leave the residual stream unnormalised
@@ -76,14 +91,18 @@ class NanoTransformer(CharLM):
         self.head = nn.Linear(cfg.n_embd, vocab_size, bias=cfg.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.head(self._hidden(idx))
+        return logits, lm_loss(logits, targets)
+
+    def forward_last(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self._hidden(idx, last_only=True))[:, -1]
+
+    def _hidden(self, idx: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         t = idx.size(1)
         assert t <= self.block_size, f"Cannot forward sequence of length {t}, block size is only {self.block_size}"
         pos = torch.arange(t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head(self.ln_f(x))
-        return logits, lm_loss(logits, targets)
+        return self.ln_f(_run_blocks(self.blocks, x, last_only))
 
 
 class PostLNBlock(nn.Module):
@@ -98,6 +117,10 @@ class PostLNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))
+
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln_1(x[:, -1:] + self.attn.forward_last(x))
         return self.ln_2(x + self.mlp(x))
 
 

@@ -45,7 +45,14 @@ def open_storage(storage: str | None):
         from optuna.storages.journal import JournalFileBackend
 
         path = journal_path(storage)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # Optuna's own failure on a read-only or full disk is "AssertionError: Should not reach."
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a"):
+                pass
+        except OSError as e:
+            from nanoact.errors import storage_error
+
+            raise (storage_error(e, str(path)) or NanoactError(f"cannot open the Optuna journal {path}: {e}")) from None
         return JournalStorage(JournalFileBackend(str(path)))
     assert storage is not None
     if storage.startswith("postgresql://"):

@@ -7,6 +7,7 @@ it settles the trials of workers that died and trains their cells again, and sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -129,6 +130,11 @@ class Worker:
             self._end(trial, key, error="interrupted (Ctrl-C)", interrupted=True)
             raise
         except Exception as e:
+            full = _storage_failure(e, self.ctx)
+            if full is not None:  # every later cell would fail the same way: stop; finished cells are kept
+                with contextlib.suppress(Exception):  # telling the trial may need the same full disk
+                    self._end(trial, key, error=str(full), interrupted=True)
+                raise full from None
             self._end(trial, key, error=_one_line(e, self.ctx))
             return
         self._end(trial, key, final={k: float(v) for k, v in res.metrics.items()}, run_id=tracker.run_id)
@@ -180,6 +186,14 @@ class Worker:
             tracking.end_run(self.ctx.tracking_uri, run_id, "KILLED", "finished after its trial was settled as "
                              "dead (the worker lost its lease); the cell was handed on, whose run counts")
         self._emit("cell_lost", key=key, trial=trial.number)
+
+
+def _storage_failure(e: BaseException, ctx: WorkerContext):
+    """A read-only or full disk or store, as one-line error, or None."""
+    from nanoact.errors import storage_error
+    from nanoact.tracking_uri import display_url
+
+    return storage_error(e, display_url(ctx.tracking_uri))
 
 
 def _one_line(e: BaseException, ctx: WorkerContext) -> str:

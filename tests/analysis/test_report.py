@@ -40,7 +40,7 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
         assert rid in md  # every run id is in the tables
     for f in PNGS:
         assert f"]({f})" in md  # embedded by relative link
-    assert "This report is logged as artifacts of parent run" in md
+    assert "nanoact logs this report as artifacts of parent run" in md
 
     s = json.loads(res.summary_json.read_text())
     assert s["schema_version"] == 2 and s["anomalies"] == [] and s["headline"] == res.headline
