@@ -35,8 +35,7 @@ def test_report_on_a_sweep_with_an_extra_axis(tmp_path):
 def test_report_refuses_to_mix_studies(tmp_path):
     p = write_sweep(tmp_path, iters=10, grid='"model.activation" = ["relu", "gelu"]\n"train.seed" = [1, 2, 3]')
     sweep.run(sweep.load_sweep(path=p))
-    other = sweep.load_sweep(path=p, overrides=["train.lr=1e-2"])
-    other.study = "tiny-lr"
+    other = sweep.load_sweep(path=p, overrides=["train.lr=1e-2"]).with_study("tiny-lr")
     sweep.run(other)
     with pytest.raises(NanoactError, match=r"several studies \(tiny, tiny-lr\)"):
         run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r0")

@@ -47,8 +47,8 @@ def _logging_note(an: ExperimentAnalysis, log_to_parent: bool, art_path: str, st
     if an.parent_run_id is None:
         return ("No sweep parent run was found (no cell has a mlflow.parentRunId tag), so this report is NOT "
                 "logged to MLflow; it exists only in this folder.")
-    return (f"After writing it, nanoact logs this report (report.md, report.html, summary.json and the plots) as "
-            f"artifacts of parent run `{an.parent_run_id}` under `{art_path}/`; had that upload failed, this note "
+    return (f"After writing it, nanoact logs this report as artifacts of parent run `{an.parent_run_id}` under "
+            f"`{art_path}/` (report.md, report.html, summary.json, the plots); had that upload failed, this note "
             "would say so.")
 
 
