@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--log-interval", type=int, default=10, help="train.log_interval of the 'mlflow' variant")
     args = ap.parse_args()
     spec = load_sweep("partial", overrides=[f"train.max_iters={args.iters}"])
-    cell = spec.cells()[1]  # gelu, seed 42
+    cell = spec.cells()[1]  # one cell of the grid (printed below)
     cfg = spec.cell_config(cell)
     cfg.train.log_interval = args.log_interval
     evals_only = spec.cell_config(cell)

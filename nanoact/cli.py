@@ -496,7 +496,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, stud
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
                      study=study, where=filters or None)
     click.echo(res.headline)
-    click.echo(f"wrote {res.report_md}, {res.summary_json}")
+    click.echo(f"wrote {res.report_md}, {res.report_md.with_suffix('.html')}, {res.summary_json}")
     if res.anomalies:
         for a in res.anomalies:
             click.echo(f"ANOMALY: {a}", err=True)

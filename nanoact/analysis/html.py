@@ -27,23 +27,32 @@ hr{border:0;border-top:1px solid #d1d9e0;margin:2em 0}
 
 
 def inline(text: str, folder: Path) -> str:
-    """Escape a line of markdown and apply its inline markup (images become data URIs from ``folder``)."""
-    out, pos = [], 0
-    for m in re.finditer(r"!\[([^\]]*)\]\(([^)\s]+)\)|\[([^\]]+)\]\(([^)\s]+)\)|`([^`]+)`|<br>", text):
-        out.append(_emphasis(html.escape(text[pos:m.start()], quote=False)))
+    """Escape a line of markdown and apply its inline markup (images become data URIs from ``folder``).
+
+    Code spans, images and links become placeholders first, so emphasis may span them (``*from `x`*``) and
+    nothing inside a code span is read as markup.
+    """
+    pieces: list[str] = []
+
+    def hold(html_text: str) -> str:
+        pieces.append(html_text)
+        return f"\x00{len(pieces) - 1}\x00"
+
+    def swap(m: re.Match) -> str:
         alt, src, label, href, code = m.groups()
         if src is not None:
-            out.append(f'<img alt="{html.escape(alt)}" src="{data_uri(folder / src)}">')
-        elif label is not None:
+            return hold(f'<img alt="{html.escape(alt)}" src="{data_uri(folder / src)}">')
+        if label is not None:
             safe = href if re.match(r"^(https?://|#|[\w./-]+$)", href) else "#"
-            out.append(f'<a href="{html.escape(safe)}">{_emphasis(html.escape(label, quote=False))}</a>')
-        elif code is not None:
-            out.append(f"<code>{html.escape(code, quote=False)}</code>")
-        else:
-            out.append("<br>")
-        pos = m.end()
-    out.append(_emphasis(html.escape(text[pos:], quote=False)))
-    return "".join(out)
+            return hold(f'<a href="{html.escape(safe)}">{_emphasis(html.escape(label, quote=False))}</a>')
+        if code is not None:
+            return hold(f"<code>{html.escape(code, quote=False)}</code>")
+        return hold("<br>")
+
+    marked = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)|\[([^\]]+)\]\(([^)\s]+)\)|`([^`]+)`|<br>", swap,
+                    text.replace("\x00", ""))
+    out = _emphasis(html.escape(marked, quote=False))
+    return re.sub(r"\x00(\d+)\x00", lambda m: pieces[int(m.group(1))], out)
 
 
 def _emphasis(text: str) -> str:

@@ -126,17 +126,25 @@ def _item(text: str, tests: list[Hypothesis]) -> dict[str, Any]:
     return {"text": text, "tests": [h.id for h in tests]}
 
 
+def _seeds_needed(h: Hypothesis) -> str:
+    """How many seeds would let the test decide, when the test can say (not from a jackknife over 2 seeds)."""
+    if h.seeds_needed:
+        return f"; that needs at least {h.seeds_needed} seeds"
+    return f"; how many seeds it would need cannot be estimated from {h.n_seeds}"
+
+
 def _pairs_sentence(fam: list[Hypothesis], what: str, how: str) -> dict[str, Any] | None:
     if not fam:
         return None
     sig = [h for h in fam if h.significant]
     if all(h.outcome == "cannot_conclude" for h in fam):
         h = fam[0]
-        return _item(f"{what}: no pair can be decided with {h.n_seeds} seeds ({how}; its smallest possible p, "
-                     f"{g(h.p_floor, 3)}, is above α/{len(fam)}); that needs at least {h.seeds_needed} seeds.", fam)
+        why = (f"its smallest possible p, {g(h.p_floor, 3)}, is above α/{len(fam)}" if h.p_floor > 0 else
+               f"it gives no p-value with {h.n_seeds} seeds")
+        return _item(f"{what}: no pair can be decided with {h.n_seeds} seeds ({how}; {why}){_seeds_needed(h)}.", fam)
     undecided = [h for h in fam if h.outcome == "cannot_conclude"]
-    tail = (f" {len(undecided)} pair(s) cannot be decided with {undecided[0].n_seeds} seeds (p-value floor); that "
-            f"needs {undecided[0].seeds_needed} seeds." if undecided else "")
+    tail = (f" {len(undecided)} pair(s) cannot be decided with {undecided[0].n_seeds} seeds (p-value floor)"
+            f"{_seeds_needed(undecided[0])}." if undecided else "")
     if not sig:
         big = max(fam, key=lambda h: abs(h.estimate) if math.isfinite(h.estimate) else -1)
         need = (f"; detecting a gap that size would need roughly {big.seeds_needed} seeds"

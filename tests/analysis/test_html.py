@@ -19,6 +19,7 @@ def test_markdown_becomes_one_page_with_embedded_plots_and_tables(tmp_path):
         "# nanoact report: smoke", "", "**Headline:** relu *lowest*; see `summary.json` and [docs](../REPORT.md).",
         "", "## Runs", "", "| activation | val loss |", "|---|---|", "| relu | 2.38 |", "| <b>x</b> | 1 < 2 |", "",
         "- one", "- two", "", "![Loss curves](loss_curves.png)", "*Loss curves*", "",
+        "*Generated from `sqlite:////tmp/x*y.db`; every number traces to runs.*",
         "<details><summary>Resolved config</summary>", "", "| param | value |", "|---|---|", "| `train.lr` | 0.003 |",
         "", "</details>", "", "<script>alert(1)</script>",
     ])
@@ -31,6 +32,7 @@ def test_markdown_becomes_one_page_with_embedded_plots_and_tables(tmp_path):
     assert "<details><summary>Resolved config</summary>" in page and "</details>" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<strong>Headline:</strong>" in page and "<em>lowest</em>" in page and "<code>summary.json</code>" in page
+    assert "<em>Generated from <code>sqlite:////tmp/x*y.db</code>; every number traces to runs.</em>" in page
     assert "<ul><li>one</li><li>two</li></ul>" in page and '<a href="../REPORT.md">docs</a>' in page
     assert not re.search(r'(src|href)="https?://', page)  # no external assets
 
