@@ -173,7 +173,6 @@ def immutable(path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-@pytest.mark.slow
 def test_train_into_a_read_only_store_is_one_line(monkeypatch, capsys, tmp_path):
     db = tmp_path / "mlflow.db"
     subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "

@@ -14,7 +14,7 @@ from nanoact import sweep
 from nanoact.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = {"cpu", "full", "partial", "smoke", "zoo"}
+BUILTINS = {"cpu", "full", "partial", "smoke", "sources", "zoo"}
 
 
 def test_builtin_experiments_live_in_the_top_level_sweeps_folder():
@@ -36,7 +36,6 @@ def test_users_own_sweeps_folder_wins_and_is_listed(tmp_path):
     assert "[built-in]" in lines["cpu"]
 
 
-@pytest.mark.slow
 def test_the_wheel_ships_the_experiments_and_finds_them_from_an_empty_folder(tmp_path):
     dist, site, empty = tmp_path / "dist", tmp_path / "site", tmp_path / "empty"
     empty.mkdir()

@@ -41,7 +41,6 @@ def swept(tmp_path_factory):
     return tmp, res, report
 
 
-@pytest.mark.slow
 def test_experiment_and_runs_explain_themselves(swept):
     tmp, res, _ = swept
     c, runs = child_runs(tmp)
@@ -69,7 +68,6 @@ def test_experiment_and_runs_explain_themselves(swept):
     assert parent.data.tags["mlflow.source.name"] == "nanoact sweep" and parent.data.tags["nanoact.n_cells"] == "6"
 
 
-@pytest.mark.slow
 def test_report_html_on_the_parent_run_embeds_every_plot(swept, tmp_path):
     tmp, res, report = swept
     c = MlflowClient(uri(tmp))
@@ -144,3 +142,22 @@ def test_status_with_nothing_run_says_how_to_start(tmp_path):
     out = CliRunner().invoke(cli, ["status", "--file", str(p), "--study", "other"])
     assert "nothing has run yet for study other" in out.output
     assert f"nanoact sweep --file {p} --study other" in out.output
+
+
+@pytest.mark.slow
+def test_system_metrics_are_opt_in(tmp_path, monkeypatch):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    args = ["train", "--set", f"data.corpus={corpus}", "--set", "train.max_iters=3000", "--set",
+            "train.eval_interval=3000", "--set", "train.eval_iters=1", "--set", "model.n_layer=1", "--set",
+            "model.n_embd=16", "--set", "model.n_head=2", "--set", "model.block_size=16", "--set",
+            "eval.n_contexts=8", "--set", "train.threads=1"]
+    for extra in ([], ["--system-metrics"]):
+        out = CliRunner().invoke(cli, [*args, *extra])
+        assert out.exit_code == 0, out.output
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    plain, sampled = sorted(c.search_runs([c.get_experiment_by_name("train").experiment_id]),
+                            key=lambda r: r.info.start_time)
+    assert not any(k.startswith("system/") for k in plain.data.metrics)
+    assert any(k.startswith("system/cpu") for k in sampled.data.metrics), sorted(sampled.data.metrics)

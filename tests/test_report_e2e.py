@@ -13,7 +13,6 @@ from nanoact.errors import NanoactError
 from test_sweep import uri, write_sweep
 
 
-@pytest.mark.slow
 def test_report_on_a_sweep_with_an_extra_axis(tmp_path):
     grid = ('"model.name" = ["minigpt", "charlm"]\n"model.activation" = ["relu", "gelu"]\n'
             '"train.seed" = [1, 2, 3]')
@@ -31,7 +30,6 @@ def test_report_on_a_sweep_with_an_extra_axis(tmp_path):
         run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r2", where={"model.name": "gpt"})
 
 
-@pytest.mark.slow
 def test_report_refuses_to_mix_studies(tmp_path):
     p = write_sweep(tmp_path, iters=10, grid='"model.activation" = ["relu", "gelu"]\n"train.seed" = [1, 2, 3]')
     sweep.run(sweep.load_sweep(path=p))
@@ -44,7 +42,6 @@ def test_report_refuses_to_mix_studies(tmp_path):
     assert "tiny" in res.headline
 
 
-@pytest.mark.slow
 def test_report_decomposes_a_real_sources_sweep(tmp_path):
     # the sweep engine crosses activation x init seed x data seed; the report must see 9 blocks, not 1 seed
     grid = ('"model.activation" = ["relu", "gelu"]\n"train.init_seed" = [1, 2, 3]\n"train.data_seed" = [1, 2, 3]')

@@ -182,6 +182,7 @@ def test_changed_config_is_not_mixed_into_an_existing_study(tmp_path):
     assert sweep.run(spec).trained == 1
 
 
+@pytest.mark.slow
 def test_custom_activation_example_runs(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)
