@@ -456,7 +456,7 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
     _STORES.append(uri)
     tracking.open_store(uri)  # a fresh sqlite store's schema, made once even when a sweep starts at the same time
     base = f"http://{host}:{port}"
-    target = base + (tracking.runs_table_path(uri, experiment) if experiment else "")
+    target = base + (tracking.runs_table_path(uri, experiment) if experiment else "/#/?workflowType=machine_learning")
     click.echo(f"starting the MLflow UI for {display_url(uri)} ...")
     proc = server.ui_process(uri, host, port)
     try:

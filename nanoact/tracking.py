@@ -483,6 +483,7 @@ def runs_table_path(tracking_uri: str, experiment: str) -> str:
     if exp is None:
         raise NanoactError(f"no experiment {experiment!r} in this store yet; run `nanoact sweep --experiment "
                            f"{experiment}` (or `nanoact train`) first")
-    share = f"?viewStateShareKey={VIEW_KEY}" if f"mlflow.sharedViewState.{VIEW_KEY}" in exp.tags else ""
-    return f"/#/experiments/{exp.experiment_id}/runs{share}"
+    # workflowType: MLflow 3's UI opens in its GenAI mode (an empty trace overview) unless told otherwise
+    share = f"&viewStateShareKey={VIEW_KEY}" if f"mlflow.sharedViewState.{VIEW_KEY}" in exp.tags else ""
+    return f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning{share}"
 

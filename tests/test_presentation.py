@@ -99,7 +99,8 @@ def test_ui_is_one_process_and_prints_the_runs_table_url(swept):
             assert proc.poll() is None and time.monotonic() - t0 < 120, lines
         ready = next(line for line in lines if "ready" in line)
         exp_id = MlflowClient(uri(tmp)).get_experiment_by_name("tiny").experiment_id
-        assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}" in ready
+        assert (f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning&"
+                f"viewStateShareKey={VIEW_KEY}") in ready
         assert server.health(f"http://127.0.0.1:{port}")
         group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == proc.pid]
         assert len(group) <= 3, group  # nanoact, mlflow's launcher, one uvicorn worker; no job runners
