@@ -430,7 +430,7 @@ def experiments_command() -> None:
     from nanoact.sweep import experiments, is_builtin, load_sweep
 
     for name, path in experiments().items():
-        spec = load_sweep(path=path)
+        spec = load_sweep(path=path, check_names=False)  # listing needs no model or activation (no PyTorch)
         axes = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
         where = "built-in" if is_builtin(path) else f"./sweeps/{path.name}"
         click.echo(f"{name:10s} {len(spec.cells()):4d} cells ({axes}) [{where}]: {spec.description}")

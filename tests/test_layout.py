@@ -52,3 +52,13 @@ def test_the_wheel_ships_the_experiments_and_finds_them_from_an_empty_folder(tmp
     r = subprocess.run([sys.executable, "-c", code], cwd=empty, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert {line.split()[0] for line in r.stdout.splitlines() if "[built-in]" in line} == BUILTINS
+
+
+def test_listing_experiments_imports_no_pytorch(tmp_path):
+    """`nanoact experiments` only reads TOML: no model or activation is resolved, so PyTorch is never imported
+    (its import alone takes about a second)."""
+    code = ("import sys; from nanoact.cli import main; sys.argv = ['nanoact', 'experiments']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert {line.split()[0] for line in r.stdout.splitlines()} >= BUILTINS

@@ -127,9 +127,10 @@ def experiment_names() -> list[str]:
 
 
 def load_sweep(name: str | None = None, path: str | Path | None = None,
-               overrides: Iterable[str] | Mapping[str, Any] = ()) -> SweepSpec:
+               overrides: Iterable[str] | Mapping[str, Any] = (), check_names: bool = True) -> SweepSpec:
     """Load experiment ``name`` (``./sweeps/<name>.toml`` if there, else the built-in one) or the file ``path``,
-    validate it, and apply ``--set`` overrides to its base."""
+    validate it, and apply ``--set`` overrides to its base. ``check_names=False`` skips resolving model and
+    activation names (which imports PyTorch): enough to list experiments, not to run one."""
     if (name is None) == (path is None):
         raise ConfigError("give exactly one of an experiment name or a sweep file")
     if path is None:
@@ -142,11 +143,12 @@ def load_sweep(name: str | None = None, path: str | Path | None = None,
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"sweep file {str(p)!r} does not exist")
-    spec = parse_sweep(load_toml(p), where=str(p), default_name=p.stem)
+    spec = parse_sweep(load_toml(p), where=str(p), default_name=p.stem, check_names=check_names)
     return spec.with_overrides(overrides) if overrides else spec
 
 
-def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str = "") -> SweepSpec:
+def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str = "",
+                check_names: bool = True) -> SweepSpec:
     """Validate a parsed sweep table; every bad key or value is an error that names the file and the key."""
     unknown = set(raw) - SWEEP_KEYS
     if unknown:
@@ -169,13 +171,14 @@ def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str 
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, Mapping) or not grid_raw:
         raise ConfigError(f"{where}: [grid] must be a table with at least one axis, e.g. \"model.activation\" = [...]")
-    grid = {key: _axis(base, key, values, where) for key, values in _flatten_grid(grid_raw).items()}
+    grid = {key: _axis(base, key, values, where, check_names) for key, values in _flatten_grid(grid_raw).items()}
     spec = SweepSpec(name=name, base=base, grid=grid, description=description, study=study, source=where)
-    _check_cells(spec, where)
+    if check_names:
+        _check_cells(spec, where)
     return spec
 
 
-def _axis(base: RunConfig, key: str, values: Any, where: str) -> list[Any]:
+def _axis(base: RunConfig, key: str, values: Any, where: str, check_names: bool = True) -> list[Any]:
     """One grid axis: known key, non-empty list, every value converts, no two values the same after conversion."""
     if key not in valid_keys():
         raise ConfigError(f"{where}: unknown grid axis {key!r}; axes are config keys such as model.activation")
@@ -190,7 +193,7 @@ def _axis(base: RunConfig, key: str, values: Any, where: str) -> list[Any]:
             set_key(probe, key, v)
         except NanoactError as e:
             raise ConfigError(f"{where}: grid axis {key!r}: {e}") from None
-        ident = _identity(key, probe)
+        ident = _identity(key, probe, check_names)
         if ident in seen:
             raise ConfigError(f"{where}: grid axis {key!r} has duplicate values {seen[ident]!r} and {v!r} (the "
                               "same after conversion)")
@@ -198,11 +201,11 @@ def _axis(base: RunConfig, key: str, values: Any, where: str) -> list[Any]:
     return list(values)
 
 
-def _identity(key: str, cfg: RunConfig) -> str:
+def _identity(key: str, cfg: RunConfig, canonicalise: bool = True) -> str:
     """What a converted grid value means: its canonical spelling for activations, else its typed value."""
     section, _, name = key.partition(".")
     value = getattr(getattr(cfg, section), name)
-    if key == "model.activation":
+    if key == "model.activation" and canonicalise:
         from nanoact.activations import canonical, split_layer_spec
 
         try:
