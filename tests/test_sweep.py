@@ -150,6 +150,14 @@ def test_diverging_cell_fails_others_finish_and_retry(tmp_path):
     ('[grid]\n"train.seed" = []', "non-empty list"),
     ('[grid', "not valid TOML"),
     ('name = "x"', r"\[grid\] must be a table"),
+    ('[grid]\n"train.seed" = [42, "42 "]', "duplicate values 42 and '42 '"),
+    ('[grid]\n"train.lr" = [1, 1.0]', "duplicate values 1 and 1.0"),
+    ('[grid]\n"model.activation" = ["relu", " relu"]', "duplicate values 'relu' and ' relu'"),
+    ('[grid]\n"model.activation" = ["swish", "swish(beta=1.0)"]', "duplicate values"),
+    ('name = ".."\n[grid]\n"train.seed" = [1]', "'name' '..' must be"),
+    ('name = "/etc"\n[grid]\n"train.seed" = [1]', "'name' '/etc' must be"),
+    ('study = 3\n[grid]\n"train.seed" = [1]', "'study' 3 must be"),
+    ('description = ["x"]\n[grid]\n"train.seed" = [1]', "'description' must be a string"),
 ])
 def test_malformed_sweep_files_name_the_problem(tmp_path, body, match):
     p = tmp_path / "bad.toml"
