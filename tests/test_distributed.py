@@ -606,3 +606,19 @@ def test_postgres_lease_is_an_advisory_lock_that_survives_a_lost_connection(pg):
         lease.release()
     a.close()
     b.close()
+
+
+def test_a_single_worker_keeps_the_configured_threads(tmp_path, monkeypatch):
+    """One worker in the calling process leaves train.threads as configured (0: torch's default, all cores);
+    only a pool of workers splits the cores between them."""
+    p = write_sweep(tmp_path, grid='"train.seed" = [1]', extra="")
+    spec = sweep.load_sweep(path=p, overrides=["train.threads=0"])
+    seen = []
+
+    def fake_train(cfg, **kw):
+        seen.append((cfg.train.threads, cfg.train.device))
+        return type("R", (), {"metrics": {"final/val_loss": 1.0, "time/wall_s": 0.0}})()
+
+    monkeypatch.setattr("nanoact.trainer.train", fake_train)
+    assert sweep.run(spec, sweep.SweepOptions(devices=("cpu",))).trained == 1
+    assert seen == [(0, "cpu")]

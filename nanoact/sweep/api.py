@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import finish, load_study, prepare
-from nanoact.sweep.options import EventFn, SweepOptions, worker_contexts
+from nanoact.sweep.options import EventFn, SweepOptions
 from nanoact.sweep.spec import SweepSpec, load_sweep
 
 
@@ -30,7 +32,8 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
         if opts.workers == 1:
             from nanoact.sweep.worker import Worker
 
-            (wctx,) = worker_contexts(ctx, 1, opts.devices, 0)
+            # one worker in this process: its threads stay as configured (train.threads, 0 = torch's default)
+            wctx = replace(ctx, device=opts.devices[0] if opts.devices else None)
             result.trained, result.failed = Worker(wctx, emit).run()
         else:
             from nanoact.sweep.pool import run_pool
