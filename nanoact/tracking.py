@@ -273,7 +273,17 @@ class MlflowTracker:
         ds = Dataset(name=name, digest=digest[:36], source_type="local" if "://" not in source else "http",
                      source=json.dumps({"uri": source, "sha256": digest}))
         tags = [InputTag("mlflow.data.context", "training")]
-        self._submit(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)]))
+
+        def log() -> None:
+            for attempt in range(5):
+                try:
+                    return self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)])
+                except Exception as e:  # MLflow creates the experiment's dataset row get-or-create, not atomically:
+                    if "UNIQUE" not in str(e) or attempt == 4:  # two workers logging it at once, one loses; the
+                        raise                                   # row exists now, so the next attempt links it
+                    time.sleep(0.2 * (attempt + 1))
+
+        self._submit(log)
 
     def finish(self, status: str, error: str | None = None) -> None:
         if self.run_id is None:

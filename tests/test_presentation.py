@@ -162,3 +162,39 @@ def test_system_metrics_are_opt_in(tmp_path, monkeypatch):
                             key=lambda r: r.info.start_time)
     assert not any(k.startswith("system/") for k in plain.data.metrics)
     assert any(k.startswith("system/cpu") for k in sampled.data.metrics), sorted(sampled.data.metrics)
+
+
+@pytest.mark.slow
+def test_many_runs_logging_the_same_dataset_at_once_all_finish(tmp_path):
+    """MLflow creates an experiment's dataset row get-or-create, not atomically: workers logging the corpus at
+    the same moment race on a UNIQUE constraint. Every run must still get its dataset input and finish."""
+    import threading
+
+    from nanoact.tracking import MlflowTracker, ensure_experiment, open_store
+
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    open_store(store)
+    exp = ensure_experiment(store, "race")
+    trackers = [MlflowTracker(store, exp) for _ in range(8)]
+    for t in trackers:
+        t.start("r", {})
+    barrier, errors = threading.Barrier(len(trackers)), []
+
+    def log(t):
+        barrier.wait()
+        try:
+            t.log_dataset("corpus", "ab" * 32, "/data/corpus.txt")
+            t.finish("FINISHED")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in trackers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    c = MlflowClient(store)
+    for t in trackers:
+        run = c.get_run(t.run_id)
+        assert run.info.status == "FINISHED" and len(run.inputs.dataset_inputs) == 1
