@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -356,16 +357,10 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         return
     _print_outcome(res)
     if res.complete:
-        exp = shlex_quote(spec.name)
+        exp = shlex.quote(spec.name)
         click.echo(f"next: nanoact report --experiment {exp}    (statistics and plots)\n"
                    f"      nanoact ui --experiment {exp}        (the runs in the MLflow UI)")
     sys.exit(res.exit_code)
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def _print_outcome(res) -> None:
@@ -417,8 +412,6 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
 
 
 def _spec_args(experiment, sweep_file, study) -> str:
-    import shlex
-
     args = ["--experiment", experiment] if experiment else ["--file", sweep_file]
     return shlex.join(args + (["--study", study] if study else []))
 
@@ -445,9 +438,6 @@ def experiments_command() -> None:
 def ui_command(tracking_uri, experiment, host, port) -> None:
     """Start the MLflow UI on the store nanoact writes to (one server process, bound to 127.0.0.1 unless told
     otherwise) and print where to look. Stop it with Ctrl-C."""
-    import os
-    import signal
-
     from nanoact import server, tracking
     from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
@@ -458,14 +448,13 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
     base = f"http://{host}:{port}"
     target = base + (tracking.runs_table_path(uri, experiment) if experiment else "/#/?workflowType=machine_learning")
     click.echo(f"starting the MLflow UI for {display_url(uri)} ...")
-    proc = server.ui_process(uri, host, port)
+    ui = server.ui_process(uri, host, port)
     try:
-        server.wait_until_healthy(proc, base)
+        ui.wait_healthy()
         click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
-        sys.exit(proc.wait())
+        sys.exit(ui.proc.wait())
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        ui.stop()
         sys.exit(0)
 
 

@@ -254,27 +254,17 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
                            f"within {timeout:.0f} s); start it with `nanoact server` or check --tracking-uri")
 
 
-def ui_process(tracking_uri: str, host: str, port: int) -> subprocess.Popen:
+def ui_process(tracking_uri: str, host: str, port: int) -> ServerProcess:
     """``mlflow server`` as a UI for one store: one worker process, no job runner (MLflow 3's background jobs
-    serve GenAI features nanoact does not use), in its own process group. The store URI (maybe with a password)
-    goes through the environment, not a command line that ``ps`` shows."""
+    serve GenAI features nanoact does not use), in its own process group, its output left on the terminal. The
+    store URI (maybe with a password) goes through the environment, not a command line that ``ps`` shows.
+    Returns at once; ``wait_healthy`` and ``stop`` work as for ``start_server``."""
     from nanoact.tracking_uri import default_artifact_root
 
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     root = default_artifact_root(tracking_uri)
+    spec = ServerSpec(tracking_uri, root or "", host, port, workers=1)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     if root:
         cmd += ["--default-artifact-root", root]
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    t0 = time.monotonic()
-    while not health(url):
-        if proc.poll() is not None:
-            raise NanoactError(f"mlflow exited with code {proc.returncode} before answering {url}/health")
-        if time.monotonic() - t0 > timeout:
-            os.killpg(proc.pid, signal.SIGTERM)
-            raise NanoactError(f"mlflow did not answer {url}/health within {timeout:.0f} s")
-        time.sleep(0.25)
-
+    env = {**spec.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return ServerProcess(spec, subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True))

@@ -141,14 +141,17 @@ def pop_trial(study, storage, axes: dict[str, list[Any]], leases):
     return None
 
 
+def _trial_id(storage, study, number: int) -> int:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
 def set_trial_attrs(storage, study, number: int, attrs: dict[str, Any]) -> None:
     """User attrs on any trial of the study (by number), e.g. one a dead worker left RUNNING."""
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    trial_id = _trial_id(storage, study, number)
     for k, v in attrs.items():
         storage.set_trial_user_attr(trial_id, k, v)
 
 
 def get_trial(storage, study, number: int):
-    study_id = storage.get_study_id_from_name(study.study_name)
-    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    return storage.get_trial(_trial_id(storage, study, number))

@@ -111,7 +111,7 @@ class Worker:
 
         cfg = self._config(trial, key)
         trial.set_user_attr(S.A_WORKER, self.ctx.worker_name)
-        tracker = self._tracker(trial, key)
+        tracker = self._tracker(trial, key, cfg)
         if self.ctx.train_log:
             import os
 
@@ -139,10 +139,9 @@ class Worker:
             return
         self._end(trial, key, final={k: float(v) for k, v in res.metrics.items()}, run_id=tracker.run_id)
 
-    def _tracker(self, trial, key: str):
+    def _tracker(self, trial, key: str, cfg):
         from nanoact.tracking import MlflowTracker
 
-        cfg = self._config(trial, key)
         note = (f"{cfg.model.name} with {cfg.model.activation}, seed {cfg.train.seed}: cell {key} of sweep "
                 f"{self.ctx.spec.study_name} (Optuna trial {trial.number})")
         return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={
