@@ -104,16 +104,18 @@ def predict(model: CharLM, eval_set: EvalSet, device: torch.device, autocast, ch
     """Next-character probabilities (N, V) at the last position of each evaluation context, float32.
 
     Only the last position is stored, so on CPU the model skips what only the other positions need
-    (``CharLM.forward_last``) and runs 64 contexts at a time, which keeps activations in cache: together
-    about twice as fast, with bit-identical probabilities (tests/test_trainer_eval.py checks them; other
-    devices keep the full forward, which is not verified bit-identical there).
+    (``CharLM.forward_last``) and runs 32 contexts at a time, which keeps activations in cache: together
+    2-3x as fast as the full forward over 512 contexts (benchmarks/eval_cost.py), with bit-identical
+    probabilities (tests/test_trainer_eval.py checks them, also at the ``cpu`` recipe's size; other devices
+    keep the full forward, which is not verified bit-identical there).
 
     Args:
-        chunk: contexts per forward pass (default 64 on CPU, 512 elsewhere); the result does not depend on it.
+        chunk: contexts per forward pass (default 32 on CPU, 512 elsewhere). BLAS kernels may round a matrix
+            product differently for some row counts, so other chunk sizes are not guaranteed bit-identical.
         last_only: use ``forward_last`` (default: on CPU).
     """
     cpu = device.type == "cpu"
-    chunk = chunk or (64 if cpu else 512)
+    chunk = chunk or (32 if cpu else 512)
     last = model.forward_last if (cpu if last_only is None else last_only) else (lambda x: model(x)[0][:, -1, :])
     contexts = eval_set.contexts.to(device)  # one transfer, not one per chunk
     out = []

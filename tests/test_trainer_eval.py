@@ -39,6 +39,14 @@ def test_forward_last_is_bit_identical_to_the_full_forward(name, tiny_data):
     assert np.array_equal(predict(model, es, torch.device("cpu"), contextlib.nullcontext, chunk=7), want)
 
 
+def test_cpu_recipe_predictions_are_bit_identical_at_the_default_chunk(tiny_data):
+    """At the size a ``cpu`` cell runs (minigpt 4x128, block 64), in the default chunks, on this machine's BLAS."""
+    model = build_model(ModelConfig(activation="gelu"), tiny_data.vocab.size, seed=1).eval()
+    es = tiny_data.eval_set(96, 64, seed=0)  # three chunks of 32
+    got = predict(model, es, torch.device("cpu"), contextlib.nullcontext)
+    assert np.array_equal(got, _full_forward_probs(model, es.contexts))
+
+
 def test_forward_last_skips_work_but_not_positions(tiny_data):
     """Changing an early token still changes the last position's output: attention saw every position."""
     cfg = ModelConfig(n_layer=2, n_embd=16, n_head=2, block_size=8)
