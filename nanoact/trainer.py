@@ -104,10 +104,11 @@ def predict(model: CharLM, eval_set: EvalSet, device: torch.device, autocast, ch
     """Next-character probabilities (N, V) at the last position of each evaluation context, float32.
 
     Only the last position is stored, so on CPU the model skips what only the other positions need
-    (``CharLM.forward_last``) and runs 32 contexts at a time, which keeps activations in cache: together
-    2-3x as fast as the full forward over 512 contexts (benchmarks/eval_cost.py), with bit-identical
-    probabilities (tests/test_trainer_eval.py checks them, also at the ``cpu`` recipe's size; other devices
-    keep the full forward, which is not verified bit-identical there).
+    (``CharLM.forward_last``), runs 32 contexts at a time, which keeps activations in cache, and gives each
+    core whole chunks of its own (``_chunks_per_core``) instead of splitting every small op across cores.
+    The probabilities are bit-identical to the full forward's (tests/test_trainer_eval.py checks them, also
+    at the ``cpu`` recipe's size with several threads); benchmarks/eval_cost.py measures the speed. Other
+    devices keep the full forward, which is not verified bit-identical there.
 
     Args:
         chunk: contexts per forward pass (default 32 on CPU, 512 elsewhere). BLAS kernels may round a matrix
@@ -118,12 +119,32 @@ def predict(model: CharLM, eval_set: EvalSet, device: torch.device, autocast, ch
     chunk = chunk or (32 if cpu else 512)
     last = model.forward_last if (cpu if last_only is None else last_only) else (lambda x: model(x)[0][:, -1, :])
     contexts = eval_set.contexts.to(device)  # one transfer, not one per chunk
-    out = []
-    for i in range(0, len(eval_set), chunk):
-        with autocast():
-            logits = last(contexts[i : i + chunk])
-        out.append(torch.softmax(logits.float(), dim=-1))
-    return torch.cat(out).cpu().numpy()
+
+    def probs(start: int) -> torch.Tensor:
+        with torch.inference_mode(), autocast():  # both are thread-local
+            logits = last(contexts[start : start + chunk])
+        return torch.softmax(logits.float(), dim=-1)
+
+    starts = range(0, len(eval_set), chunk)
+    threads = torch.get_num_threads() if cpu else 1
+    out = _chunks_per_core(probs, starts, threads) if threads > 1 and len(starts) > 1 else map(probs, starts)
+    return torch.cat(list(out)).cpu().numpy()
+
+
+def _chunks_per_core(fn: Callable[[int], torch.Tensor], starts: range, threads: int) -> list[torch.Tensor]:
+    """``fn`` over ``starts`` on ``threads`` Python threads, each running its ops single-threaded.
+
+    A chunk's ops are small (LayerNorm, GELU, a 64x64 attention), and splitting each across cores spends much
+    of their time waiting at OpenMP barriers, the more so on a shared machine; whole chunks per core do not.
+    Torch ops release the GIL. The process's thread setting is restored afterwards.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return list(pool.map(fn, starts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_runtime(cfg: RunConfig, device: torch.device) -> None:

@@ -43,8 +43,15 @@ def test_cpu_recipe_predictions_are_bit_identical_at_the_default_chunk(tiny_data
     """At the size a ``cpu`` cell runs (minigpt 4x128, block 64), in the default chunks, on this machine's BLAS."""
     model = build_model(ModelConfig(activation="gelu"), tiny_data.vocab.size, seed=1).eval()
     es = tiny_data.eval_set(96, 64, seed=0)  # three chunks of 32
-    got = predict(model, es, torch.device("cpu"), contextlib.nullcontext)
-    assert np.array_equal(got, _full_forward_probs(model, es.contexts))
+    want = _full_forward_probs(model, es.contexts)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):  # every op on one core, or whole chunks per core
+            torch.set_num_threads(threads)
+            assert np.array_equal(predict(model, es, torch.device("cpu"), contextlib.nullcontext), want)
+            assert torch.get_num_threads() == threads  # the process's setting is restored
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_forward_last_skips_work_but_not_positions(tiny_data):
