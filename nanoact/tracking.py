@@ -300,8 +300,7 @@ class MlflowTracker:
                 from nanoact.tracking_uri import redact
 
                 error = redact(error, self.tracking_uri)  # a driver's message may echo the store URL
-                self.client.set_tag(self.run_id, "nanoact.error", error[:MAX_TAG_LEN])
-            self.client.set_terminated(self.run_id, status)
+            _terminate(self.client, self.run_id, status, error)
         finally:
             self._pool.shutdown(wait=True)
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -406,16 +405,36 @@ def reopen_run(tracking_uri: str, run_id: str) -> None:
 
 
 def end_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None,
-            only_if_running: bool = False) -> None:
-    """End a run as FINISHED, FAILED or KILLED; ``reason`` goes to the ``nanoact.error`` tag."""
+            only_if_running: bool = False) -> bool:
+    """End a run as FINISHED, FAILED or KILLED; ``reason`` goes to the ``nanoact.error`` tag. Returns whether
+    it was ended (False: ``only_if_running`` and it was not RUNNING)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     if only_if_running and client.get_run(run_id).info.status != "RUNNING":
-        return
+        return False
+    _terminate(client, run_id, status, reason)
+    return True
+
+
+def _terminate(client, run_id: str, status: str, reason: str | None) -> None:
+    """Set the run's status, then record why: the status first, and even when the reason cannot be written.
+
+    On a full disk or database a new tag row may not fit where an update in place still does; a run left
+    RUNNING would claim to be alive for ever. The first failure is raised after both were tried.
+    """
+    failures = []
+    try:
+        client.set_terminated(run_id, status)
+    except Exception as e:
+        failures.append(e)
     if reason:
-        client.set_tag(run_id, "nanoact.error", reason[:MAX_TAG_LEN])
-    client.set_terminated(run_id, status)
+        try:
+            client.set_tag(run_id, "nanoact.error", reason[:MAX_TAG_LEN])
+        except Exception as e:
+            failures.append(e)
+    if failures:
+        raise failures[0]
 
 
 def find_trial_run(tracking_uri: str, study: str, trial_number: int):

@@ -2,7 +2,9 @@
 
 ``NANOACT_KILL_AT`` says where the worker SIGKILLs itself, the first time it gets there:
 - ``popped``: right after a trial is taken off the queue (and its cell's lease with it), before anything else;
-- ``finished``: after the cell's MLflow run is FINISHED, before its trial is COMPLETE.
+- ``finished``: after the cell's MLflow run is FINISHED, before its trial is COMPLETE;
+- ``full``: not a kill: from the start of a cell's run on, every MLflow write fails as sqlite does on a full
+  disk, so the worker can neither log to its run nor end it (the Optuna journal still takes its short appends).
 ``NANOACT_KILL_AFTER`` (default 0) lets that many cells pass first.
 """
 
@@ -45,3 +47,35 @@ if _STAGE == "popped":
     worker.pop_trial = pop_then_die
 elif _STAGE == "finished":
     worker.Worker._end = end_but_die_first
+
+
+def _fill_the_store() -> None:
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow import MlflowClient
+
+    from nanoact.tracking import MlflowTracker
+
+    full = [False]
+    start = MlflowTracker.start
+
+    def start_then_fill(self, run_name, tags):
+        start(self, run_name, tags)
+        full[0] = full[0] or _due()
+
+    def failing(orig):
+        def write(self, *a, **kw):
+            if full[0]:  # how MLflow's SQLAlchemy store raises SQLITE_FULL
+                raise sqlalchemy.exc.OperationalError("UPDATE runs SET ...", {},
+                                                      sqlite3.OperationalError("database or disk is full"))
+            return orig(self, *a, **kw)
+        return write
+
+    MlflowTracker.start = start_then_fill
+    for name in ("log_batch", "log_metric", "set_tag", "set_terminated", "log_artifact", "log_text", "log_inputs"):
+        setattr(MlflowClient, name, failing(getattr(MlflowClient, name)))
+
+
+if _STAGE == "full":
+    _fill_the_store()

@@ -221,3 +221,19 @@ def test_display_url_masks_any_password(pw):
         assert pw not in shown and "u:***@" in shown, shown
         assert redact(f"failed: {url} said no", url).count(pw) == 0
 
+
+
+def test_a_run_is_ended_even_when_its_error_tag_cannot_be_written(tmp_path, monkeypatch):
+    """A full store may still take the status (an update in place) but not a new tag row."""
+    from mlflow import MlflowClient
+
+    from nanoact.tracking import MlflowTracker, ensure_experiment
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(store, ensure_experiment(store, "e"))
+    tracker.start("r", {})
+    full = sqlalchemy.exc.OperationalError("INSERT INTO tags ...", {}, _full_sqlite_error(tmp_path))
+    monkeypatch.setattr(MlflowClient, "set_tag", lambda *a, **k: (_ for _ in ()).throw(full))
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        tracker.finish("FAILED", "RuntimeError: boom")
+    assert MlflowClient(store).get_run(tracker.run_id).info.status == "FAILED"

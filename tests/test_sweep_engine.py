@@ -171,6 +171,26 @@ def test_kill_at_a_stage_then_one_rerun_settles_the_grid(tmp_path, stage):
     assert sorted(set(trained)) == sorted(c.key for c in sweep.load_sweep(path=p).cells())
 
 
+@pytest.mark.slow
+def test_a_store_that_fills_mid_cell_stops_the_sweep_and_a_rerun_leaves_nothing_running(tmp_path):
+    """The worker cannot end its run on a full store; the rerun (space freed) KILLs that run and retrains."""
+    p = write_sweep(tmp_path, iters=10, grid='"model.activation" = ["relu", "gelu", "swish"]\n"train.seed" = [1]')
+    r = subprocess.run(_sweep_cmd(p, "--plugin", "kill_plugin"), cwd=tmp_path, capture_output=True, text=True,
+                       env=_env(NANOACT_KILL_AT="full", NANOACT_KILL_AFTER="1"), timeout=300)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "is full" in errors[0], r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    _, runs = child_runs(tmp_path)
+    (stuck,) = [x for x in runs if x.info.status == "RUNNING"]  # what a full store leaves behind
+    assert len([x for x in runs if x.info.status == "FINISHED"]) == 1  # the finished cell is kept
+    r = subprocess.run(_sweep_cmd(p), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"run {stuck.info.run_id}" in r.stdout + r.stderr, r.stdout + r.stderr
+    runs = assert_settled(tmp_path, p)
+    (killed,) = [x for x in runs if x.info.run_id == stuck.info.run_id]
+    assert killed.info.status == "KILLED" and "store was full" in killed.data.tags["nanoact.error"]
+    assert len(runs) == 4
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():

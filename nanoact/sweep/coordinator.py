@@ -15,7 +15,7 @@ from typing import Any
 
 from nanoact.sweep import state as S
 from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
-from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, hold, open_leases, recover
+from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, hold, open_leases, recover
 from nanoact.sweep.spec import SweepSpec
 from nanoact.sweep.storage import open_storage, storage_exists
 
@@ -44,6 +44,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         exp_id = tracking.ensure_experiment(uri, spec.name, experiment_tags(spec))
         parent = _parent_run(spec, study, uri, exp_id)
         recovered = recover(study, storage, leases, uri)
+        recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
             events({"event": "recovered", "detail": line})
         planned = enqueue(spec, study, retry_failed=opts.retry_failed)

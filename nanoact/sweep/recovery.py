@@ -19,6 +19,9 @@ and then: if the trial's MLflow run FINISHED (the worker died between the run's 
 the trial is **adopted**: completed with that run's final val loss, not retrained. Otherwise the run becomes
 KILLED with the reason, and the trial FAIL with ``nanoact.interrupted``, so the cell runs again. A worker that
 pops a trial and then finds that recovery failed it meanwhile (or that the cell is taken) drops it untrained.
+
+A worker stopped by a full or read-only store tells its trial interrupted (a short journal append may still fit)
+but may not be able to end its MLflow run; ``close_interrupted`` KILLs such a run before its cell runs again.
 """
 
 from __future__ import annotations
@@ -197,6 +200,18 @@ def recover(study, storage, leases, tracking_uri: str) -> list[str]:
         finally:
             lease.release()
     return done
+
+
+def close_interrupted(states, tracking_uri: str) -> list[str]:
+    """KILL the MLflow run of every interrupted cell whose run is still RUNNING; one line per run ended.
+
+    Its trial is settled, so its worker is done with it (``recover`` never sees it): the run is dead."""
+    from nanoact import tracking
+
+    reason = "its worker stopped before it could end this run (e.g. the store was full); the cell runs again"
+    return [f"interrupted {s.cell.key}: run {s.run_id} of trial {s.trial_number} KILLED"
+            for s in states if s.state == S.CellStatus.INTERRUPTED and s.run_id
+            and tracking.end_run(tracking_uri, s.run_id, "KILLED", reason, only_if_running=True)]
 
 
 def _settle(study, storage, number: int, key: str, tracking_uri: str) -> str:
