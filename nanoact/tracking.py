@@ -300,7 +300,12 @@ class MlflowTracker:
                 from nanoact.tracking_uri import redact
 
                 error = redact(error, self.tracking_uri)  # a driver's message may echo the store URL
-            _terminate(self.client, self.run_id, status, error)
+            try:  # the status first: a new tag row may not fit on a full store where an update in place does
+                self.client.set_terminated(self.run_id, status)
+            except Exception as e:
+                self._unended(e)
+            if error:
+                self.client.set_tag(self.run_id, "nanoact.error", error[:MAX_TAG_LEN])
         finally:
             self._pool.shutdown(wait=True)
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -308,6 +313,18 @@ class MlflowTracker:
             from nanoact.errors import NanoactError
 
             raise NanoactError(f"run {self.run_id}: {error}")
+
+
+    def _unended(self, e: Exception) -> None:
+        """A full or read-only store that cannot even take the run's end: say that the run stays RUNNING."""
+        from nanoact.errors import NanoactError, storage_error
+        from nanoact.tracking_uri import display_url
+
+        err = storage_error(e, display_url(self.tracking_uri))
+        if err is None:
+            raise e
+        raise NanoactError(f"{err}; run {self.run_id} could not be ended, so it shows as RUNNING (a sweep ends "
+                           "such a run when it runs the cell again)") from e
 
 
 def check_system_metrics():
@@ -413,28 +430,10 @@ def end_run(tracking_uri: str, run_id: str, status: str, reason: str | None = No
     client = MlflowClient(tracking_uri)
     if only_if_running and client.get_run(run_id).info.status != "RUNNING":
         return False
-    _terminate(client, run_id, status, reason)
-    return True
-
-
-def _terminate(client, run_id: str, status: str, reason: str | None) -> None:
-    """Set the run's status, then record why: the status first, and even when the reason cannot be written.
-
-    On a full disk or database a new tag row may not fit where an update in place still does; a run left
-    RUNNING would claim to be alive for ever. The first failure is raised after both were tried.
-    """
-    failures = []
-    try:
-        client.set_terminated(run_id, status)
-    except Exception as e:
-        failures.append(e)
+    client.set_terminated(run_id, status)  # the status before the reason (see MlflowTracker.finish)
     if reason:
-        try:
-            client.set_tag(run_id, "nanoact.error", reason[:MAX_TAG_LEN])
-        except Exception as e:
-            failures.append(e)
-    if failures:
-        raise failures[0]
+        client.set_tag(run_id, "nanoact.error", reason[:MAX_TAG_LEN])
+    return True
 
 
 def find_trial_run(tracking_uri: str, study: str, trial_number: int):

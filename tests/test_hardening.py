@@ -234,6 +234,30 @@ def test_a_run_is_ended_even_when_its_error_tag_cannot_be_written(tmp_path, monk
     tracker.start("r", {})
     full = sqlalchemy.exc.OperationalError("INSERT INTO tags ...", {}, _full_sqlite_error(tmp_path))
     monkeypatch.setattr(MlflowClient, "set_tag", lambda *a, **k: (_ for _ in ()).throw(full))
-    with pytest.raises(sqlalchemy.exc.OperationalError):
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # the reason is lost, and the CLI says why in one line
         tracker.finish("FAILED", "RuntimeError: boom")
     assert MlflowClient(store).get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_train_on_a_store_that_fills_mid_run_says_which_run_is_left_running(monkeypatch, capsys, tmp_path):
+    from mlflow import MlflowClient
+
+    from nanoact.tracking import MlflowTracker
+
+    full = sqlalchemy.exc.OperationalError("UPDATE runs ...", {}, _full_sqlite_error(tmp_path))
+    start, started = MlflowTracker.start, []
+
+    def start_then_fill(self, run_name, tags):
+        start(self, run_name, tags)
+        started.append(self.run_id)
+
+    def write(orig):
+        return lambda self, *a, **k: (_ for _ in ()).throw(full) if started else orig(self, *a, **k)
+
+    monkeypatch.setattr(MlflowTracker, "start", start_then_fill)
+    for name in ("log_batch", "set_tag", "set_terminated", "log_artifact", "log_text", "log_inputs"):
+        monkeypatch.setattr(MlflowClient, name, write(getattr(MlflowClient, name)))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = run_main(monkeypatch, capsys, "train", "--tracking-uri", store, "--set", "train.max_iters=1")
+    line = one_error_line(err)
+    assert code == 2 and f"{store} is full" in line and f"run {started[0]} could not be ended" in line, line
