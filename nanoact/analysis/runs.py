@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -220,6 +220,29 @@ def _slice(name: str, children: list[RunRecord], study: str | None,
     return children
 
 
+def _all_runs(client: MlflowClient, experiment_id: str) -> list:
+    raw, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], "", max_results=1000, page_token=token)
+        raw.extend(page)
+        token = page.token
+        if not token:
+            return raw
+
+
+def _newest_per(runs: list[RunRecord], key) -> tuple[list[RunRecord], list[tuple[RunRecord, RunRecord]]]:
+    """The newest run (by start time) of each group, and (older, newest) for every other run of a group."""
+    groups: dict[Any, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        groups[key(r)].append(r)
+    newest, older = [], []
+    for g in groups.values():
+        g.sort(key=lambda r: (r.start_time, r.run_id))
+        newest.append(g[-1])
+        older.extend((old, g[-1]) for old in g[:-1])
+    return newest, older
+
+
 def load_experiment(
     client: MlflowClient, name: str, progress: Callable[[str], None] | None = None,
     study: str | None = None, where: Mapping[str, str] | None = None,
@@ -233,14 +256,7 @@ def load_experiment(
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise NanoactError(f"no experiment named {name!r} in the tracking store; it has: {', '.join(names) or 'none'}")
-    raw, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], "", max_results=1000, page_token=token)
-        raw.extend(page)
-        token = page.token
-        if not token:
-            break
-    records = [_record(r, name) for r in raw]
+    records = [_record(r, name) for r in _all_runs(client, exp.experiment_id)]
     parents = [r for r in records if r.tags.get("nanoact.role") == "parent"]
     children = _slice(name, [r for r in records if _is_cell(r)], study, where)
     if progress:
@@ -252,23 +268,8 @@ def load_experiment(
             f"experiment {name!r} has no FINISHED cell runs ({len(children)} cell runs in other states); "
             "run or resume the sweep first"
         )
-    by_key: dict[str, list[RunRecord]] = defaultdict(list)
-    for r in finished:
-        by_key[r.grid_key].append(r)
-    selected, superseded = [], []
-    for runs in by_key.values():
-        runs.sort(key=lambda r: (r.start_time, r.run_id))
-        selected.append(runs[-1])
-        superseded.extend(runs[:-1])
-
-    by_cell: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for r in selected:
-        by_cell[r.cell].append(r)
-    duplicates, kept = [], []
-    for runs in by_cell.values():
-        runs.sort(key=lambda r: (r.start_time, r.run_id))
-        kept.append(runs[-1])  # analyse the newest; the duplicate is reported as a guard failure
-        duplicates.extend((old, runs[-1]) for old in runs[:-1])
+    selected, retried = _newest_per(finished, lambda r: r.grid_key)  # a cell's earlier attempts are superseded
+    kept, duplicates = _newest_per(selected, lambda r: r.cell)  # one cell under two grid keys: a guard failure
 
     activations = sorted({r.activation for r in children})
     seeds = sort_seeds({r.seed for r in children})
@@ -280,7 +281,8 @@ def load_experiment(
     ]
     kept.sort(key=lambda r: (r.activation, _seed_key(r.seed)))
     return ExperimentRuns(name=name, experiment_id=exp.experiment_id, runs=kept, activations=activations,
-                          seeds=seeds, missing=missing, duplicates=duplicates, superseded=superseded,
+                          seeds=seeds, missing=missing, duplicates=duplicates,
+                          superseded=[old for old, _ in retried],
                           not_finished=not_finished, parents=parents)
 
 

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,10 +151,10 @@ def log_synthetic_runs(
 
     spec = spec or SyntheticSpec()
     client = MlflowClient(tracking_uri=tracking_uri)
-    if artifact_root is not None:
-        root = Path(artifact_root).resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
-    else:
+    if artifact_root is None:
         root = default_artifact_root(tracking_uri)
+    else:
+        root = str(artifact_root) if "://" in str(artifact_root) else Path(artifact_root).resolve().as_uri()
     exp_id = _experiment(client, spec.experiment, root)
     world = _World(spec)
     t0 = int(time.time() * 1000)
@@ -171,18 +172,7 @@ def log_synthetic_runs(
     max_step = max(spec.steps)
     run_ids: dict[tuple[str, int], str] = {}
     all_ids: list[str] = []
-    attempts: list[tuple[str, int, int, str]] = []  # (activation, seed, attempt, final status)
-    cells = [(i, d) for i in spec.seeds for d in spec.data_seeds] if spec.data_seeds else list(spec.seeds)
-    for a in spec.activations:
-        for s in cells:
-            if (a, s) in spec.retried:
-                attempts.append((a, s, 0, "FINISHED"))
-            if (a, s) in spec.failed:
-                attempts.append((a, s, 0, "FAILED"))
-            else:
-                attempts.append((a, s, 1, "FINISHED"))
-
-    for trial, (a, s, attempt, status) in enumerate(attempts):
+    for trial, (a, s, attempt, status) in enumerate(_attempts(spec)):
         src = spec.copy_of.get(a, a)  # the model that really "ran"
         config, flat, grid_key = _cell_config(spec, a, s, max_step)
         tags = _cell_tags(spec, world, a, s, src, grid_key, parent_id, trial, config["train"]["seed"])
@@ -211,6 +201,18 @@ def log_synthetic_runs(
     if parent_id:
         client.set_terminated(parent_id, "FINISHED", end_time=tick())
     return SyntheticLog(experiment_id=exp_id, parent_run_id=parent_id, run_ids=run_ids, all_run_ids=all_ids)
+
+
+def _attempts(spec: SyntheticSpec) -> list[tuple[str, Any, int, str]]:
+    """(activation, seed, attempt, final status) of every run to log, in order."""
+    attempts = []
+    cells = [(i, d) for i in spec.seeds for d in spec.data_seeds] if spec.data_seeds else list(spec.seeds)
+    for a in spec.activations:
+        for s in cells:
+            if (a, s) in spec.retried:
+                attempts.append((a, s, 0, "FINISHED"))
+            attempts.append((a, s, 0, "FAILED") if (a, s) in spec.failed else (a, s, 1, "FINISHED"))
+    return attempts
 
 
 def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, dict[str, str], str]:
