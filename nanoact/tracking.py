@@ -314,7 +314,6 @@ class MlflowTracker:
 
             raise NanoactError(f"run {self.run_id}: {error}")
 
-
     def _unended(self, e: Exception) -> None:
         """A full or read-only store that cannot even take the run's end: say that the run stays RUNNING."""
         from nanoact.errors import NanoactError, storage_error
