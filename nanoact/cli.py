@@ -260,7 +260,8 @@ class SweepProgress(Progress):
         e = ev["event"]
         if e == "plan":
             self.total, self.done, self.todo = ev["total"], ev["done"], ev["todo"]
-            self.line(f"{self.total} cells: {self.done} done already, {self.todo} to run")
+            elsewhere = f", {ev['running']} running in other workers" if ev.get("running") else ""
+            self.line(f"{self.total} cells: {self.done} done already, {self.todo} to run{elsewhere}")
         elif e == "cell_start":
             self.key, self.cell_t0 = ev["key"], time.perf_counter()
             self.line(f"[{self.done + 1}/{self.total}] {ev['key']} (trial {ev['trial']})")

@@ -257,3 +257,18 @@ def test_result_counts_this_calls_work_with_several_workers(tmp_path):
     assert first.trained == 3 and first.complete
     again = sweep.run(sweep.load_sweep(path=p), sweep.SweepOptions(workers=2))
     assert again.trained == 0 and again.complete
+
+
+def test_cells_queued_by_a_stopped_call_count_as_to_run(tmp_path):
+    """A sweep stopped after enqueueing its grid leaves WAITING trials; the next call's plan line and a dry run
+    count them as to run (the plan once said "1 to run" with 23 of 50 cells still queued)."""
+    p = write_sweep(tmp_path, iters=5, grid='"train.seed" = [1, 2, 3]')
+    spec = sweep.load_sweep(path=p)
+    assert len(sweep.run(spec, sweep.SweepOptions(init_only=True)).planned) == 3
+    dry = sweep.run(spec, sweep.SweepOptions(dry_run=True))
+    assert len(dry.planned) == 3 and dry.count(S.CellStatus.WAITING) == 3
+    events = []
+    res = sweep.run(spec, sweep.SweepOptions(), events.append)
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert (plan["done"], plan["todo"], plan["running"]) == (0, 3, 0)
+    assert res.trained == 3 and res.complete

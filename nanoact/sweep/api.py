@@ -27,7 +27,8 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
     if ctx is None or opts.init_only:
         return result
     emit({"event": "plan", "total": len(result.states), "done": result.count(S.CellStatus.DONE),
-          "todo": len(result.planned), "recovered": result.recovered})
+          "todo": result.count(S.CellStatus.WAITING), "running": result.count(S.CellStatus.RUNNING),
+          "recovered": result.recovered})  # todo: queued now or by an earlier call that was stopped
     try:
         if opts.workers == 1:
             from nanoact.sweep.worker import Worker

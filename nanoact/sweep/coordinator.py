@@ -62,7 +62,8 @@ def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
     if study is not None:
         check_fingerprint(spec, study)
     states = S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
-    todo = [s.cell.key for s in states if s.state in S.TO_RUN or (opts.retry_failed and s.state == S.CellStatus.FAILED)]
+    runs = (*S.TO_RUN, S.CellStatus.WAITING, *((S.CellStatus.FAILED,) if opts.retry_failed else ()))
+    todo = [s.cell.key for s in states if s.state in runs]  # WAITING: queued by an earlier call, not yet taken
     return S.SweepResult(spec.study_name, None, None, states, planned=todo)
 
 
