@@ -141,7 +141,7 @@ def test_near_identity_guard_fires_on_jittered_relu_copies_and_is_silent_on_hone
 
 
 def test_near_identity_guard_is_silent_on_the_committed_cpu_runs():
-    # the honest cpu experiment (docs/results/cpu): every pd_tv between its 15 runs at step 2000
+    # the honest cpu experiment (docs/results/cpu): every pd_tv between its 50 runs at step 2000
     import json
     from pathlib import Path
 
@@ -150,4 +150,4 @@ def test_near_identity_guard_is_silent_on_the_committed_cpu_runs():
     e = json.loads((Path(__file__).parents[2] / "docs/results/cpu/summary.json").read_text())["per_experiment"]["cpu"]
     res = pt.analyse_pd(np.array(e["heatmap"]["pd_tv"]), [r["activation"] for r in e["runs"]],
                         [r["seed"] for r in e["runs"]], "pd_tv", 2000, np.random.default_rng(0))
-    assert gd.check_near_identity(res.activations, res.same_seed_ratio, 3).status == "PASS"
+    assert gd.check_near_identity(res.activations, res.same_seed_ratio, len(set(res.seeds))).status == "PASS"
