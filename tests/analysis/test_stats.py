@@ -97,7 +97,7 @@ def test_pairwise_studentized_range_and_holm():
     assert [x.p_holm for x in rows] == pytest.approx(st.holm([x.p_t for x in rows]))
 
 
-def test_minimum_detectable_gap_matches_facts():
+def test_minimum_detectable_gap_is_the_80_percent_power_gap():
     assert st.min_detectable_gap(5, 3) == pytest.approx(3.8, abs=0.1)
     assert st.min_detectable_gap(5, 10) == pytest.approx(1.65, abs=0.05)
     # by construction the power at that gap (least favourable configuration) is 80%
