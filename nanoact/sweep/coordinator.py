@@ -62,8 +62,8 @@ def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
     if study is not None:
         check_fingerprint(spec, study)
     states = S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
-    runs = (*S.TO_RUN, S.CellStatus.WAITING, *((S.CellStatus.FAILED,) if opts.retry_failed else ()))
-    todo = [s.cell.key for s in states if s.state in runs]  # WAITING: queued by an earlier call, not yet taken
+    # WAITING: queued by an earlier call and not yet taken, so it runs too
+    todo = [s.cell.key for s in states if s.state == S.CellStatus.WAITING or _to_enqueue(s.state, opts.retry_failed)]
     return S.SweepResult(spec.study_name, None, None, states, planned=todo)
 
 
@@ -151,7 +151,7 @@ def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: i
     trials = study.get_trials(deepcopy=False)
     todo = []
     for s in S.cell_states(spec, trials):
-        if not (s.state in S.TO_RUN or (retry_failed and s.state == S.CellStatus.FAILED)):
+        if not _to_enqueue(s.state, retry_failed):
             continue
         if max_deaths is not None and _deaths(trials, s.cell.key) >= max_deaths:
             continue
@@ -161,6 +161,11 @@ def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: i
         study.enqueue_trial(dict(s.cell.values), user_attrs=attrs)
         todo.append(s.cell.key)
     return todo
+
+
+def _to_enqueue(state: S.CellStatus, retry_failed: bool) -> bool:
+    """Missing and interrupted cells are enqueued; failed ones too with ``retry_failed``."""
+    return state in S.TO_RUN or (retry_failed and state == S.CellStatus.FAILED)
 
 
 def _deaths(trials, key: str) -> int:
