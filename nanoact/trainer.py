@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from nanoact import wiring
+from nanoact import runtime, wiring
 from nanoact.config import RunConfig, validate
 from nanoact.data import CharDataset, EvalSet, corpus_source
 from nanoact.errors import ConfigError, DivergenceError
@@ -197,6 +197,8 @@ def _train(
     _check_runtime(cfg, device)
     if t.threads:
         torch.set_num_threads(t.threads)
+    if device.type == "cpu":
+        runtime.keep_freed_memory()  # no page faults for every fresh activation tensor
     if data is None:
         data = CharDataset.from_config(cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
     eval_set = data.eval_set(e.n_contexts, m.block_size, e.seed)
