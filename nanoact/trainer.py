@@ -290,6 +290,7 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
     best_val_loss, best_val_acc = math.inf, 0.0
     # Training time is measured between evals (one sync per window, not per step), so evals are excluded.
     train_time, iters_timed, window_iters, window_start = 0.0, 0, 0, 0.0
+    eval_time = {"loss": 0.0, "predictions": 0.0}  # what the eval steps cost, for time/*_s
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would cost throughput
 
@@ -310,8 +311,10 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
             if progress:
                 progress({"event": "evaluating", "iter": it, "max_iters": t.max_iters})
             model.eval()
+            t0 = time.perf_counter()
             tr_loss, tr_acc = evaluate(fwd, eval_batches["train"], device, autocast)
             va_loss, va_acc = evaluate(fwd, eval_batches["val"], device, autocast)
+            eval_time["loss"] += time.perf_counter() - t0
             model.train()
             if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
                 raise DivergenceError(f"loss diverged (NaN/inf) at iteration {it}: val loss {va_loss}")
@@ -323,7 +326,9 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
             tracker.log_metrics(row, step=it)
             if t.predictions:
                 model.eval()
+                t0 = time.perf_counter()
                 probs = predict(fwd, eval_set, device, autocast, last_only=device.type == "cpu" and not t.compile)
+                eval_time["predictions"] += time.perf_counter() - t0
                 model.train()
                 tracker.log_predictions(it, probs, eval_set.targets.numpy())
             if progress:
@@ -363,6 +368,8 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
         "best/val_loss": best_val_loss,
         "best/val_acc": best_val_acc,
         "time/train_s": train_time,
+        "time/loss_evals_s": eval_time["loss"],
+        "time/prediction_evals_s": eval_time["predictions"],
         "tokens_per_s_mean": tokens_per_iter * iters_timed / train_time if train_time > 0 else 0.0,
     }
     tracker.log_metrics(metrics, step=t.max_iters)

@@ -52,6 +52,15 @@ def test_training_logs_evals_and_predictions(tiny_data):
     assert res.metrics["tokens_per_s_mean"] > 0
 
 
+def test_the_eval_steps_cost_is_logged_apart_from_training(tiny_data):
+    """time/loss_evals_s and time/prediction_evals_s: where a cell's time goes, without a profiler."""
+    m = run(tiny_data, MemoryTracker(), **{"train.max_iters": 20, "train.eval_interval": 10}).metrics
+    parts = m["time/train_s"] + m["time/loss_evals_s"] + m["time/prediction_evals_s"]
+    assert m["time/loss_evals_s"] > 0 and m["time/prediction_evals_s"] > 0 and parts <= m["time/wall_s"]
+    m = run(tiny_data, MemoryTracker(), **{"train.max_iters": 20, "train.predictions": False}).metrics
+    assert m["time/prediction_evals_s"] == 0.0 and m["time/loss_evals_s"] > 0
+
+
 def test_eval_set_is_shared_and_hashed(tiny_data):
     a, b = MemoryTracker(), MemoryTracker()
     run(tiny_data, a, **{"model.activation": "relu", "train.seed": 1})
