@@ -1,15 +1,22 @@
 """What the prediction evals cost in a ``cpu`` cell (nanoGPT's CPU recipe, minigpt 4x128, block 64, batch 12,
 2000 iterations, an eval every 250, 2048 evaluation contexts), before and after making them cheaper.
 
-``--repeats`` rounds, each timing back to back: the prediction eval as it was (the full forward pass over 512
-contexts at a time under ``no_grad``, last position sliced afterwards), as it is (``nanoact.trainer.predict``),
-``--iters`` training iterations (the trainer's own timing, evals excluded) and one eval step's loss evals.
-Prints the median seconds of each eval, their ratio, whether the probabilities are bit-identical (and identical
-after the float16 cast of the stored artifact), and per round the share of the 9 prediction evals in a
-2000-iteration cell, share = 9 * predict / (2000 * iter + 9 * (predict + loss evals)), as the median over rounds.
+Each round runs two fresh processes back to back, so a busy machine distorts them alike:
 
-With ``--full-cell`` it also trains one real ``cpu`` cell (about a minute on 2 idle cores) and reports the
-measured share of its prediction evals (the trainer's ``predict`` calls timed from outside).
+- ``before``: the prediction eval as it was (the full forward pass over 512 contexts at a time under
+  ``no_grad``, last position sliced afterwards) in a process with glibc's default allocator settings;
+- ``now``: ``nanoact.trainer.predict`` in a process with what the trainer applies on CPU
+  (``nanoact.runtime.keep_freed_memory``: freed memory kept for reuse, not faulted in afresh).
+
+Each process times one prediction eval (after a warm-up one), ``--iters`` training iterations (the trainer's own
+timing, evals excluded) and one eval step's loss evals, and so the share of the 9 prediction evals in a
+2000-iteration cell, share = 9 * predict / (2000 * iter + 9 * (predict + loss evals)). Prints medians over
+rounds, the ratio, and whether the probabilities are bit-identical (and identical after the float16 cast of the
+stored artifact).
+
+With ``--full-cell`` it also trains one real ``cpu`` cell (about two minutes on 2 idle cores) in a ``now``
+process and reports the measured share of its prediction evals (the trainer's ``predict`` calls timed from
+outside).
 
     python benchmarks/eval_cost.py [--repeats 5] [--iters 100] [--threads 2] [--full-cell]
 
@@ -20,67 +27,86 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-
-import numpy as np
-import torch
-
-from nanoact import trainer
-from nanoact.config import RunConfig, apply_overrides
-from nanoact.data import CharDataset
-from nanoact.models import build_model
+from pathlib import Path
 
 CPU_CELL = {"train.max_iters": 2000, "train.eval_interval": 250, "eval.n_contexts": 2048, "train.device": "cpu"}
 
 
-@torch.no_grad()
-def predict_before(model, eval_set) -> np.ndarray:
+def predict_before(model, eval_set):
     """The prediction eval as it was before: full forward, 512 contexts at a time, last position sliced."""
+    import torch
+
     out = []
-    for i in range(0, len(eval_set), 512):
-        logits, _ = model(eval_set.contexts[i : i + 512])
-        out.append(torch.softmax(logits[:, -1, :].float(), dim=-1).cpu())
+    with torch.no_grad():
+        for i in range(0, len(eval_set), 512):
+            logits, _ = model(eval_set.contexts[i : i + 512])
+            out.append(torch.softmax(logits[:, -1, :].float(), dim=-1).cpu())
     return torch.cat(out).numpy()
 
 
-def predict_now(model, eval_set) -> np.ndarray:
-    return trainer.predict(model, eval_set, torch.device("cpu"), contextlib.nullcontext)
+def setup(threads: int):
+    import torch
+
+    from nanoact.config import RunConfig, apply_overrides
+    from nanoact.data import CharDataset
+    from nanoact.models import build_model
+
+    torch.set_num_threads(threads)
+    cfg = apply_overrides(RunConfig(), {**CPU_CELL, "train.threads": threads})
+    data = CharDataset.from_config(cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
+    eval_set = data.eval_set(cfg.eval.n_contexts, cfg.model.block_size, cfg.eval.seed)
+    model = build_model(cfg.model, data.vocab.size, seed=cfg.train.seed)
+    return cfg, data, eval_set, model
 
 
-def timed(fn, *args) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - t0, out
+def child(which: str, threads: int, iters: int, probs_out: str, full_cell: bool) -> dict[str, float]:
+    """One process's timings; ``which`` is ``before`` or ``now``."""
+    import numpy as np
+    import torch
 
+    from nanoact import runtime, trainer
+    from nanoact.config import apply_overrides
 
-def one_round(model, eval_set, cfg: RunConfig, data: CharDataset, iters: int, batches) -> dict[str, float]:
-    """One round of every timing, back to back, so a busy machine distorts them alike."""
+    if which == "now":
+        runtime.keep_freed_memory()  # what trainer.train does first on CPU
+    else:  # the trainer must not apply it either
+        runtime.keep_freed_memory = lambda: False
+    cfg, data, eval_set, model = setup(threads)
     model.eval()
-    t_b, p_b = timed(predict_before, model, eval_set)
-    t_n, p_n = timed(predict_now, model, eval_set)
+    cpu = torch.device("cpu")
+    run = (lambda: predict_before(model, eval_set)) if which == "before" else (
+        lambda: trainer.predict(model, eval_set, cpu, contextlib.nullcontext))
+    run()  # warm-up: the first call pays one-off costs that a cell's 9 evals share
+    t0 = time.perf_counter()
+    probs = run()
+    t_pred = time.perf_counter() - t0
+    np.save(probs_out, probs)
     short = apply_overrides(cfg, {"train.max_iters": iters, "train.eval_interval": iters,
                                   "train.lr_decay_iters": max(iters, cfg.train.warmup_iters),
                                   "train.predictions": False, "train.checkpoint": False})
     per_iter = trainer.train(short, data=data).metrics["time/train_s"] / iters
+    m, t = cfg.model, cfg.train
     t0 = time.perf_counter()
     for split in ("train", "val"):
-        trainer.evaluate(model, batches[split], torch.device("cpu"), contextlib.nullcontext)
-    loss_evals = time.perf_counter() - t0
-    return {"before": t_b, "now": t_n, "iter": per_iter, "loss_evals": loss_evals,
-            "bit_identical": float(np.array_equal(p_b, p_n)),
-            "float16_identical": float(np.array_equal(p_b.astype(np.float16), p_n.astype(np.float16)))}
+        batches = data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
+        trainer.evaluate(model, batches, cpu, contextlib.nullcontext)
+    out = {"predict": t_pred, "iter": per_iter, "loss_evals": time.perf_counter() - t0}
+    if full_cell:
+        out.update(zip(("cell_predict", "cell_wall", "cell_n"), full_cell_share(cfg, data)))
+    return out
 
 
-def share(r: dict[str, float], which: str, cfg: RunConfig) -> tuple[float, float, float, float]:
-    """(cell seconds, train seconds, loss-eval seconds, prediction-eval seconds) of a cpu cell from one round."""
-    n_evals = cfg.train.max_iters // cfg.train.eval_interval + 1
-    train_s, loss_s, pred_s = cfg.train.max_iters * r["iter"], n_evals * r["loss_evals"], n_evals * r[which]
-    return train_s + loss_s + pred_s, train_s, loss_s, pred_s
-
-
-def full_cell(cfg: RunConfig, data: CharDataset) -> tuple[float, float, int]:
+def full_cell_share(cfg, data) -> tuple[float, float, int]:
     """Train one real cell; (seconds in predict, wall seconds, number of predict calls)."""
+    from nanoact import trainer
+    from nanoact.config import apply_overrides
+
     spent: list[float] = []
     original = trainer.predict
 
@@ -99,40 +125,61 @@ def full_cell(cfg: RunConfig, data: CharDataset) -> tuple[float, float, int]:
     return sum(spent), res.metrics["time/wall_s"], len(spent)
 
 
+def share(r: dict[str, float]) -> float:
+    """Percent of a cpu cell (2000 iterations, 9 eval steps) spent in prediction evals, from one process."""
+    n_evals = CPU_CELL["train.max_iters"] // CPU_CELL["train.eval_interval"] + 1
+    pred = n_evals * r["predict"]
+    return 100 * pred / (CPU_CELL["train.max_iters"] * r["iter"] + n_evals * r["loss_evals"] + pred)
+
+
+def spawn(which: str, args, probs_out: Path, full_cell: bool = False) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", which, "--threads", str(args.threads), "--iters", str(args.iters),
+           "--probs-out", str(probs_out)] + (["--full-cell"] if full_cell else [])
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=100, help="training iterations per timing of the train step")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--full-cell", action="store_true", help="also train one real cpu cell (about a minute)")
+    ap.add_argument("--full-cell", action="store_true", help="also train one real cpu cell (about two minutes)")
+    ap.add_argument("--child", choices=("before", "now"), help=argparse.SUPPRESS)
+    ap.add_argument("--probs-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = apply_overrides(RunConfig(), {**CPU_CELL, "train.threads": args.threads})
-    data = CharDataset.from_config(cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
-    eval_set = data.eval_set(cfg.eval.n_contexts, cfg.model.block_size, cfg.eval.seed)
-    model = build_model(cfg.model, data.vocab.size, seed=cfg.train.seed)
+    if args.child:
+        print(json.dumps(child(args.child, args.threads, args.iters, args.probs_out, args.full_cell)))
+        return
+    import numpy as np
 
-    m, t = cfg.model, cfg.train
-    batches = {split: data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
-               for split in ("train", "val")}
-    rounds = [one_round(model, eval_set, cfg, data, args.iters, batches) for _ in range(args.repeats)]
-    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    print(f"prediction eval, {len(eval_set)} contexts, median of {args.repeats} interleaved rounds: before "
-          f"{med['before']:.3f} s, now {med['now']:.3f} s, ratio {med['before'] / med['now']:.2f}x (median of "
-          f"per-round ratios {statistics.median(r['before'] / r['now'] for r in rounds):.2f}x); "
-          f"bit-identical {all(r['bit_identical'] for r in rounds)}, "
-          f"float16-identical {all(r['float16_identical'] for r in rounds)}")
-    print(f"train step {1000 * med['iter']:.1f} ms/iter (trainer timing), loss evals {med['loss_evals']:.3f} s per "
-          "eval step")
-    for label in ("before", "now"):
-        shares = sorted(100 * share(r, label, cfg)[3] / share(r, label, cfg)[0] for r in rounds)
-        total, train_s, loss_s, pred_s = share(med, label, cfg)
-        print(f"{label:6s}: cpu cell ~{total:.0f} s = train {train_s:.0f} s + loss evals {loss_s:.1f} s + prediction "
-              f"evals {pred_s:.1f} s; prediction evals {statistics.median(shares):.1f}% of the cell (median of "
-              f"rounds; range {shares[0]:.1f}-{shares[-1]:.1f}%)")
-    if args.full_cell:
-        pred, wall, n = full_cell(cfg, data)
-        print(f"one real cpu cell: {wall:.1f} s wall, {n} prediction evals {pred:.1f} s = {100 * pred / wall:.1f}%")
+    rounds: list[dict[str, dict[str, float]]] = []
+    identical = {"bit": True, "float16": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            rnd = {which: spawn(which, args, Path(tmp, f"{which}.npy")) for which in ("before", "now")}
+            p_b, p_n = (np.load(Path(tmp, f"{which}.npy")) for which in ("before", "now"))
+            identical["bit"] &= bool(np.array_equal(p_b, p_n))
+            identical["float16"] &= bool(np.array_equal(p_b.astype(np.float16), p_n.astype(np.float16)))
+            rounds.append(rnd)
+            print(f"round {i + 1}/{args.repeats}: predict before {rnd['before']['predict']:.3f} s, now "
+                  f"{rnd['now']['predict']:.3f} s; share before {share(rnd['before']):.1f}%, now "
+                  f"{share(rnd['now']):.1f}%", flush=True)
+        med = {w: {k: statistics.median(r[w][k] for r in rounds) for k in rounds[0][w]} for w in ("before", "now")}
+        ratios = [r["before"]["predict"] / r["now"]["predict"] for r in rounds]
+        print(f"prediction eval, {CPU_CELL['eval.n_contexts']} contexts, median of {args.repeats} interleaved "
+              f"rounds: before {med['before']['predict']:.3f} s, now {med['now']['predict']:.3f} s, median "
+              f"ratio {statistics.median(ratios):.2f}x; bit-identical {identical['bit']}, float16-identical "
+              f"{identical['float16']}")
+        for w in ("before", "now"):
+            shares = sorted(share(r[w]) for r in rounds)
+            print(f"{w:6s}: train step {1000 * med[w]['iter']:.1f} ms/iter, loss evals {med[w]['loss_evals']:.3f} "
+                  f"s per eval step; prediction evals {statistics.median(shares):.1f}% of a cpu cell (median of "
+                  f"rounds; range {shares[0]:.1f}-{shares[-1]:.1f}%)")
+        if args.full_cell:
+            r = spawn("now", args, Path(tmp, "cell.npy"), full_cell=True)
+            print(f"one real cpu cell (now): {r['cell_wall']:.1f} s wall, {r['cell_n']:.0f} prediction evals "
+                  f"{r['cell_predict']:.1f} s = {100 * r['cell_predict'] / r['cell_wall']:.1f}%")
 
 
 if __name__ == "__main__":
