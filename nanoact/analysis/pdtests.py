@@ -10,20 +10,28 @@ pair of runs of a complete activation x seed grid,
 and resamples or permutes at the level of *seeds* (the independent units). Leading axes are a batch of data sets
 (the calibration tests simulate thousands at once). Functions return numbers only; the report words them.
 
-Comparisons, always like with like (pairs of runs with *different* seeds on both sides, because two runs with the
-same seed share their initial weights and their batch order):
+Estimands (docs/REPORT.md, "PD tests", words each one):
 
-* ``cross_vs_within``: does changing the activation move predictions more than reseeding? Statistic
-  Δ = C − W, C = mean PD over pairs with different activations and different seeds, W = mean PD over pairs with
-  the same activation and different seeds. Exact null: activation labels are exchangeable within each seed
-  (no activation effect on predictions). Randomisation test that permutes the labels within each seed
-  (Monte Carlo over permutations, or every relabelling for two activations), one-sided (Δ > 0).
-* ``reproducibility``: is one activation's seed-to-seed PD W_a larger than another's? W_a − W_b is a U-statistic
-  of order 2 over seeds; its standard error is the delete-one-seed jackknife (conservative for U-statistics:
-  Efron & Stein, Ann. Stat. 1981), referred to t with n − 1 df.
+* ``cross_vs_within``: Δ = C − W, C = mean PD over pairs with different activations and different seeds, W = mean
+  PD over pairs with the same activation and different seeds. Δ is a two-sample distance between the
+  activations' distributions of fitted functions: it is > 0 when they predict differently *or* when one is less
+  reproducible than the other (check W_a − W_b before reading it as "what the activation predicts"). Exact null:
+  activation labels exchangeable within each seed; randomisation test permuting labels within seeds, exact
+  (every relabelling) when there are at most ``EXACT_LIMIT``, else Monte Carlo with p >= 1/(B + 1), one-sided.
+  Its interval is a jackknife interval, separate from the test (they can disagree near the boundary).
+* ``relative_excess``: Δ / W̄, the effect size: how much further apart runs of different activations are than
+  runs of one activation, relative to the seed-to-seed PD.
+* ``activation_only``: same-seed PD between a and b (only the activation differs: same initial weights and batch
+  order) minus (W_a + W_b)/2. "Does changing only the activation move predictions more or less than reseeding?"
+* ``relative_reproducibility``: (W_a − W_b) / ((W_a + W_b)/2).
 
-``tests/analysis/test_pdtests.py`` simulates null data at 3, 5 and 10 seeds and checks the type-I error of each
-test, and its power on planted differences.
+The last three use the jackknife over the design's random units, t on (units − 1) df, and the interval that
+inverts the same t test. Units are seeds, or init seeds and data seeds for crossed grids (two-way jackknife).
+W and Δ are U-statistics of order 2 over seeds; the delete-one jackknife overestimates their variance on average
+(Efron & Stein, Ann. Stat. 1981).
+
+``tests/analysis/test_pdtests.py`` and ``tests/analysis/test_estimands.py`` check calibration, coverage and power
+at 3, 5 and 10 seeds.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
-EXACT_LIMIT = 4096  # enumerate every relabelling when there are at most this many, else Monte Carlo
+EXACT_LIMIT = 20000  # enumerate every relabelling when there are at most this many, else Monte Carlo
 N_PERM = 4000  # Monte Carlo relabellings
 
 
@@ -63,16 +71,6 @@ def within_means(d: np.ndarray) -> np.ndarray:
     n = d.shape[-1]
     w = within_blocks(d)
     return np.where(_offdiag(n), w, 0.0).sum(axis=(-1, -2)) / (n * (n - 1))
-
-
-def _loo_within(d: np.ndarray) -> np.ndarray:
-    """(..., n, k): W_a with seed u deleted (needs n >= 3)."""
-    n = d.shape[-1]
-    w = np.where(_offdiag(n), within_blocks(d), 0.0)  # (..., k, n, n)
-    total = w.sum(axis=(-1, -2))  # (..., k)
-    row = w.sum(axis=-1)  # (..., k, n): ordered pairs that start at seed u
-    loo = (total[..., :, None] - 2 * row) / ((n - 1) * (n - 2))
-    return np.swapaxes(loo, -1, -2)
 
 
 def jackknife_se(theta_loo: np.ndarray) -> np.ndarray:
@@ -105,16 +103,6 @@ def t_interval(mean: float, se: float, df: int, level: float = 0.95) -> Estimate
     return Estimate(mean, se, df, mean - h, mean + h)
 
 
-def within_estimates(d: np.ndarray) -> list[Estimate]:
-    """Per activation: W_a, its delete-one-seed jackknife SE and a 95% t interval on n − 1 df."""
-    n = d.shape[-1]
-    w = within_means(d)
-    if n < 3:
-        return [Estimate(float(x), math.nan, 0, math.nan, math.nan) for x in w]
-    se = jackknife_se(_loo_within(d))
-    return [t_interval(float(m), float(s), n - 1) for m, s in zip(w, se)]
-
-
 @dataclass
 class PairTest:
     """One test on a pair (a, b) of activations (or on all activations when a = b = -1)."""
@@ -129,36 +117,8 @@ class PairTest:
     p_floor: float  # the smallest p-value the test can give with this many seeds
     lo: float = math.nan
     hi: float = math.nan
-
-
-def reproducibility_tests(d: np.ndarray) -> list[PairTest]:
-    """W_a − W_b for every pair of activations: jackknife-over-seeds t test on n − 1 df (needs n >= 3)."""
-    k, n = d.shape[-4], d.shape[-1]
-    w = within_means(d)
-    loo = _loo_within(d) if n >= 3 else None
-    out = []
-    for a in range(k):
-        for b in range(a + 1, k):
-            diff = float(w[a] - w[b])
-            if loo is None:
-                out.append(PairTest(a, b, diff, math.nan, math.nan, 0, math.nan, 1.0))
-                continue
-            se = float(jackknife_se(loo[:, [a]] - loo[:, [b]])[0])
-            t = diff / se if se > 0 else math.nan
-            p = float(2 * stats.t.sf(abs(t), n - 1)) if math.isfinite(t) else math.nan
-            est = t_interval(diff, se, n - 1)
-            out.append(PairTest(a, b, diff, se, t, n - 1, p, 0.0, est.lo, est.hi))
-    return out
-
-
-def reproducibility_p_batch(d: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Two-sided p of the W_a − W_b jackknife t test for a batch (m, k, n, k, n) of data sets (simulations)."""
-    n = d.shape[-1]
-    w = within_means(d)
-    loo = _loo_within(d)
-    se = jackknife_se(loo[..., [a]] - loo[..., [b]])[..., 0]
-    t = (w[..., a] - w[..., b]) / se
-    return 2 * stats.t.sf(np.abs(t), n - 1)
+    n_relabellings: int = 0  # relabelling tests: how many were used (every one when exact, else B + 1)
+    exact: bool = True  # relabelling tests: every relabelling enumerated (False: Monte Carlo)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,15 +172,15 @@ def cross_vs_within_test(d: np.ndarray, rng: np.random.Generator, n_perm: int | 
     """Randomisation test of Δ = C − W > 0 for all activations of ``d`` (k, n, k, n); a = b = −1."""
     k, n = d.shape[0], d.shape[-1]
     delta = float(cross_minus_within(d))
-    inv, _ = _relabellings(k, n, rng, n_perm or N_PERM)
+    inv, exact = _relabellings(k, n, rng, n_perm or N_PERM)
     sums = np.concatenate([_within_sums(d, inv[i:i + 512]) for i in range(0, len(inv), 512)])
     obs = sums[0]
     tol = 1e-12 * max(1.0, abs(obs))
     # Δ decreases as the within-label sum grows; ties count against the claim
     count = int(np.sum(sums <= obs + tol))
     p = count / len(sums)  # the identity is one of the relabellings: exact, or (1 + #) / (B + 1) for Monte Carlo
-    floor = 1.0 / math.factorial(k) ** (n - 1)
-    return PairTest(-1, -1, delta, math.nan, delta, math.nan, p, floor)
+    floor = 1.0 / len(sums)  # exact: 1 / (k!)^(n-1); Monte Carlo: 1 / (B + 1)
+    return PairTest(-1, -1, delta, math.nan, delta, math.nan, p, floor, n_relabellings=len(sums), exact=exact)
 
 
 def pairwise_cross_vs_within(d: np.ndarray, rng: np.random.Generator, n_perm: int | None = None) -> list[PairTest]:
@@ -255,49 +215,147 @@ def seeds_for_floor(k: int, m: int, alpha: float = ALPHA) -> int:
     return n
 
 
-def seeds_for_power(diff: float, se: float, n: int, m: int, alpha: float = ALPHA, power: float = 0.8) -> int | None:
-    """Rough number of seeds for a jackknife t test to detect ``diff`` at ``power`` (Holm over m tests).
 
-    Assumes the SE shrinks like 1/√n (a U-statistic); None when the difference or SE is not usable.
+# ---------------------------------------------------------------------------------------------------------------
+# estimands with jackknife intervals over the design's random units (seeds, or init and data seeds when crossed)
+
+
+def sub_table(d: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(..., k, n', k, n'): the table restricted to the seeds ``keep``."""
+    return np.take(np.take(d, keep, axis=-3), keep, axis=-1)
+
+
+def grouped_jackknife(stat, d: np.ndarray, groupings: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """SE of ``stat(d)`` by deleting whole random units, and its df.
+
+    ``groupings``: per kind of random unit, the unit of each seed (column) of ``d``. One grouping (the seed itself)
+    is the delete-one-seed jackknife; two crossed groupings (init seed, data seed of each block) give the two-way
+    jackknife (the variances add; Owen, "The pigeonhole bootstrap", Ann. Appl. Stat. 2007). df = fewest units − 1.
+    NaN with fewer than 3 units of some kind.
     """
-    if not (math.isfinite(diff) and math.isfinite(se)) or se <= 0 or diff == 0:
-        return None
-    cand = np.arange(max(n, 3), 1001)
-    need = stats.t.ppf(1 - alpha / (2 * m), cand - 1) + stats.t.ppf(power, cand - 1)
-    ok = np.flatnonzero(abs(diff) / (se * np.sqrt(n / cand)) >= need)
-    return int(cand[ok[0]]) if len(ok) else None
+    var, units = 0.0, []
+    for lab in groupings:
+        uniq = np.unique(lab)
+        units.append(len(uniq))
+        if len(uniq) < 3:
+            return np.full(np.shape(stat(d)), np.nan), 0
+        theta = np.stack([stat(sub_table(d, np.flatnonzero(lab != u))) for u in uniq])
+        var = var + (len(uniq) - 1) / len(uniq) * np.sum((theta - theta.mean(axis=0)) ** 2, axis=0)
+    return np.sqrt(var), min(units) - 1
 
 
-def cross_estimates(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(k, k) mean PD between activations a ≠ b over pairs with different seeds, and its jackknife SE over seeds."""
+def cross_means(d: np.ndarray) -> np.ndarray:
+    """(..., k, k) mean PD between activations a and b over pairs of runs with different seeds."""
     n = d.shape[-1]
-    x = np.where(_offdiag(n)[None, :, None, :], d, 0.0)  # (k, n, k, n)
-    total = x.sum(axis=(1, 3))
-    mean = total / (n * (n - 1))
-    if n < 3:
-        return mean, np.full_like(mean, np.nan)
-    row = x.sum(axis=3) + x.sum(axis=1).transpose(0, 2, 1)  # (k, n, k): pairs that touch seed u
-    loo = (total[:, None, :] - row) / ((n - 1) * (n - 2))  # (k, n, k)
-    dev = loo - loo.mean(axis=1, keepdims=True)
-    return mean, np.sqrt((n - 1) / n * np.sum(dev**2, axis=1))
+    return np.where(_offdiag(n)[:, None, :], d, 0.0).sum(axis=(-3, -1)) / (n * (n - 1))
 
 
-def excess_estimates(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(k, k) Δ_ab = C_ab − (W_a + W_b)/2 (different seeds on both sides) and its jackknife SE over seeds."""
-    k, n = d.shape[0], d.shape[-1]
-    c, _ = cross_estimates(d)
+def excess(d: np.ndarray) -> np.ndarray:
+    """(..., k, k) Δ_ab = C_ab − (W_a + W_b)/2, different seeds on both sides (a symmetric excess)."""
     w = within_means(d)
-    delta = c - 0.5 * (w[:, None] + w[None, :])
-    if n < 3:
-        return delta, np.full_like(delta, np.nan)
-    loo = np.empty((n, k, k))
-    for u in range(n):
-        keep = [s for s in range(n) if s != u]
-        sub = d[np.ix_(range(k), keep, range(k), keep)]
-        cu, wu = cross_estimates(sub)[0], within_means(sub)
-        loo[u] = cu - 0.5 * (wu[:, None] + wu[None, :])
-    dev = loo - loo.mean(axis=0)
-    return delta, np.sqrt((n - 1) / n * np.sum(dev**2, axis=0))
+    return cross_means(d) - 0.5 * (w[..., :, None] + w[..., None, :])
+
+
+def _pair_mean(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (x[..., :, None] + x[..., None, :])
+
+
+def same_seed_means(d: np.ndarray) -> np.ndarray:
+    """(..., k, k) mean over seeds of PD(run(a, s), run(b, s)): only the activation differs."""
+    return np.einsum("...asbs->...abs", d).mean(axis=-1)
+
+
+def activation_only(d: np.ndarray) -> np.ndarray:
+    """(..., k, k) same-seed PD between a and b minus their mean seed-to-seed PD (W_a + W_b)/2.
+
+    > 0: changing only the activation (same initial weights and batch order) moves predictions more than
+    reseeding does; < 0: less.
+    """
+    return same_seed_means(d) - _pair_mean(within_means(d))
+
+
+def _upper_mean(x: np.ndarray) -> np.ndarray:
+    k = x.shape[-1]
+    iu = np.triu_indices(k, 1)
+    return x[..., iu[0], iu[1]].mean(axis=-1)
+
+
+def activation_only_overall(d: np.ndarray) -> np.ndarray:
+    """(...) ``activation_only`` averaged over the pairs of activations."""
+    return _upper_mean(activation_only(d))
+
+
+def relative_excess(d: np.ndarray) -> np.ndarray:
+    """(...) Δ / W̄: the cross-activation PD (different seeds) relative to the mean seed-to-seed PD, minus 1."""
+    return cross_minus_within(d) / within_means(d).mean(axis=-1)
+
+
+def relative_reproducibility(d: np.ndarray) -> np.ndarray:
+    """(..., k, k) (W_a − W_b) / ((W_a + W_b)/2): how much less reproducible a is than b, relative."""
+    w = within_means(d)
+    return (w[..., :, None] - w[..., None, :]) / _pair_mean(w)
+
+
+def t_test(est, se, df):
+    """Two-sided t test of 0 and the 95% interval that inverts it: (t, p, lo, hi), arrays or floats."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.asarray(est) / np.asarray(se)
+    p = 2 * stats.t.sf(np.abs(t), df) if df >= 1 else np.full(np.shape(t), np.nan)
+    h = stats.t.ppf(0.975, df) * np.asarray(se) if df >= 1 else np.nan
+    return t, p, np.asarray(est) - h, np.asarray(est) + h
+
+
+def seed_groupings(n: int) -> list[np.ndarray]:
+    """The delete-one-seed jackknife: every seed its own unit."""
+    return [np.arange(n)]
+
+
+def _at(x, a: int, b: int) -> float:
+    return float(np.asarray(x)[a, b])
+
+
+def pair_t_tests(stat, d: np.ndarray, groupings: list[np.ndarray]) -> list[PairTest]:
+    """For a (k, k) statistic: per pair a < b, the jackknife t test of 0 and its inverted 95% interval."""
+    k = d.shape[0]
+    est = stat(d)
+    se, df = grouped_jackknife(stat, d, groupings)
+    t, p, lo, hi = t_test(est, se, df)
+    return [PairTest(a, b, _at(est, a, b), _at(se, a, b), _at(t, a, b), df, _at(p, a, b), 0.0, _at(lo, a, b),
+                     _at(hi, a, b)) for a in range(k) for b in range(a + 1, k)]
+
+
+def scalar_t_test(stat, d: np.ndarray, groupings: list[np.ndarray]) -> PairTest:
+    """The jackknife t test of 0 of a scalar statistic, with its inverted 95% interval (a = b = −1)."""
+    est = float(stat(d))
+    se, df = grouped_jackknife(stat, d, groupings)
+    t, p, lo, hi = t_test(est, se, df)
+    return PairTest(-1, -1, est, float(se), float(t), df, float(p), 0.0, float(lo), float(hi))
+
+
+def reproducibility_tests(d: np.ndarray, groupings: list[np.ndarray] | None = None) -> list[PairTest]:
+    """(W_a − W_b) / ((W_a + W_b)/2) for every pair: jackknife t on (units − 1) df (needs 3 units)."""
+    return pair_t_tests(relative_reproducibility, d, groupings or seed_groupings(d.shape[-1]))
+
+
+def batch_t(stat, d: np.ndarray, groupings: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Estimate, jackknife SE and df of ``stat`` for a batch (m, k, n, k, n) of data sets (simulations)."""
+    groupings = groupings or seed_groupings(d.shape[-1])
+    se, df = grouped_jackknife(stat, d, groupings)
+    return stat(d), se, df
+
+
+def reproducibility_p_batch(d: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Two-sided p of the relative W_a − W_b jackknife t test for a batch (m, k, n, k, n) of data sets."""
+    est, se, df = batch_t(relative_reproducibility, d)
+    return t_test(est[..., a, b], se[..., a, b], df)[1]
+
+
+def within_estimates(d: np.ndarray, groupings: list[np.ndarray] | None = None) -> list[Estimate]:
+    """Per activation: W_a, its jackknife SE over the design's units and a 95% t interval."""
+    w = within_means(d)
+    se, df = grouped_jackknife(within_means, d, groupings or seed_groupings(d.shape[-1]))
+    return [t_interval(float(m), float(s), df) if df >= 1 else Estimate(float(m), math.nan, 0, math.nan, math.nan)
+            for m, s in zip(w, se)]
 
 
 def same_seed_ratio(d: np.ndarray) -> np.ndarray:
@@ -311,74 +369,99 @@ def same_seed_ratio(d: np.ndarray) -> np.ndarray:
         return np.where(den > 0, same / den, np.where(same > 0, np.inf, 0.0))
 
 
-def delta_jackknife_se(d: np.ndarray) -> float:
-    """Delete-one-seed jackknife SE of Δ = C − W (NaN with fewer than 3 seeds)."""
-    k, n = d.shape[0], d.shape[-1]
-    if n < 3:
-        return math.nan
-    theta = np.array([cross_minus_within(d[np.ix_(range(k), keep, range(k), keep)])
-                      for keep in ([s for s in range(n) if s != u] for u in range(n))])
-    return float(math.sqrt((n - 1) / n * np.sum((theta - theta.mean()) ** 2)))
-
-
 @dataclass
 class PDResult:
-    """Every PD number the report states, for one metric at one step, on the complete seeds of the grid."""
+    """Every PD number the report states, for one metric at one step, on the complete seeds of the grid.
+
+    Intervals are jackknife t intervals over the design's random units: seeds, or, when init and data-order seeds
+    are crossed (``design == "crossed"``), the two-way jackknife over init seeds and data seeds (df = fewest − 1).
+    """
 
     metric: str
     step: int
     activations: list[str]
     seeds: list[str]
+    design: str  # "seeds" | "crossed"
+    df: int  # df of every jackknife interval
     within: list[Estimate]
     cross: np.ndarray  # (k, k) different activations, different seeds
     cross_se: np.ndarray
     excess: np.ndarray  # (k, k) cross − mean within, like with like
     excess_se: np.ndarray
+    same_seed: np.ndarray  # (k, k) mean same-seed PD (only the activation differs)
     same_seed_ratio: np.ndarray  # (k, k)
-    omnibus: PairTest | None
+    omnibus: PairTest | None  # Δ = C − W, relabelling test; interval: jackknife (separate from the test)
+    relative: PairTest | None  # Δ / W̄ with its jackknife interval (effect size)
+    activation_only: PairTest | None  # mean same-seed PD − mean seed-to-seed PD, jackknife t (inverted interval)
+    activation_only_pairs: list[PairTest]
     pair_cross: list[PairTest]
-    reproducibility: list[PairTest]
+    reproducibility: list[PairTest]  # relative W_a − W_b, jackknife t (inverted interval)
 
 
 def with_context_se(est: Estimate, per_context: np.ndarray | None) -> Estimate:
-    """Adds the bootstrap-over-contexts SE of a mean over contexts; widens the interval when that is larger."""
+    """Adds the bootstrap-over-contexts SE of a mean over contexts and combines it with the seed SE.
+
+    Half-width √((t·seed SE)² + (1.96·context SE)²): the two sources add, and neither is dropped.
+    """
     if per_context is None or len(per_context) < 2:
         return est
     est.context_se = float(np.std(per_context, ddof=1) / math.sqrt(len(per_context)))
-    half = 1.959963984540054 * est.context_se
-    if not (est.hi - est.mean >= half):  # also when the seed interval is undefined (NaN)
-        est.lo, est.hi = est.mean - half, est.mean + half
+    t_half = est.hi - est.mean if math.isfinite(est.hi) else 0.0
+    half = math.hypot(t_half, 1.959963984540054 * est.context_se)
+    est.lo, est.hi = est.mean - half, est.mean + half
     return est
 
 
+def _groupings(seeds: list[str], seed_units: dict[str, tuple[str, str]] | None) -> tuple[str, list[np.ndarray]]:
+    if not seed_units:
+        return "seeds", seed_groupings(len(seeds))
+    return "crossed", [np.array([seed_units[s][0] for s in seeds]), np.array([seed_units[s][1] for s in seeds])]
+
+
+def _omnibus(d: np.ndarray, rng: np.random.Generator, groupings) -> tuple[PairTest, PairTest]:
+    o = cross_vs_within_test(d, rng)
+    se, df = grouped_jackknife(cross_minus_within, d, groupings)
+    o.se, o.df = float(se), df
+    est = t_interval(o.estimate, o.se, df)
+    o.lo, o.hi = est.lo, est.hi
+    rel = scalar_t_test(relative_excess, d, groupings)
+    return o, rel
+
+
+def _pairs_cross(d: np.ndarray, rng: np.random.Generator, groupings, excess_se: np.ndarray, df: int) -> list[PairTest]:
+    pairs = pairwise_cross_vs_within(d, rng) if d.shape[0] >= 3 else []  # with 2 activations: the omnibus
+    for t in pairs:
+        t.se, t.df = float(excess_se[t.a, t.b]), df
+        est = t_interval(t.estimate, t.se, df)
+        t.lo, t.hi = est.lo, est.hi
+    return pairs
+
+
 def analyse_pd(matrix: np.ndarray, run_acts: list[str], run_seeds: list[str], metric: str, step: int,
-               rng: np.random.Generator, context_tv: dict[str, np.ndarray] | None = None) -> PDResult | None:
-    """All PD tests for runs labelled (run_acts[r], run_seeds[r]); seeds missing any activation are left out.
+               rng: np.random.Generator, context_tv: dict[str, np.ndarray] | None = None,
+               seed_units: dict[str, tuple[str, str]] | None = None) -> PDResult | None:
+    """All PD estimates and tests for runs labelled (run_acts[r], run_seeds[r]); incomplete seeds are left out.
 
     ``context_tv``: per activation, the within-activation pd_tv per evaluation context (for the context SE).
+    ``seed_units``: for crossed grids, seed (block) -> (init seed, data seed): intervals use the two-way jackknife.
     """
     acts = sorted(set(run_acts))
-    seeds = [s for s in dict.fromkeys(run_seeds) if all((a, s) in set(zip(run_acts, run_seeds)) for a in acts)]
+    have = set(zip(run_acts, run_seeds))
+    seeds = [s for s in dict.fromkeys(run_seeds) if all((a, s) in have for a in acts)]
     if len(acts) < 1 or len(seeds) < 2:
         return None
     pos = {(a, s): r for r, (a, s) in enumerate(zip(run_acts, run_seeds))}
     rows = [pos[(a, s)] for a in acts for s in seeds]
-    sub = np.asarray(matrix, dtype=np.float64)[np.ix_(rows, rows)]
     k, n = len(acts), len(seeds)
-    d = sub.reshape(k, n, k, n)
-    cross, cross_se = cross_estimates(d)
-    excess, excess_se = excess_estimates(d)
-    omnibus = None
-    if k >= 2:
-        omnibus = cross_vs_within_test(d, rng)
-        omnibus.se = delta_jackknife_se(d)
-        est = t_interval(omnibus.estimate, omnibus.se, n - 1)
-        omnibus.lo, omnibus.hi = est.lo, est.hi
-    pairs = pairwise_cross_vs_within(d, rng) if k >= 3 else []  # with 2 activations the omnibus is the pair
-    for t in pairs:
-        t.se = float(excess_se[t.a, t.b])
-        est = t_interval(t.estimate, t.se, n - 1)
-        t.lo, t.hi = est.lo, est.hi
-    within = [with_context_se(e, (context_tv or {}).get(a)) for a, e in zip(acts, within_estimates(d))]
-    return PDResult(metric, step, acts, seeds, within, cross, cross_se, excess, excess_se,
-                    same_seed_ratio(d), omnibus, pairs, reproducibility_tests(d) if k >= 2 else [])
+    d = np.asarray(matrix, dtype=np.float64)[np.ix_(rows, rows)].reshape(k, n, k, n)
+    design, groups = _groupings(seeds, seed_units)
+    cross_se, df = grouped_jackknife(cross_means, d, groups)
+    excess_se, _ = grouped_jackknife(excess, d, groups)
+    omnibus, rel = _omnibus(d, rng, groups) if k >= 2 else (None, None)
+    only = scalar_t_test(activation_only_overall, d, groups) if k >= 2 else None
+    within = [with_context_se(e, (context_tv or {}).get(a)) for a, e in zip(acts, within_estimates(d, groups))]
+    return PDResult(metric, step, acts, seeds, design, df, within, cross_means(d), cross_se, excess(d), excess_se,
+                    same_seed_means(d), same_seed_ratio(d), omnibus, rel, only,
+                    pair_t_tests(activation_only, d, groups) if k >= 3 else [],
+                    _pairs_cross(d, rng, groups, excess_se, df),
+                    reproducibility_tests(d, groups) if k >= 2 else [])

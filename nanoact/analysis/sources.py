@@ -9,6 +9,9 @@ two runs share, and the mean PD of each category says how far that source of var
     activation            different a, same i, same j         (the activation only)
     activation+init+data  different a, different i, different j
 
+Shares (init / (init+data), data / (init+data), activation / (init+data)) are ratios of mean PDs, on the PD
+scale, not shares of a variance; their intervals use the same two-way jackknife.
+
 Contrasts compare like with like, e.g. the activation's effect is (activation+init+data) − (init+data): both sides
 have different seeds, so neither shares initial weights nor batch order.
 
@@ -39,6 +42,13 @@ CONTRASTS = (
     ("init_only_vs_data_only", "init", "data"),
 )
 
+# (name, category, reference): the category's mean PD as a share of the reference's (a ratio of mean PDs)
+SHARES = (
+    ("init_share", "init", "init+data"),
+    ("data_share", "data", "init+data"),
+    ("activation_share", "activation", "init+data"),
+)
+
 
 @dataclass
 class SourceEstimate:
@@ -60,6 +70,7 @@ class SourcesAnalysis:
     data_seeds: list[str]
     categories: list[SourceEstimate] = field(default_factory=list)
     contrasts: list[SourceEstimate] = field(default_factory=list)
+    shares: list[SourceEstimate] = field(default_factory=list)  # on the PD scale (not variance); no test
 
 
 def _masks(act: np.ndarray, ini: np.ndarray, dat: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,6 +93,8 @@ def _values(h: np.ndarray, masks: dict[str, np.ndarray], keep: np.ndarray) -> di
         out[name] = float(h[mm].mean()) if mm.any() else math.nan
     for name, a, b in CONTRASTS:
         out[name] = out[a] - out[b]
+    for name, a, b in SHARES:
+        out[name] = out[a] / out[b] if out[b] > 0 else math.nan
     return out
 
 
@@ -125,6 +138,8 @@ def analyse_sources(h: np.ndarray, activations: list[str], init_seeds: list[str]
         out.categories.append(_estimate(name, *res[name], int(masks[name].sum()), test=False))
     for name, _, _ in CONTRASTS:
         out.contrasts.append(_estimate(name, *res[name], 0, test=True))
+    for name, _, _ in SHARES:
+        out.shares.append(_estimate(name, *res[name], 0, test=False))
     return out
 
 

@@ -231,6 +231,104 @@ def min_detectable_gap(k: int, n: int, power: float = 0.8, alpha: float = ALPHA)
 
 
 @dataclass
+class CrossedResult:
+    """Activation (fixed) × init seed × data seed (random, crossed), one run per cell.
+
+    The activation effect is tested against the activation × init and activation × data interactions, not the
+    residual alone: E[MS_A] = σ² + n_d σ²_AI + n_i σ²_AD + n_i n_d θ_A. Cochran's quasi-F
+    F'' = (MS_A + MS_AID) / (MS_AI + MS_AD) has the same expectation under H0 in numerator and denominator and
+    is always positive; its df are Satterthwaite's (Satterthwaite, Biometrics Bull. 1946).
+    """
+
+    k: int
+    n_init: int
+    n_data: int
+    ms_a: float
+    ms_ai: float
+    ms_ad: float
+    ms_aid: float
+    df_a: int
+    df_ai: int
+    df_ad: int
+    df_aid: int
+    f: float
+    df_num: float
+    df_den: float
+    p: float
+
+
+def _satterthwaite(ms: Sequence[float], df: Sequence[float]) -> float:
+    den = sum(m * m / d for m, d in zip(ms, df) if d > 0)
+    return sum(ms) ** 2 / den if den > 0 else math.nan
+
+
+def _two_way_ms(x: np.ndarray) -> tuple[float, float, float]:
+    """Mean squares of rows, columns and residual of a two-way table without replication."""
+    r, c = x.shape
+    gm, rm, cm = x.mean(), x.mean(axis=1), x.mean(axis=0)
+    ms_r = c * float(np.sum((rm - gm) ** 2)) / (r - 1)
+    ms_c = r * float(np.sum((cm - gm) ** 2)) / (c - 1)
+    ms_e = float(np.sum((x - rm[:, None] - cm[None, :] + gm) ** 2)) / ((r - 1) * (c - 1))
+    return ms_r, ms_c, ms_e
+
+
+def crossed_anova(y: np.ndarray) -> CrossedResult:
+    """Quasi-F test of activation in a (k, n_init, n_data) table (see ``CrossedResult``)."""
+    y = np.asarray(y, dtype=np.float64)
+    k, ni, nd = y.shape
+    e = y - y.mean(axis=0, keepdims=True)  # activation deviations, with the init, data and init x data terms out
+    am = y.mean(axis=(1, 2))
+    ms_a = ni * nd * float(np.sum((am - am.mean()) ** 2)) / (k - 1)
+    ai = e.mean(axis=2) - (am - am.mean())[:, None]  # (k, ni) activation x init
+    ad = e.mean(axis=1) - (am - am.mean())[:, None]
+    aid = e - ai[:, :, None] - ad[:, None, :] - (am - am.mean())[:, None, None]
+    df_a, df_ai, df_ad = k - 1, (k - 1) * (ni - 1), (k - 1) * (nd - 1)
+    df_aid = (k - 1) * (ni - 1) * (nd - 1)
+    ms_ai, ms_ad = nd * float(np.sum(ai**2)) / df_ai, ni * float(np.sum(ad**2)) / df_ad
+    ms_aid = float(np.sum(aid**2)) / df_aid
+    num, den = ms_a + ms_aid, ms_ai + ms_ad
+    f = _ratio(num, den)
+    df1, df2 = _satterthwaite([ms_a, ms_aid], [df_a, df_aid]), _satterthwaite([ms_ai, ms_ad], [df_ai, df_ad])
+    p = float(stats.f.sf(f, df1, df2)) if math.isfinite(f) and math.isfinite(df1 * df2) else math.nan
+    return CrossedResult(k, ni, nd, ms_a, ms_ai, ms_ad, ms_aid, df_a, df_ai, df_ad, df_aid, f, df1, df2, p)
+
+
+@dataclass
+class CrossedPair:
+    """Mean difference a − b over the (init, data) cells, with SE √((MS_init + MS_data)/(n_i n_d)).
+
+    That SE is the two-way jackknife of the mean (init-seed and data-seed variances added); it includes the
+    activation × init and activation × data interactions, and is conservative by MS_resid/(n_i n_d).
+    df: Satterthwaite.
+    """
+
+    a: str
+    b: str
+    diff: float
+    se: float
+    df: float
+    t: float
+    p: float
+
+
+def crossed_pairwise(y: np.ndarray, labels: Sequence[str]) -> list[CrossedPair]:
+    y = np.asarray(y, dtype=np.float64)
+    k, ni, nd = y.shape
+    out = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            dd = y[i] - y[j]
+            ms_r, ms_c, _ = _two_way_ms(dd)
+            se = math.sqrt((ms_r + ms_c) / (ni * nd))
+            df = _satterthwaite([ms_r, ms_c], [ni - 1, nd - 1])
+            diff = float(dd.mean())
+            t = _ratio(diff, se)
+            p = float(2 * stats.t.sf(abs(t), df)) if math.isfinite(t) and math.isfinite(df) else math.nan
+            out.append(CrossedPair(labels[i], labels[j], diff, se, df, t, p))
+    return out
+
+
+@dataclass
 class OutcomeStats:
     """Everything computed for one per-run outcome (numbers only)."""
 
@@ -247,6 +345,8 @@ class OutcomeStats:
     homogeneity: Homogeneity | None = None
     mde_sigma: float = math.nan  # minimum detectable best-to-worst gap, in σ_e units
     mde: float = math.nan  # the same in outcome units (σ_e = sqrt(MS_E))
+    crossed: CrossedResult | None = None  # init x data seeds crossed: the test to use instead of the RCBD F
+    crossed_pairs: list[CrossedPair] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,11 +366,14 @@ def analyse_outcome(
     seeds: Sequence[str],
     *,
     lower_is_better: bool,
+    seed_units: Mapping[str, tuple[str, str]] | None = None,
 ) -> OutcomeStats:
     """RCBD, Friedman, pairwise comparisons, homogeneity, effect sizes, variance components and power.
 
     Only complete blocks enter (seeds with a finite value for every activation); dropped seeds are listed.
     With fewer than 2 activations or 2 complete seeds nothing is tested (``rcbd`` is None).
+    ``seed_units``: block -> (init seed, data seed) when seeds are crossed; then ``crossed`` holds the quasi-F
+    test and ``crossed_pairs`` the pairwise tests that include the activation x seed interactions.
     """
     complete = [s for s in seeds if all(math.isfinite(values.get((a, s), math.nan)) for a in activations)]
     res = OutcomeStats(outcome=outcome, label=label, lower_is_better=lower_is_better,
@@ -287,4 +390,23 @@ def analyse_outcome(
     res.homogeneity = homogeneity(y)
     res.mde_sigma = min_detectable_gap(k, n)
     res.mde = res.mde_sigma * math.sqrt(r.ms_e) if r.ms_e >= 0 else math.nan
+    y3 = _crossed_table(y, complete, seed_units)
+    if y3 is not None:
+        res.crossed = crossed_anova(y3)
+        res.crossed_pairs = crossed_pairwise(y3, activations)
     return res
+
+
+def _crossed_table(y: np.ndarray, seeds: Sequence[str], units: Mapping[str, tuple[str, str]] | None
+                   ) -> np.ndarray | None:
+    """(k, n_init, n_data) from the (k, blocks) table when the complete blocks cross >= 2 init and >= 2 data seeds."""
+    if not units or any(s not in units for s in seeds):
+        return None
+    inits = sorted({units[s][0] for s in seeds})
+    datas = sorted({units[s][1] for s in seeds})
+    if len(inits) < 2 or len(datas) < 2 or len(seeds) != len(inits) * len(datas):
+        return None
+    y3 = np.full((y.shape[0], len(inits), len(datas)), np.nan)
+    for c, s in enumerate(seeds):
+        y3[:, inits.index(units[s][0]), datas.index(units[s][1])] = y[:, c]
+    return None if np.isnan(y3).any() else y3
