@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import sys
@@ -470,11 +471,22 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
 @click.option("--study", default=None, help="Analyse only this study's runs (when an experiment holds several).")
 @click.option("--where", "where", multiple=True, metavar="PARAM=VALUE",
               help="Keep runs whose param matches, e.g. --where model.name=minigpt (one slice of the zoo).")
-def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, study, where) -> None:
+@click.option("--pd-margin", type=float, default=0.10, show_default=True,
+              help="Difference of interest for reproducibility, relative to seed-to-seed pd_tv: equivalence "
+                   "tests and seeds-needed figures use it. State it before looking at the results.")
+@click.option("--loss-margin", type=float, default=0.01, show_default=True,
+              help="Difference of interest for final val loss, in nats per character (equivalence tests, "
+                   "seeds needed).")
+def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, study, where, pd_margin,
+                   loss_margin) -> None:
     """PD on the shared evaluation set, blocked (RCBD) statistics, guards and plots, as report.md,
     summary.json and PNGs."""
+    from nanoact.analysis.equivalence import Margins
     from nanoact.analysis.report import run_report
 
+    for name, v in (("--pd-margin", pd_margin), ("--loss-margin", loss_margin)):
+        if not (math.isfinite(v) and v > 0):
+            raise click.BadParameter(f"{v}: must be a positive number", param_hint=name)
     filters = {}
     for w in where:
         k, eq, v = w.partition("=")
@@ -484,7 +496,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, stud
     progress = Progress()
     res = run_report(list(experiments), tracking_uri=_tracking_uri(tracking_uri), out_dir=out,
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
-                     study=study, where=filters or None)
+                     study=study, where=filters or None, margins=Margins(pd_rel=pd_margin, loss=loss_margin))
     click.echo(res.headline)
     click.echo(f"wrote {res.report_md}, {res.report_md.with_suffix('.html')}, {res.summary_json}")
     if res.anomalies:

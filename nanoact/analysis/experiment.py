@@ -19,6 +19,7 @@ import numpy as np
 from nanoact.analysis import divergence as dv
 from nanoact.analysis import guards as gd
 from nanoact.analysis import pdtests as pt
+from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.hypotheses import Hypothesis, build_hypotheses
 from nanoact.analysis.runs import ArtifactFetcher, ExperimentRuns, RunRecord, load_experiment, load_histories
 from nanoact.analysis.runs import prediction_steps, read_predictions
@@ -35,6 +36,10 @@ OUTCOMES: tuple[tuple[str, str, str, bool], ...] = (
 PD_TEST_METRIC = "pd_tv"  # the PD metric the tests are run on (the others are descriptive)
 _SYMMETRY_SAMPLE = 64  # reversed pairs re-computed at the final step for the symmetry self-check
 RNG_SEED = 20211  # fixed: a report's permutation p-values are reproducible
+CROSSED_NOTE = ("init and data-order seeds are crossed: each (init, data) pair is a block of the relabelling test; "
+                "PD intervals use the two-way (init x data seed) jackknife, and final val loss is tested against "
+                "the activation x init and activation x data interactions (quasi-F and two-way t, Satterthwaite "
+                "df); the RCBD table treats blocks as independent and is shown for reference only")
 
 
 @dataclass
@@ -63,6 +68,7 @@ class ExperimentAnalysis:
     eval_iters: str | None  # batches per split behind logged val loss / accuracy (param train.eval_iters)
     best_equals_final: bool  # best val loss equals final val loss for every run (so it is not repeated)
     hypotheses: list[Hypothesis] = field(default_factory=list)
+    margins: Margins = field(default_factory=Margins)
     plots: dict[str, str] = field(default_factory=dict)  # name -> file name
 
     @property
@@ -248,7 +254,7 @@ def _cross_summary(runs, pairs, pair_values, steps) -> dict[str, dict[str, dict[
     return out
 
 
-def _outcomes(er: ExperimentRuns) -> tuple[list[OutcomeStats], bool]:
+def _outcomes(er: ExperimentRuns, seed_units) -> tuple[list[OutcomeStats], bool]:
     """The per-run outcomes; best val loss is left out when it equals final val loss for every run."""
     seeds = [s for s in er.seeds if any(r.seed == s for r in er.runs)]
     acts = [a for a in er.activations if any(r.activation == a for r in er.runs)]
@@ -258,7 +264,7 @@ def _outcomes(er: ExperimentRuns) -> tuple[list[OutcomeStats], bool]:
         if key == "best_val_loss" and same:
             continue
         values = {r.cell: r.metric(metric) for r in er.runs}
-        res.append(analyse_outcome(key, label, values, acts, seeds, lower_is_better=lower))
+        res.append(analyse_outcome(key, label, values, acts, seeds, lower_is_better=lower, seed_units=seed_units))
     return res, same
 
 
@@ -269,9 +275,21 @@ def _sources(runs: list[RunRecord], heat: np.ndarray) -> SourcesAnalysis | None:
     return analyse_sources(heat, acts, ini, dat)
 
 
+def _seed_units(runs: list[RunRecord]) -> dict[str, tuple[str, str]] | None:
+    """Block (seed label) -> (init seed, data seed) when init and data seeds are crossed, else None."""
+    acts, ini, dat = [r.activation for r in runs], [r.init_seed for r in runs], [r.data_seed for r in runs]
+    if not is_sources_grid(acts, ini, dat):
+        return None
+    return {r.seed: (str(r.init_seed), str(r.data_seed)) for r in runs}
+
+
 def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Callable[[str], None],
-                       study: str | None = None, where: Mapping[str, str] | None = None) -> ExperimentAnalysis:
-    """Load one experiment and compute PD, statistics, tests and guards."""
+                       study: str | None = None, where: Mapping[str, str] | None = None,
+                       margins: Margins | None = None) -> ExperimentAnalysis:
+    """Load one experiment and compute PD, statistics, tests and guards.
+
+    ``margins``: the differences of interest stated in advance (equivalence tests, seeds needed).
+    """
     er = load_experiment(client, name, progress, study=study, where=where)
     notes: list[str] = []
     sha = _check_eval_hashes(er, notes)
@@ -281,18 +299,14 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     steps = _common_steps(name, runs, fetcher, notes)
     pairs = _pair_list(runs)
     pp, (n_ctx, vocab) = _pd_pass(name, runs, steps, pairs, fetcher, progress)
-    outcomes, same = _outcomes(er)
+    units = _seed_units(runs)
+    outcomes, same = _outcomes(er, units)
     rng = np.random.default_rng(RNG_SEED)
     pd = pt.analyse_pd(pp.heat, [r.activation for r in runs], [r.seed for r in runs], PD_TEST_METRIC, steps[-1], rng,
-                       context_tv=pp.context_tv)
+                       context_tv=pp.context_tv, seed_units=units)
     sources = _sources(runs, pp.heat)
-    if sources is not None and pd is not None:
-        # blocks (init, data) share seeds, so they are not independent units: the seed-level jackknife of the
-        # reproducibility tests does not apply; the within-block relabelling test does (exchangeability per block)
-        pd.reproducibility = []
-        notes.append("init and data-order seeds are crossed: each (init, data) pair is a block, but blocks share "
-                     "seeds, so the loss RCBD and the jackknife intervals that treat blocks as independent are "
-                     "approximate; the PD-by-source section uses the two-way jackknife instead")
+    if units is not None:
+        notes.append(CROSSED_NOTE)
     if len(er.activations) < 2:
         notes.append("only one activation: there is no treatment to compare")
     eval_iters = {r.params.get("train.eval_iters") for r in runs} - {None}
@@ -304,7 +318,8 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
         sources=sources, guards=_guards(er, pp, outcomes, pd, steps[-1]),
         parent_run_id=er.parent_run_id(), eval_iters=", ".join(sorted(eval_iters)) or None, best_equals_final=same,
     )
-    an.hypotheses = build_hypotheses(outcomes, pd, an.sources)
+    an.margins = margins or Margins()
+    an.hypotheses = build_hypotheses(outcomes, pd, an.sources, an.margins)
     return an
 
 

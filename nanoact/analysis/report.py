@@ -19,6 +19,7 @@ import numpy as np
 
 from nanoact.analysis import render as rd
 from nanoact.analysis import summary as sm
+from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.experiment import ExperimentAnalysis, analyse_experiment
 from nanoact.analysis.html import write_html
 from nanoact.analysis.runs import ArtifactFetcher, make_client
@@ -132,6 +133,7 @@ def run_report(
     progress: Callable[[str], None] | None = None,
     study: str | None = None,
     where: Mapping[str, str] | None = None,
+    margins: Margins | None = None,
 ) -> ReportResult:
     """Analyse ``experiments`` and write report.md, report.html, the PNGs and summary.json to ``out_dir``.
 
@@ -144,6 +146,8 @@ def run_report(
         progress: callback for one-line progress messages.
         study: analyse only this Optuna study's runs (needed when an experiment holds several).
         where: param filters (``{"model.name": "minigpt"}``) selecting one slice of extra grid axes.
+        margins: differences of interest stated in advance (``Margins(pd_rel=0.10, loss=0.01)`` by default): the
+            equivalence tests and the seeds-needed figures use them.
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
@@ -159,7 +163,8 @@ def run_report(
     fetcher = ArtifactFetcher(client)
     out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
-    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where) for name in experiments]
+    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, margins=margins)
+                for name in experiments]
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")
