@@ -19,8 +19,9 @@ from nanoact.analysis.stats import ALPHA, VARIANCE_RATIO_LIMIT
 LABELS = {"final_val_loss": "final val loss", "final_val_acc": "final val acc", "best_val_loss": "best val loss",
           "pd_tv": "pd_tv"}
 SOURCE_QUESTIONS = {
-    "activation_vs_reseeding": "Does changing the activation move predictions more than reseeding both init and "
-                               "data order does (different seeds on both sides)?",
+    "activation_vs_reseeding": "Do runs of different activations (different init and data-order seeds) differ in "
+                               "pd_tv by more than runs of one activation with different init and data-order seeds "
+                               "(a distance between the activations' distributions of fitted functions)?",
     "init_only_vs_reseeding": "Does changing only the initial weights move predictions by a different amount than "
                               "changing both seeds does?",
     "data_only_vs_reseeding": "Does changing only the batch order move predictions by a different amount than "
@@ -77,19 +78,59 @@ def stat_text(h: Hypothesis) -> str:
 
 def question(h: Hypothesis) -> str:
     what, subj = LABELS.get(h.measure, h.measure), h.subjects
-    if h.kind in ("rcbd", "friedman"):
+    if h.kind in ("rcbd", "friedman", "quasi_f"):
         return f"Does {what} differ between activations ({', '.join(subj)})?"
     if h.kind in ("paired_t", "studentized_range"):
         return f"Does {what} differ between {subj[0]} and {subj[1]}?"
-    if h.kind == "pd_cross_within" and len(subj) == 2 and h.family == "pd_cross_within_pairs":
-        return (f"Do {subj[0]} and {subj[1]} predict more differently from each other than seeds of the same "
-                f"activation do ({what}, different seeds on both sides)?")
+    if h.kind == "tost" and h.measure == "pd_tv":
+        return (f"Are {subj[0]} and {subj[1]} equally reproducible: is their relative difference in seed-to-seed "
+                f"{what} within ±{g(h.margin, 3)}?")
+    if h.kind == "tost":
+        return f"Are {subj[0]} and {subj[1]} equivalent in {what}: is the difference within ±{g(h.margin, 3)}?"
+    if h.kind == "pd_cross_within" and h.family == "pd_cross_within_pairs":
+        return (f"Do the distributions of fitted functions of {subj[0]} and {subj[1]} differ: are runs of the two "
+                f"further apart in {what} than runs of one of them (different seeds on both sides)?")
     if h.kind == "pd_cross_within":
-        return (f"Does changing the activation move predictions more than changing the seed does ({what}, "
-                "different seeds on both sides)?")
+        return ("Do the activations' distributions of fitted functions differ: are runs of different activations "
+                f"further apart in {what} than runs of the same activation (different seeds on both sides)?")
+    if h.kind == "pd_activation_only" and h.family == "pd_activation_only_pairs":
+        return (f"Does changing only the activation between {subj[0]} and {subj[1]} (same seed: same initial weights "
+                f"and batch order) move {what} more or less than reseeding one activation does?")
+    if h.kind == "pd_activation_only":
+        return ("Does changing only the activation (same seed: same initial weights and batch order) move "
+                f"{what} more or less than reseeding does, averaged over pairs of activations?")
     if h.kind == "pd_reproducibility":
-        return f"Do {subj[0]} and {subj[1]} differ in seed-to-seed {what} (reproducibility)?"
+        return (f"Do {subj[0]} and {subj[1]} differ in seed-to-seed {what} (reproducibility), relative to its mean "
+                "(W_a − W_b) / mean(W_a, W_b)?")
     return SOURCE_QUESTIONS.get(subj[0], f"{h.kind}?")
+
+
+def interval_text(h: Hypothesis, d: int = 4) -> str:
+    """The 95% interval and, when it is not the inverted test, how it was made."""
+    text = ci(h, d)
+    return f"{text} ({h.interval})" if "separate" in h.interval and text != "no interval" else text
+
+
+def _absence(h: Hypothesis) -> str:
+    """MDD at these seeds and the seeds a difference of interest would need (never from the observed effect)."""
+    if not math.isfinite(h.mdd):
+        return ""
+    need = (f"{h.seeds_for_margin} seeds would detect a difference of ±{g(h.margin, 3)} (the stated margin) with "
+            "80% power" if h.seeds_for_margin else f"more than 1000 seeds would be needed for ±{g(h.margin, 3)}")
+    return (f"; with {h.n_seeds} seeds the smallest difference detected with 80% power is {g(h.mdd, 3)}; {need}")
+
+
+def _verdict(h: Hypothesis) -> str:
+    if h.kind == "tost":
+        return (f"Equivalent within ±{g(h.margin, 3)}" if h.outcome == "equivalent" else
+                f"Equivalence within ±{g(h.margin, 3)} not shown")
+    if h.outcome == "gated":
+        return "Not claimed: the primary F test did not reject (closed testing)"
+    if h.outcome != "difference":
+        return "Not detected"
+    if h.kind == "pd_activation_only":
+        return "Yes, more than reseeding" if h.estimate > 0 else "Yes, less than reseeding"
+    return "Yes"
 
 
 def answer(h: Hypothesis) -> str:
@@ -97,20 +138,26 @@ def answer(h: Hypothesis) -> str:
         why = (f"with {h.n_seeds} seeds the smallest p this test can give is {g(h.p_floor, 3)}, above its "
                f"threshold after Holm's adjustment" if h.p_floor > 0 else "the test is not defined with these data")
         need = f"; it needs at least {h.seeds_needed} seeds" if h.seeds_needed else ""
-        return f"Cannot conclude: {why}{need} (estimate {g(h.estimate)}, {ci(h)})."
-    verdict = "Yes" if h.outcome == "difference" else "No detectable difference"
-    tail = ""
-    if h.outcome == "no_detectable_difference" and h.kind == "pd_reproducibility" and h.seeds_needed:
-        tail = f"; detecting a difference of this size would need roughly {h.seeds_needed} seeds"
-    if h.kind == "rcbd":
+        return f"Cannot conclude: {why}{need} (estimate {g(h.estimate)}, {interval_text(h)})."
+    tail = _absence(h) if h.outcome == "no_detectable_difference" else ""
+    if h.kind in ("rcbd", "quasi_f"):
         x = h.extra
+        mde = f" (detectable at 80% power: {g(x['mde'], 3)})" if math.isfinite(x.get("mde", math.nan)) else ""
         est = (f"best {x['best']} {g(x['best_mean'])}, worst {x['worst']} {g(x['worst_mean'])}, gap {g(h.estimate)}"
-               f" (detectable at 80% power: {g(x['mde'], 3)}); partial η² = {g(x['partial_eta2'], 3)}")
+               f"{mde}; partial η² = {g(x['partial_eta2'], 3)}")
+    elif h.kind == "pd_cross_within" and "relative" in h.extra:
+        lo, hi = h.extra["relative_ci"]
+        est = (f"Δ = {g(h.estimate)}, {interval_text(h)}; relative to the seed-to-seed PD, Δ/W = {pct(h.extra['relative'])}"
+               f" (95% CI [{pct(lo)}, {pct(hi)}], jackknife)")
     elif math.isfinite(h.estimate):
-        est = f"estimate {g(h.estimate)}, {ci(h)}"
+        est = f"estimate {g(h.estimate)}, {interval_text(h)}"
     else:
         est = ""
-    return f"{verdict}: {est}{'; ' if est else ''}{stat_text(h)} (α = {ALPHA}{tail})."
+    return f"{_verdict(h)}: {est}{'; ' if est else ''}{stat_text(h)} (α = {ALPHA}{tail})."
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:+.1f}%" if x is not None and math.isfinite(x) else "n/a"
 
 
 def fill_text(tests: list[Hypothesis]) -> None:
@@ -126,11 +173,56 @@ def _item(text: str, tests: list[Hypothesis]) -> dict[str, Any]:
     return {"text": text, "tests": [h.id for h in tests]}
 
 
+FAMILY_WORDS = {
+    "primary": "final val loss, one F test at α = 0.05",
+    "primary_pairwise": "final val loss by pair: claimed only when the primary F rejects (closed testing), then "
+                        "Holm over the pairs; familywise error ≤ α",
+    "primary_equivalence": "final val loss equivalence (TOST) by pair, Holm; familywise error ≤ α",
+    "secondary": "other outcomes' F tests, Holm; familywise error ≤ α",
+    "pd_distribution": "the PD distribution test (cross vs within), alone; error ≤ α",
+    "pd_cross_within_pairs": "the same by pair, Holm; familywise error ≤ α",
+    "pd_activation_only": "same-seed PD against reseeding over all pairs, alone; error ≤ α",
+    "pd_activation_only_pairs": "the same by pair, Holm; familywise error ≤ α",
+    "pd_reproducibility_pairs": "reproducibility by pair, Holm; familywise error ≤ α",
+    "pd_reproducibility_equivalence": "reproducibility equivalence (TOST) by pair, Holm; familywise error ≤ α",
+    "sources": "PD-by-source contrasts, Holm; familywise error ≤ α",
+}
+
+
 def _seeds_needed(h: Hypothesis) -> str:
     """How many seeds would let the test decide, when the test can say (not from a jackknife over 2 seeds)."""
     if h.seeds_needed:
         return f"; that needs at least {h.seeds_needed} seeds"
     return f"; how many seeds it would need cannot be estimated from {h.n_seeds}"
+
+
+def _pair_est(h: Hypothesis) -> str:
+    a, b = h.subjects[0], h.subjects[1]
+    if h.kind == "pd_cross_within":
+        return f"{a} vs {b}: symmetric excess Δ = {g(h.estimate)}"
+    if h.kind == "pd_activation_only":
+        return f"{a} vs {b}: same-seed minus seed-to-seed pd_tv = {g(h.estimate)}"
+    if h.kind == "pd_reproducibility":
+        return f"(W_{a} − W_{b}) / mean(W_{a}, W_{b}) = {g(h.estimate, 3)}"
+    return f"{a} − {b} = {g(h.estimate)}"
+
+
+def _no_pair_detected(fam: list[Hypothesis], what: str, how: str, tail: str) -> dict[str, Any]:
+    big = max(fam, key=lambda h: abs(h.estimate) if math.isfinite(h.estimate) else -1)
+    mdd = [h.mdd for h in fam if math.isfinite(h.mdd)]
+    power = (f"; with {big.n_seeds} seeds the smallest difference detected with 80% power is about {g(max(mdd), 3)}"
+             f"{_margin_seeds(fam)}" if mdd else "")
+    return _item(f"{what}: no difference detected ({how}, Holm over {len(fam)} pairs; largest estimate "
+                 f"{_pair_est(big)}, {interval_text(big)}{power}). Not detected is not the same as equal.{tail}", fam)
+
+
+def _margin_seeds(fam: list[Hypothesis]) -> str:
+    need = [h.seeds_for_margin for h in fam if math.isfinite(h.mdd)]
+    if not need:
+        return ""
+    if None in need:
+        return f"; more than 1000 seeds would be needed for ±{g(fam[0].margin, 3)}"
+    return f"; about {max(need)} seeds would detect ±{g(fam[0].margin, 3)} (the stated margin) in every pair"
 
 
 def _pairs_sentence(fam: list[Hypothesis], what: str, how: str) -> dict[str, Any] | None:
@@ -145,33 +237,100 @@ def _pairs_sentence(fam: list[Hypothesis], what: str, how: str) -> dict[str, Any
     undecided = [h for h in fam if h.outcome == "cannot_conclude"]
     tail = (f" {len(undecided)} pair(s) cannot be decided with {undecided[0].n_seeds} seeds (p-value floor)"
             f"{_seeds_needed(undecided[0])}." if undecided else "")
+    gated = [h for h in fam if h.outcome == "gated"]
+    if gated:
+        return _item(f"{what}: not claimed, because the primary F test did not reject (closed testing); "
+                     f"{len(gated)} pair(s) would otherwise have passed Holm.", fam)
     if not sig:
-        big = max(fam, key=lambda h: abs(h.estimate) if math.isfinite(h.estimate) else -1)
-        need = (f"; detecting a gap that size would need roughly {big.seeds_needed} seeds"
-                if big.seeds_needed and big.outcome != "cannot_conclude" else "")
-        return _item(f"{what}: no pair differs detectably ({how}, Holm over {len(fam)} pairs; largest estimate "
-                     f"{big.subjects[0]} − {big.subjects[1]} = {g(big.estimate)}, {ci(big)}{need}).{tail}", fam)
-    parts = [f"{h.subjects[0]} − {h.subjects[1]} = {g(h.estimate)} (Holm p {fp(h.p_adjusted)})" for h in sig]
+        return _no_pair_detected(fam, what, how, tail)
+    parts = [f"{_pair_est(h)} ({interval_text(h)}, Holm p {fp(h.p_adjusted)})" for h in sig]
     return _item(f"{what}: {len(sig)} of {len(fam)} pairs differ ({how}, Holm over {len(fam)} pairs): "
                  + "; ".join(parts) + "." + tail, fam)
 
 
-def executive_summary(tests: list[Hypothesis], n_seeds: int) -> list[dict[str, Any]]:
+def _equivalence_sentence(fam: list[Hypothesis], what: str) -> dict[str, Any] | None:
+    if not fam:
+        return None
+    eq = [h for h in fam if h.outcome == "equivalent"]
+    m = g(fam[0].margin, 3)
+    if len(eq) == len(fam):
+        return _item(f"{what}: every pair is equivalent within ±{m} (TOST, Holm over {len(fam)} pairs).", fam)
+    names = ", ".join(f"{h.subjects[0]}–{h.subjects[1]}" for h in eq) or "none"
+    return _item(f"{what}: equivalence within ±{m} (the stated margin) is shown for {len(eq)} of {len(fam)} pairs "
+                 f"({names}; TOST, Holm); for the others it is not shown, so they are not called equal.", fam)
+
+
+def _sources_sentences(tests: list[Hypothesis], shares) -> list[dict[str, Any]]:
+    out = [_item(f"{h.question} {h.answer}", [h]) for h in by_family(tests, "sources")]
+    if shares:
+        out.append(_item(share_sentence(shares), [h for h in by_family(tests, "sources")
+                                                  if h.subjects[0] in ("init_only_vs_reseeding",
+                                                                       "data_only_vs_reseeding")]))
+    return out
+
+
+def executive_summary(tests: list[Hypothesis], n_seeds: int, shares=None) -> list[dict[str, Any]]:
     """Sentences, each with the ids of the tests behind it; confirmatory families only."""
     out = [_item(f"Primary outcome, final val loss. {h.question} {h.answer}", [h]) for h in by_family(tests, "primary")]
-    out.append(_pairs_sentence(by_family(tests, "primary_pairwise"), "Final val loss by pair of activations",
-                               "seed-paired t"))
+    pw = by_family(tests, "primary_pairwise")
+    out.append(_pairs_sentence(pw, "Final val loss by pair of activations", pw[0].method if pw else ""))
+    out.append(_equivalence_sentence(by_family(tests, "primary_equivalence"), "Final val loss equivalence"))
     out += [_item(f"{h.question} {h.answer}", [h]) for h in by_family(tests, "secondary")]
+    for h in by_family(tests, "pd_distribution"):
+        out.append(_item(f"{h.question} {h.answer} {attribution(tests)}", [h] + _repro(tests)))
     out.append(_pairs_sentence(by_family(tests, "pd_cross_within_pairs"),
-                               "Cross-activation vs within-activation PD by pair", "exact relabelling test"))
+                               "Distributions of fitted functions by pair (cross vs within PD)", "relabelling test"))
+    out += [_item(f"{h.question} {h.answer}", [h]) for h in by_family(tests, "pd_activation_only")]
+    out.append(_pairs_sentence(by_family(tests, "pd_activation_only_pairs"),
+                               "Same-seed PD against reseeding by pair of activations", "jackknife t"))
     out.append(_pairs_sentence(by_family(tests, "pd_reproducibility_pairs"),
-                               "Seed-to-seed PD (reproducibility) by pair of activations",
-                               "delete-one-seed jackknife t"))
-    out += [_item(f"{h.question} {h.answer}", [h]) for h in by_family(tests, "sources")]
+                               "Seed-to-seed PD (reproducibility) by pair, relative difference", "jackknife t"))
+    out.append(_equivalence_sentence(by_family(tests, "pd_reproducibility_equivalence"), "Equal reproducibility"))
+    out += _sources_sentences(tests, shares)
     if not any(h.family == "primary" for h in tests):
         out.insert(0, _item(f"No blocked test was possible with {n_seeds} complete seed block(s); it needs at "
                             "least 2 activations and 2 seeds.", []))
     return [x for x in out if x]
+
+
+def _repro(tests: list[Hypothesis]) -> list[Hypothesis]:
+    return by_family(tests, "pd_reproducibility_pairs") + by_family(tests, "pd_reproducibility_equivalence")
+
+
+def attribution(tests: list[Hypothesis]) -> str:
+    """Whether a distribution difference can be read as "what the activations predict" (checks W_a − W_b)."""
+    rep = by_family(tests, "pd_reproducibility_pairs")
+    eqv = by_family(tests, "pd_reproducibility_equivalence")
+    if not rep:
+        return ("Reproducibility (W_a − W_b) could not be tested here, so a difference may be in what the "
+                "activations predict or in how reproducible they are.")
+    diff = [h for h in rep if h.significant]
+    if diff:
+        names = ", ".join(f"{h.subjects[0]} vs {h.subjects[1]}" for h in diff)
+        return (f"Seed-to-seed PD differs ({names}), so at least part of any distribution difference is a "
+                "difference in reproducibility, not only in what the activations predict.")
+    if eqv and all(h.outcome == "equivalent" for h in eqv):
+        return (f"Reproducibility is equal within ±{g(eqv[0].margin, 3)} for every pair (TOST), so a distribution "
+                "difference is a difference in what the activations predict.")
+    return ("No reproducibility difference was detected, but equality is not shown (TOST), so a distribution "
+            "difference may be in what the activations predict or in how reproducible they are.")
+
+
+def share_sentence(shares) -> str:
+    """The Summers & Dinneen comparison as an interval statement, on the PD scale."""
+    by = {c.name: c for c in shares}
+    parts = [f"only the {w} {pct1(by[n].mean)} (95% CI [{pct1(by[n].lo)}, {pct1(by[n].hi)}])"
+             for n, w in (("init_share", "initial weights"), ("data_share", "batch order")) if n in by]
+    below = [c for c in shares if c.name in ("init_share", "data_share") and math.isfinite(c.hi) and c.hi < 1]
+    verdict = ("both intervals lie below 100%: a single source gives most, but not all, of the PD of changing both"
+               if len(below) == 2 else "not every interval excludes 100%")
+    return (f"Share of reseeding's pd_tv (a ratio of mean PDs, on the PD scale, not a share of variance; two-way "
+            f"jackknife): changing {' and '.join(parts)}; {verdict}. For comparison, Summers & Dinneen found that "
+            "any single source of nondeterminism gives about the full run-to-run variability.")
+
+
+def pct1(x: float) -> str:
+    return f"{100 * x:.1f}%" if x is not None and math.isfinite(x) else "n/a"
 
 
 def headline(analyses, anomalies: list[str]) -> str:
@@ -180,23 +339,40 @@ def headline(analyses, anomalies: list[str]) -> str:
         exps = ", ".join(an.er.name for an in analyses)
         return (f"GUARDS FAILED on {exps} ({len(anomalies)} anomalies: {', '.join(names)}): the results below are "
                 "not trustworthy until these are explained.")
-    parts = []
-    for an in analyses:
-        k, n = len(an.er.activations), len(an.er.seeds)
-        prim = by_family(an.hypotheses, "primary")
-        pdo = [h for h in by_family(an.hypotheses, "secondary") if h.kind == "pd_cross_within"]
-        src = an.sources
-        blocks = (f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds" if src is not None
-                  else f"{n} seeds")
-        txt = f"on {an.er.name} ({k} activations × {blocks}) "
-        txt += _short(prim[0], "final val loss differs between activations",
-                      "no detectable difference in final val loss") if prim else "no blocked test was possible"
-        if pdo:
-            txt += "; " + _short(pdo[0], "changing the activation moves predictions more than reseeding",
-                                 "no evidence that changing the activation moves predictions more than reseeding")
-        parts.append(txt)
+    parts = [_headline_one(an) for an in analyses]
     s = "; ".join(parts)
     return s[0].upper() + s[1:] + "."
+
+
+def _headline_one(an) -> str:
+    k, n, src = len(an.er.activations), len(an.er.seeds), an.sources
+    tests = an.hypotheses
+    blocks = (f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds" if src is not None
+              else f"{n} seeds")
+    txt = f"on {an.er.name} ({k} activations × {blocks}) "
+    prim = by_family(tests, "primary")
+    txt += _short(prim[0], "final val loss differs between activations",
+                  "a final val loss difference was not detected") if prim else "no blocked test was possible"
+    for h in by_family(tests, "pd_distribution"):
+        txt += "; " + _short(h, "the activations' distributions of fitted functions differ",
+                             "a difference between the activations' distributions of fitted functions was not "
+                             "detected")
+        if h.outcome == "difference":
+            why = attribution(tests).rstrip(".")
+            txt += " (" + why[0].lower() + why[1:] + ")"
+    for h in by_family(tests, "pd_activation_only"):
+        txt += "; " + _activation_only_short(h)
+    return txt
+
+
+def _activation_only_short(h: Hypothesis) -> str:
+    base = "changing only the activation (same seed)"
+    if h.outcome == "difference":
+        word = "more" if h.estimate > 0 else "less"
+        return (f"{base} moves pd_tv {word} than reseeding (by {g(abs(h.estimate), 2)}, {ci(h, 2)}, "
+                f"t({g(h.df[0], 3)}) = {g(h.statistic, 3)}, p {fp(h.p)})")
+    return (f"a difference between {base} and reseeding was not detected in pd_tv (same-seed minus seed-to-seed "
+            f"{g(h.estimate, 2)}, {ci(h, 2)})")
 
 
 def _short(h: Hypothesis, yes: str, no: str) -> str:
@@ -204,8 +380,10 @@ def _short(h: Hypothesis, yes: str, no: str) -> str:
         return f"cannot conclude whether {yes} with {h.n_seeds} seeds"
     word = yes if h.outcome == "difference" else no
     if h.kind == "pd_cross_within":
-        return f"{word} (Δ pd_tv = {g(h.estimate, 3)}, {ci(h, 3)}, relabelling test p {fp(h.p)})"
-    return f"{word} (RCBD F p {fp(h.p)})"
+        return (f"{word} (Δ pd_tv = {g(h.estimate, 3)}, jackknife {ci(h, 3)}; relabelling test p {fp(h.p)}"
+                f"{', Monte Carlo' if not h.extra.get('exact', True) else ''})")
+    label = "quasi-F" if h.kind == "quasi_f" else "RCBD F"
+    return f"{word} ({label} p {fp(h.p)})"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,11 +394,19 @@ def _md_summary(an, h: str) -> list[str]:
     L = [f"{h} Executive summary", "",
          "Each sentence below answers one or more entries of the hypothesis list (summary.json `hypotheses`; ids in "
          "brackets). The primary outcome is final val loss; the other families are Holm-corrected within themselves "
-         "(nanoact's docs/REPORT.md, section Hypothesis tests, explains each test).", ""]
-    for item in executive_summary(an.hypotheses, len(an.er.seeds)):
+         "(nanoact's docs/REPORT.md, section Hypothesis tests, explains each test). What each family controls:", ""]
+    fams = list(dict.fromkeys(x.family for x in an.hypotheses if not x.exploratory))
+    L += [f"  - `{fam}`: {FAMILY_WORDS.get(fam, 'Holm; familywise error ≤ α')}" for fam in fams]
+    L += ["  - `exploratory:*`: Holm within each, but never quoted as findings, and their non-rejections never as "
+          "evidence of no difference", ""]
+    for item in executive_summary(an.hypotheses, len(an.er.seeds), shares_of(an)):
         ids = ", ".join(f"`{i}`" for i in item["tests"][:4]) + (" …" if len(item["tests"]) > 4 else "")
         L.append(f"- {item['text']}" + (f" [{ids}]" if ids else ""))
     return L + [""]
+
+
+def shares_of(an):
+    return an.sources.shares if an.sources is not None else None
 
 
 def _md_config(an, h: str) -> list[str]:
@@ -288,24 +474,31 @@ PD_INTRO = (
 )
 
 
+def _jack_words(pd) -> str:
+    return ("two-way (init seed + data seed) jackknife" if pd.design == "crossed" else "delete-one-seed jackknife")
+
+
 def _md_pd_tables(an, pd) -> list[str]:
     acts = pd.activations
-    n = len(pd.seeds)
     rows = [[a, f"{f(e.mean)} ± {f(e.se)}", f(e.context_se), f"[{f(e.lo)}, {f(e.hi)}]"] for a, e in zip(acts, pd.within)]
-    L = [f"Seed-to-seed {pd.metric} within each activation at step {pd.step}: mean over pairs of seeds ± jackknife "
-         f"SE over seeds; the SE from resampling the {an.n_contexts} evaluation contexts; 95% interval (t on {n - 1} "
-         "df with the seed SE, widened to ±1.96 context SE where that is larger):", "",
+    L = [f"Seed-to-seed {pd.metric} within each activation at step {pd.step}: mean over pairs of seeds ± "
+         f"{_jack_words(pd)} SE; the SE from resampling the {an.n_contexts} evaluation contexts; 95% interval with "
+         f"both (half-width √((t_{pd.df}·seed SE)² + (1.96·context SE)²)):", "",
          table(["activation", "mean ± seed SE", "context SE", "95% CI"], rows), ""]
     rows = []
     for i in range(len(acts)):
         for j in range(i + 1, len(acts)):
-            se = pd.excess_se[i, j]
+            w = 0.5 * (pd.within[i].mean + pd.within[j].mean)
             rows.append([f"{acts[i]} vs {acts[j]}", f"{f(pd.cross[i, j])} ± {f(pd.cross_se[i, j])}",
-                         f"{f(pd.excess[i, j])} ± {f(se)}", g(pd.same_seed_ratio[i, j], 3)])
-    L += [f"Different activations, different seeds ({pd.metric}), and the excess over the two activations' own "
-          "seed-to-seed PD (like with like). Same-seed pairs share initial weights and batch order, so they are "
-          "shown only as the near-identity ratio (median same-seed PD / seed-to-seed PD; honest runs are near 1):",
-          "", table(["pair", "cross PD ± SE", "excess ± SE", "same-seed ratio"], rows), ""]
+                         f"{f(pd.excess[i, j])} ± {f(pd.excess_se[i, j])}", f(pd.same_seed[i, j]),
+                         f(pd.same_seed[i, j] - w), g(pd.same_seed_ratio[i, j], 3)])
+    L += [f"Between activations ({pd.metric}; ± {_jack_words(pd)} SE): *cross* = runs of the two activations with "
+          "different seeds; *excess* = cross − (W_a + W_b)/2, a symmetric distance between the two activations' "
+          "distributions of fitted functions (it grows when either is less reproducible, and with the square of a "
+          "systematic difference, so it is not the size of a difference of a and b); *same seed* = runs of the two "
+          "with the same seed (only the activation differs), and its difference from (W_a + W_b)/2; the "
+          "near-identity ratio (median same-seed PD / seed-to-seed PD):",
+          "", table(["pair", "cross ± SE", "excess ± SE", "same seed", "same seed − W", "same-seed ratio"], rows), ""]
     return L
 
 
@@ -327,14 +520,18 @@ def _md_pd(an, h: str) -> list[str]:
     return L
 
 
+OUTCOME_WORDS = {"difference": "yes", "no_detectable_difference": "not detected", "cannot_conclude": "cannot conclude",
+                 "gated": "not claimed (gate)", "equivalent": "equivalent", "not_equivalent": "not shown"}
+
+
 def _md_tests(tests: list[Hypothesis]) -> list[str]:
     if not tests:
         return []
-    rows = [(f"`{h.id}`", h.family, g(h.estimate), ci(h), f"{h.statistic_name} = {g(h.statistic)}",
-             ", ".join(g(x, 3) for x in h.df) or "—", f(h.p), f(h.p_adjusted),
-             {True: "yes", False: "no", None: "cannot conclude"}[h.significant]) for h in tests]
-    return [table(["test", "family", "estimate", "interval", "statistic", "df", "p", "adjusted p", "significant"],
-                  rows), ""]
+    rows = [(f"`{h.id}`", h.family, g(h.estimate), ci(h), h.interval or "—", f"{h.statistic_name} = {g(h.statistic)}",
+             ", ".join(g(x, 3) for x in h.df) or "—", f(h.p), f(h.p_adjusted), g(h.mdd, 3),
+             OUTCOME_WORDS.get(h.outcome, h.outcome)) for h in tests]
+    return [table(["test", "family", "estimate", "95% interval", "interval method", "statistic", "df", "p",
+                   "adjusted p", "MDD (80%)", "result"], rows), ""]
 
 
 def _md_sources(an, h: str) -> list[str]:
@@ -350,28 +547,11 @@ def _md_sources(an, h: str) -> list[str]:
          f"about the full run-to-run variability; {CITE_BH} studied churn by source.", "",
          table(["differs in", "pairs", "mean ± SE", "95% CI"], rows), ""]
     L += _md_tests([x for x in an.hypotheses if x.family == "sources"])
-    both = next(c for c in src.categories if c.name == "init+data")
-    for c in src.categories[:2]:
-        if both.mean > 0:
-            L.append(f"- {c.name} alone gives {100 * c.mean / both.mean:.0f}% of the PD of changing both seeds.")
-    L.append("- " + _agreement(an.hypotheses))
+    rows = [(c.name, pct1(c.mean), f"[{pct1(c.lo)}, {pct1(c.hi)}]") for c in src.shares]
+    L += ["Shares of the init+data (reseeding) pd_tv, as ratios of mean PDs (PD scale, not variance), with "
+          "two-way jackknife intervals:", "", table(["share", "estimate", "95% CI"], rows), "",
+          "- " + share_sentence(src.shares)]
     return L + [""]
-
-
-def _agreement(tests: list[Hypothesis]) -> str:
-    """Whether this grid agrees with Summers & Dinneen, from the two single-source tests only."""
-    single = {h.subjects[0]: h for h in tests if h.family == "sources"
-              and h.subjects[0] in ("init_only_vs_reseeding", "data_only_vs_reseeding")}
-    words = {"init_only_vs_reseeding": "initial-weights", "data_only_vs_reseeding": "batch-order"}
-    lower = [words[k] for k, h in single.items() if h.significant and h.estimate < 0]
-    if any(h.outcome == "cannot_conclude" for h in single.values()) or len(single) < 2:
-        return "Whether a single source gives the full variability cannot be decided with these seeds."
-    if not lower:
-        return ("Consistent with Summers & Dinneen: neither the initial weights alone nor the batch order alone "
-                "moves predictions detectably less than changing both.")
-    return (f"Only partly what Summers & Dinneen found: a single source gives most of the PD of changing both "
-            f"(the shares above), but changing only the {' or only the '.join(lower)} seed moves predictions "
-            "detectably less than changing both.")
 
 
 def _md_outcome(an, o) -> list[str]:
@@ -386,6 +566,7 @@ def _md_outcome(an, o) -> list[str]:
         ("activation", f"{r.ss_a:.4g}", r.df_a, f"{r.ms_a:.4g}", f(r.f_a, 3), f(r.p_a, 4)),
         ("seed (block)", f"{r.ss_s:.4g}", r.df_s, f"{r.ms_s:.4g}", f(r.f_s, 3), f(r.p_s, 4)),
         ("residual", f"{r.ss_e:.4g}", r.df_e, f"{r.ms_e:.4g}", "", "")]), ""]
+    L += _md_crossed(o)
     L.append(f"- Effect sizes: partial η² = {g(r.partial_eta2, 3)}, partial ω² = {g(r.partial_omega2, 3)}. Variance "
              f"components: activation {g(r.var_activation)}, seed {g(r.var_seed)}, residual {g(r.var_residual)}.")
     L.append(f"- Power: with {r.k} activations and {r.n} seeds the smallest best-to-worst gap detectable at 80% "
@@ -403,6 +584,18 @@ def _md_outcome(an, o) -> list[str]:
         L.append(f"- Seeds {', '.join(o.excluded_seeds)} were left out: not every activation has a value there.")
     L.append("")
     return L + _md_tests([h for h in an.hypotheses if h.measure == o.outcome])
+
+
+def _md_crossed(o) -> list[str]:
+    c = o.crossed
+    if c is None:
+        return []
+    return [f"Init and data-order seeds are crossed, so the table above (blocks as independent) is for reference "
+            f"only. The test: activation against its interactions with the init seed (MS = {g(c.ms_ai)}, df "
+            f"{c.df_ai}) and the data seed (MS = {g(c.ms_ad)}, df {c.df_ad}), residual MS = {g(c.ms_aid)} (df "
+            f"{c.df_aid}); quasi-F'' = (MS_A + MS_res)/(MS_AI + MS_AD) = {g(c.f, 4)} on Satterthwaite df "
+            f"({g(c.df_num, 3)}, {g(c.df_den, 3)}), p {fp(c.p)}. Pairwise tests use the two-way (init + data) SE "
+            "with Satterthwaite df.", ""]
 
 
 def _md_stats(an, h: str) -> list[str]:

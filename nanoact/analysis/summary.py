@@ -11,9 +11,9 @@ import numpy as np
 from nanoact.analysis import divergence as dv
 from nanoact.analysis.experiment import ExperimentAnalysis
 from nanoact.analysis.hypotheses import PRIMARY_OUTCOME
-from nanoact.analysis.render import executive_summary, fill_text
+from nanoact.analysis.render import executive_summary, fill_text, shares_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RUN_METRICS = ("final/train_loss", "final/val_loss", "best/val_loss", "final/train_acc", "final/val_acc",
                "best/val_acc", "time/train_s", "time/wall_s", "tokens_per_s_mean")
 
@@ -79,7 +79,10 @@ def _pd(an: ExperimentAnalysis) -> dict[str, Any] | None:
             "activations": pd.activations, "seeds": pd.seeds,
             "within": [asdict(e) for e in pd.within], "cross_different_seeds": pd.cross,
             "cross_different_seeds_se": pd.cross_se, "excess_over_within": pd.excess,
-            "excess_over_within_se": pd.excess_se, "same_seed_ratio": pd.same_seed_ratio}
+            "excess_over_within_se": pd.excess_se, "same_seed_ratio": pd.same_seed_ratio,
+            "design": pd.design, "df": pd.df, "same_seed": pd.same_seed,
+            "relative_excess": asdict(pd.relative) if pd.relative is not None else None,
+            "activation_only": asdict(pd.activation_only) if pd.activation_only is not None else None}
 
 
 def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
@@ -93,7 +96,8 @@ def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
         "steps": an.steps, "activations": an.er.activations, "seeds": an.er.seeds, "notes": an.notes,
         "best_val_loss_equals_final": an.best_equals_final,
         "hypotheses": [h.to_dict() for h in an.hypotheses],
-        "executive_summary": executive_summary(an.hypotheses, len(an.er.seeds)),
+        "executive_summary": executive_summary(an.hypotheses, len(an.er.seeds), shares_of(an)),
+        "margins": {"pd_rel": an.margins.pd_rel, "loss": an.margins.loss},
         "runs": _runs(an), "activations_summary": _activations(an), "pd_tests": _pd(an),
         "sources": asdict(an.sources) if an.sources is not None else None,
         "same_seed_pd": an.cross, "pairs": _pairs(an),

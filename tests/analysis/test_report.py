@@ -43,7 +43,7 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
     assert "nanoact logs this report as artifacts of parent run" in md
 
     s = json.loads(res.summary_json.read_text())
-    assert s["schema_version"] == 2 and s["anomalies"] == [] and s["headline"] == res.headline
+    assert s["schema_version"] == 3 and s["anomalies"] == [] and s["headline"] == res.headline
     e = s["per_experiment"]["e2e"]
     assert {r["run_id"] for r in e["runs"]} == set(log.run_ids.values())
     assert e["parent_run_id"] == log.parent_run_id
@@ -66,7 +66,7 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
     ids = {h["id"] for h in e["hypotheses"]}
     assert all(keys <= set(h) for h in e["hypotheses"]) and len(ids) == len(e["hypotheses"])
     assert e["executive_summary"] and all(set(x["tests"]) <= ids and x["tests"] for x in e["executive_summary"])
-    assert {h["family"] for h in e["hypotheses"] if h["outcome"] == "difference"} >= {"primary", "secondary"}
+    assert {h["family"] for h in e["hypotheses"] if h["outcome"] == "difference"} >= {"primary", "pd_distribution"}
     assert "pd_score" not in e["statistics"]  # the per-run leave-one-out RCBD is gone
     # synthetic val loss falls monotonically, so best = final: said once, not repeated as a second outcome
     assert e["best_val_loss_equals_final"] and "best_val_loss" not in e["statistics"]
@@ -245,8 +245,9 @@ def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
     e = json.loads(res.summary_json.read_text())["per_experiment"]["dflt"]
     (pd,) = [h for h in e["hypotheses"] if h["id"] == "pd_tv/cross_vs_within"]
     assert pd["outcome"] == "cannot_conclude" and pd["significant"] is None and pd["p_floor"] == 0.5
-    # Holm over the 2 secondary tests (final val acc, this one): p <= 0.025 needs 2^(n-1) >= 40, n = 7
-    assert pd["seeds_needed"] == 7 and "needs at least 7 seeds" in pd["answer"]
+    # the PD distribution test is its own family: p <= 0.05 needs 2^(n-1) >= 20, n = 6
+    assert pd["family"] == "pd_distribution"
+    assert pd["seeds_needed"] == 6 and "needs at least 6 seeds" in pd["answer"]
 
 
 def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
