@@ -74,7 +74,7 @@ def test_jackknife_se_matches_a_direct_leave_one_seed_out():
         keep = [s for s in range(5) if s != u]
         sub = d[np.ix_([0, 1], keep, [0, 1], keep)]
         w = pt.within_means(sub)
-        theta.append(w[0] - w[1])
+        theta.append((w[0] - w[1]) / ((w[0] + w[1]) / 2))  # the relative difference
     theta = np.array(theta)
     se = math.sqrt(4 / 5 * np.sum((theta - theta.mean()) ** 2))
     (t,) = pt.reproducibility_tests(d)
@@ -148,10 +148,13 @@ def test_old_loo_score_rcbd_was_anti_conservative_and_the_new_test_is_not():
     assert np.mean(new <= ALPHA) <= bound(m)
 
 
-def test_seeds_for_power_is_monotone():
-    assert pt.seeds_for_power(0.01, 0.005, 3, 1) is not None
-    assert pt.seeds_for_power(0.01, 0.005, 3, 1) <= pt.seeds_for_power(0.01, 0.005, 3, 10)
-    assert pt.seeds_for_power(0.0, 0.005, 3, 1) is None
+def test_seeds_for_margin_is_monotone_and_mdd_shrinks():
+    from nanoact.analysis import equivalence as eq
+
+    assert eq.seeds_for_margin(0.01, 0.005, 3, 1) is not None
+    assert eq.seeds_for_margin(0.01, 0.005, 3, 1) <= eq.seeds_for_margin(0.01, 0.005, 3, 10)
+    assert eq.seeds_for_margin(0.02, 0.005, 3, 1) <= eq.seeds_for_margin(0.01, 0.005, 3, 1)
+    assert eq.mdd(0.005, 9) < eq.mdd(0.005, 2) and eq.mdd(0.005, 9, m=10) > eq.mdd(0.005, 9)
 
 
 def test_context_se_is_the_bootstrap_over_contexts_and_widens_the_interval():
@@ -161,9 +164,9 @@ def test_context_se_is_the_bootstrap_over_contexts_and_widens_the_interval():
     est = pt.with_context_se(pt.Estimate(per_ctx.mean(), 1e-6, 4, per_ctx.mean() - 1e-5, per_ctx.mean() + 1e-5),
                              per_ctx)
     assert est.context_se == pytest.approx(np.std(boot), rel=0.05)
-    assert est.hi - est.mean == pytest.approx(1.96 * est.context_se, rel=1e-3)  # the larger uncertainty wins
+    assert est.hi - est.mean == pytest.approx(math.hypot(1e-5, 1.96 * est.context_se), rel=1e-3)  # both sources
     wide = pt.with_context_se(pt.Estimate(0.1, 1.0, 4, -2.0, 2.2), per_ctx)
-    assert (wide.lo, wide.hi) == (-2.0, 2.2)
+    assert wide.hi - 0.1 == pytest.approx(math.hypot(2.1, 1.96 * wide.context_se)) and wide.hi > 2.2
 
 
 def _claims(d, rng):
@@ -182,7 +185,7 @@ def test_report_pd_claims_on_null_data_stay_within_alpha_per_family(monkeypatch)
     m = 300
     data = simulate(rng, m, 4, 5, seed_scale=1.0)
     claims = [_claims(data[i], rng) for i in range(m)]
-    for fam in ("secondary", "pd_cross_within_pairs", "pd_reproducibility_pairs"):
+    for fam in ("pd_distribution", "pd_cross_within_pairs", "pd_reproducibility_pairs"):
         assert np.mean([fam in c for c in claims]) <= bound(m), fam
 
 
@@ -190,7 +193,7 @@ def test_report_pd_claims_find_planted_differences(monkeypatch):
     monkeypatch.setattr(pt, "N_PERM", 199)
     rng = np.random.default_rng(81)
     claims = [_claims(d, rng) for d in simulate(rng, 30, 3, 10, loc=0.8)]
-    assert np.mean(["secondary" in c for c in claims]) >= 0.9
+    assert np.mean(["pd_distribution" in c for c in claims]) >= 0.9
     assert np.mean(["pd_cross_within_pairs" in c for c in claims]) >= 0.8
 
 
