@@ -48,6 +48,7 @@ class SyntheticSpec:
     act_scale: float = 0.6
     seed_scale: float = 0.3
     run_scale: float = 0.3
+    run_scale_of: Mapping[str, float] = field(default_factory=dict)  # activation -> its own run noise (reproducibility)
     copy_of: Mapping[str, str] = field(default_factory=dict)  # activation -> activation it silently reuses
     copy_jitter: float = 0.0  # logit noise added to copies: nondeterministic training, not byte-identical
     data_seeds: Sequence[int] = ()  # non-empty: ``seeds`` are init seeds, crossed with these data-order seeds
@@ -116,7 +117,7 @@ class _World:
             logits += spec.data_scale * _rng("data", s[1], spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
         else:
             logits += spec.seed_scale * self.seed(s)
-        logits += spec.run_scale * g.standard_normal(self.z.shape, dtype=np.float32)
+        logits += spec.run_scale_of.get(a, spec.run_scale) * g.standard_normal(self.z.shape, dtype=np.float32)
         init = 0.1 * g.standard_normal(self.z.shape, dtype=np.float32)
         return logits, init
 
