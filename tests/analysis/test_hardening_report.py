@@ -213,3 +213,25 @@ def test_no_password_in_the_error_tag_of_a_failed_run(uri):
     assert "nanoact:***@db.example" in tag
     for piece in PIECES:
         assert piece not in tag, piece
+
+
+@pytest.mark.parametrize("opt, value", [("--pd-margin", "0"), ("--loss-margin", "-0.01"), ("--pd-margin", "nan")])
+def test_a_non_positive_margin_is_one_error_line_and_writes_nothing(monkeypatch, capsys, tmp_path, opt, value):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "report", "--experiment", "x", "--tracking-uri",
+                            f"sqlite:///{tmp_path}/none.db", opt, value)
+    assert code == 2 and opt in one_error_line(err) and "positive" in err
+    assert list(tmp_path.iterdir()) == []  # no store, no reports folder
+
+
+def test_margins_reach_the_equivalence_tests(uri, artifacts, tmp_path):
+    from nanoact.analysis.equivalence import Margins
+
+    log_synthetic_runs(uri, SyntheticSpec(experiment="m", **SMALL), artifact_root=artifacts)
+    res = run_report(["m"], tracking_uri=uri, out_dir=tmp_path / "out", log_to_parent=False,
+                     margins=Margins(pd_rel=0.25, loss=0.5))
+    e = json.loads(res.summary_json.read_text())["per_experiment"]["m"]
+    assert e["margins"] == {"pd_rel": 0.25, "loss": 0.5}
+    eq = {h["id"]: h for h in e["hypotheses"] if h["kind"] == "tost"}
+    assert eq["final_val_loss/equivalence/gelu-relu"]["margin"] == 0.5
+    assert eq["pd_tv/reproducibility_equivalence/gelu-relu"]["margin"] == 0.25
