@@ -367,6 +367,8 @@ def _headline_one(an) -> str:
 
 def _activation_only_short(h: Hypothesis) -> str:
     base = "changing only the activation (same seed)"
+    if h.outcome == "cannot_conclude":
+        return f"whether {base} moves pd_tv more or less than reseeding cannot be tested with {h.n_seeds} seeds"
     if h.outcome == "difference":
         word = "more" if h.estimate > 0 else "less"
         return (f"{base} moves pd_tv {word} than reseeding (by {g(abs(h.estimate), 2)}, {ci(h, 2)}, "
