@@ -270,9 +270,11 @@ def _sources(runs: list[RunRecord], heat: np.ndarray) -> SourcesAnalysis | None:
 
 
 def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Callable[[str], None],
-                       study: str | None = None, where: Mapping[str, str] | None = None) -> ExperimentAnalysis:
-    """Load one experiment and compute PD, statistics, tests and guards."""
-    er = load_experiment(client, name, progress, study=study, where=where)
+                       study: str | None = None, where: Mapping[str, str] | None = None, *,
+                       storage: str | None = None, tracking_uri: str | None = None) -> ExperimentAnalysis:
+    """Load one experiment and compute PD, statistics, tests and guards (``storage``, ``tracking_uri``: where to
+    look for the sweep's Optuna study, ``nanoact.analysis.grid``)."""
+    er = load_experiment(client, name, progress, study=study, where=where, storage=storage, tracking_uri=tracking_uri)
     notes: list[str] = []
     sha = _check_eval_hashes(er, notes)
     runs = er.runs
@@ -319,6 +321,6 @@ def _guards(er: ExperimentRuns, pp: _PDPass, outcomes: list[OutcomeStats], pd: p
         gd.check_variance((o.label, o.rcbd.ss_a, o.rcbd.ss_e, o.rcbd.ss_a + o.rcbd.ss_s + o.rcbd.ss_e)
                           for o in outcomes if o.rcbd is not None),
         gd.check_pd_self(pp.self_pd, pp.asym),
-        gd.check_cells(er.missing, er.duplicates),
+        gd.check_cells(er.missing, er.duplicates, er.grid, er.outside_grid),
         gd.check_activation_modules(runs),
     ]

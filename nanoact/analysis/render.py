@@ -182,13 +182,9 @@ def headline(analyses, anomalies: list[str]) -> str:
                 "not trustworthy until these are explained.")
     parts = []
     for an in analyses:
-        k, n = len(an.er.activations), len(an.er.seeds)
         prim = by_family(an.hypotheses, "primary")
         pdo = [h for h in by_family(an.hypotheses, "secondary") if h.kind == "pd_cross_within"]
-        src = an.sources
-        blocks = (f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds" if src is not None
-                  else f"{n} seeds")
-        txt = f"on {an.er.name} ({k} activations × {blocks}) "
+        txt = f"on {an.er.name} ({grid_words(an)}) "
         txt += _short(prim[0], "final val loss differs between activations",
                       "no detectable difference in final val loss") if prim else "no blocked test was possible"
         if pdo:
@@ -197,6 +193,24 @@ def headline(analyses, anomalies: list[str]) -> str:
         parts.append(txt)
     s = "; ".join(parts)
     return s[0].upper() + s[1:] + "."
+
+
+def grid_words(an) -> str:
+    """The design analysed, measured against the grid (declared by the sweep, else inferred from the runs): a
+    partial grid is never described as complete."""
+    er, src = an.er, an.sources
+    declared = er.grid is not None and er.grid.declared
+    of = " declared" if declared else ""
+    ka, kd = len({r.activation for r in an.runs}), len(er.activations)
+    na, nd = len({r.seed for r in an.runs}), len(er.seeds)
+    acts = f"{ka} activations" if ka == kd else f"{ka} of {kd}{of} activations"
+    if src is not None and na == nd:
+        seeds = f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds"
+    else:
+        seeds = f"{na} seeds" if na == nd else f"{na} of {nd}{of} seed blocks"
+    cells = len(er.runs) + len(er.missing)
+    txt = f"{acts} × {seeds}" + (f", {len(er.runs)} of {cells}{of} cells" if er.missing else "")
+    return txt if declared or er.grid is None else txt + ", as found: no grid was declared"
 
 
 def _short(h: Hypothesis, yes: str, no: str) -> str:
@@ -235,8 +249,9 @@ def _md_config(an, h: str) -> list[str]:
             varying[k] = vals
     n_params = {a: sorted({r.tags.get("nanoact.n_params", "n/a") for r in runs if r.activation == a}) for a in acts}
     L = [f"{h} Configuration", "",
-         f"- experiment `{an.er.name}` (id {an.er.experiment_id}); {len(acts)} activations × "
-         f"{len(an.er.seeds)} seeds = {len(acts) * len(an.er.seeds)} cells, {len(runs)} analysed",
+         f"- experiment `{an.er.name}` (id {an.er.experiment_id}); analysed: {grid_words(an)}; {len(runs)} runs",
+         f"- grid: {len(an.er.activations)} activations × {len(an.er.seeds)} seeds"
+         + (f", {an.er.grid.source}" if an.er.grid is not None else ""),
          f"- evaluation set for PD: {an.n_contexts} contexts × {an.vocab_size} classes, drawn once from the val "
          f"split and identical for every run (sha256 `{an.eval_sha256 or 'not tagged'}`); checkpoint steps "
          f"{an.steps}, PD tests at the final step {an.final_step}",

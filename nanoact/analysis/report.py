@@ -132,6 +132,7 @@ def run_report(
     progress: Callable[[str], None] | None = None,
     study: str | None = None,
     where: Mapping[str, str] | None = None,
+    storage: str | None = None,
 ) -> ReportResult:
     """Analyse ``experiments`` and write report.md, report.html, the PNGs and summary.json to ``out_dir``.
 
@@ -144,6 +145,8 @@ def run_report(
         progress: callback for one-line progress messages.
         study: analyse only this Optuna study's runs (needed when an experiment holds several).
         where: param filters (``{"model.name": "minigpt"}``) selecting one slice of extra grid axes.
+        storage: the sweeps' Optuna storage, read for the states of missing cells (queued, running, ...) and for
+            a grid its parent run does not declare; default: the journal beside a sqlite store or in ./mlruns.
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
@@ -159,7 +162,8 @@ def run_report(
     fetcher = ArtifactFetcher(client)
     out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
-    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where) for name in experiments]
+    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, storage=storage,
+                                   tracking_uri=uri) for name in experiments]
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")
