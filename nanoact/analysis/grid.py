@@ -104,9 +104,9 @@ def _find_study(parent, candidates: list[str], explicit: bool) -> tuple[Any, str
     why = []
     for storage in candidates:
         where = display_url(storage)
+        if not storage_exists(storage):  # only a given one can be absent
+            raise NanoactError(f"--storage: the Optuna journal {where} does not exist")
         try:
-            if not storage_exists(storage):
-                raise NanoactError(f"the Optuna journal {where} does not exist")
             study = optuna.load_study(study_name=name, storage=open_storage(storage))
         except KeyError:
             if explicit:
