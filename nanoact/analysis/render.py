@@ -207,7 +207,7 @@ def grid_words(an) -> str:
     if src is not None and na == nd:
         seeds = f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds"
     else:
-        seeds = f"{na} seeds" if na == nd else f"{na} of {nd}{of} seed blocks"
+        seeds = f"{na} seeds" if na == nd else f"{na} of {nd}{of} seeds"
     cells = len(er.runs) + len(er.missing)
     txt = f"{acts} × {seeds}" + (f", {len(er.runs)} of {cells}{of} cells" if er.missing else "")
     return txt if declared or er.grid is None else txt + ", as found: no grid was declared"
