@@ -477,8 +477,11 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
 @click.option("--loss-margin", type=float, default=0.01, show_default=True,
               help="Difference of interest for final val loss, in nats per character (equivalence tests, "
                    "seeds needed).")
+@click.option("--storage", default=None, envvar="NANOACT_STORAGE",
+              help="The sweep's Optuna storage (as for sweep), read for the state of cells without a FINISHED run "
+                   "(queued, running, ...); default: optuna-journal.log beside the sqlite store or in ./mlruns.")
 def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, study, where, pd_margin,
-                   loss_margin) -> None:
+                   loss_margin, storage) -> None:
     """PD on the shared evaluation set, blocked (RCBD) statistics, guards and plots, as report.md,
     summary.json and PNGs."""
     from nanoact.analysis.equivalence import Margins
@@ -493,10 +496,12 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, stud
         if not eq or not k.strip():
             raise click.BadParameter(f"{w!r}: expected PARAM=VALUE", param_hint="--where")
         filters[k.strip()] = v.strip()
+    _STORES.extend([storage] if storage else [])
     progress = Progress()
     res = run_report(list(experiments), tracking_uri=_tracking_uri(tracking_uri), out_dir=out,
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
-                     study=study, where=filters or None, margins=Margins(pd_rel=pd_margin, loss=loss_margin))
+                     study=study, where=filters or None, margins=Margins(pd_rel=pd_margin, loss=loss_margin),
+                     storage=storage)
     click.echo(res.headline)
     click.echo(f"wrote {res.report_md}, {res.report_md.with_suffix('.html')}, {res.summary_json}")
     if res.anomalies:

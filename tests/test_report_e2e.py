@@ -25,6 +25,10 @@ def test_report_on_a_sweep_with_an_extra_axis(tmp_path):
     summary = json.loads(res.summary_json.read_text())
     runs = summary["per_experiment"]["tiny"]["runs"]
     assert len(runs) == 6
+    # the declared grid is sliced like the runs: the charlm half is not a missing half
+    e = summary["per_experiment"]["tiny"]
+    cells = next(g for g in e["guards"] if g["name"] == "cells")
+    assert cells["status"] == "PASS" and e["grid"]["n_cells"] == 6 and e["grid"]["n_declared"] == 12
     assert "minigpt" in res.report_md.read_text()
     with pytest.raises(NanoactError, match="no run of experiment 'tiny' matches"):
         run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r2", where={"model.name": "gpt"})

@@ -285,12 +285,14 @@ def _seed_units(runs: list[RunRecord]) -> dict[str, tuple[str, str]] | None:
 
 def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Callable[[str], None],
                        study: str | None = None, where: Mapping[str, str] | None = None,
-                       margins: Margins | None = None) -> ExperimentAnalysis:
+                       margins: Margins | None = None, *, storage: str | None = None,
+                       tracking_uri: str | None = None) -> ExperimentAnalysis:
     """Load one experiment and compute PD, statistics, tests and guards.
 
     ``margins``: the differences of interest stated in advance (equivalence tests, seeds needed).
+    ``storage``, ``tracking_uri``: where to look for the sweep's Optuna study (``nanoact.analysis.grid``).
     """
-    er = load_experiment(client, name, progress, study=study, where=where)
+    er = load_experiment(client, name, progress, study=study, where=where, storage=storage, tracking_uri=tracking_uri)
     notes: list[str] = []
     sha = _check_eval_hashes(er, notes)
     runs = er.runs
@@ -334,6 +336,6 @@ def _guards(er: ExperimentRuns, pp: _PDPass, outcomes: list[OutcomeStats], pd: p
         gd.check_variance((o.label, o.rcbd.ss_a, o.rcbd.ss_e, o.rcbd.ss_a + o.rcbd.ss_s + o.rcbd.ss_e)
                           for o in outcomes if o.rcbd is not None),
         gd.check_pd_self(pp.self_pd, pp.asym),
-        gd.check_cells(er.missing, er.duplicates),
+        gd.check_cells(er.missing, er.duplicates, er.grid, er.outside_grid),
         gd.check_activation_modules(runs),
     ]

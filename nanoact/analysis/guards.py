@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from nanoact.analysis.grid import Grid
 from nanoact.analysis.runs import MissingCell, RunRecord
 
 IDENTICAL_OUTCOMES = ("final/val_loss", "best/val_loss", "final/train_loss")  # continuous: ties mean duplication
@@ -131,15 +132,31 @@ def check_near_identity(activations: Sequence[str], ratio, n_seeds: int) -> Guar
     return GuardResult("near-identity", title, not details, details)
 
 
-def check_cells(missing: Sequence[MissingCell], duplicates: Sequence[tuple[RunRecord, RunRecord]]) -> GuardResult:
-    """Every activation × seed cell has exactly one FINISHED run."""
+def check_cells(missing: Sequence[MissingCell], duplicates: Sequence[tuple[RunRecord, RunRecord]],
+                grid: Grid | None = None, outside: Sequence[RunRecord] = ()) -> GuardResult:
+    """Every cell of the grid has exactly one FINISHED run. The grid is the one the sweep declared when there is
+    one (a missing cell is named with its state: never started, queued, running, failed, interrupted), else the
+    activation × seed combinations the runs found span, and the guard's title says which."""
     details = [f"missing cell {m.describe()}" for m in missing]
     for old, new in duplicates:
         details.append(
             f"duplicated cell {new.activation} s{new.seed}: FINISHED runs {old.run_id} (grid key {old.grid_key!r}) "
             f"and {new.run_id} (grid key {new.grid_key!r}); the newer one is analysed"
         )
-    return GuardResult("cells", "complete grid, one FINISHED run per activation × seed", not details, details)
+    details += [f"run {r.run_id} ({r.activation} s{r.seed}, grid key {r.grid_key!r}) is no cell of the declared grid; "
+                "it is analysed with the others" for r in outside]
+    if grid is None:
+        return GuardResult("cells", "complete grid, one FINISHED run per activation × seed", not details, details)
+    if grid.declared:
+        title = (f"complete declared grid: one FINISHED run for each of its {len(grid.cells)} cells"
+                 + (f" (of {grid.n_declared} declared, in the --where slice)" if grid.n_declared != len(grid.cells)
+                    else "") + f"; grid {grid.source}")
+        note = f"states of missing cells from {grid.states_from}"
+    else:
+        title = ("one FINISHED run per activation × seed seen in the runs found (no declared grid: "
+                 f"{grid.source})")
+        note = "grid inferred from the runs found: " + grid.source
+    return GuardResult("cells", title, not details, details or [note])
 
 
 def _modules(tag: str | None) -> frozenset[str] | None:

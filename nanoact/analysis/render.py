@@ -345,11 +345,8 @@ def headline(analyses, anomalies: list[str]) -> str:
 
 
 def _headline_one(an) -> str:
-    k, n, src = len(an.er.activations), len(an.er.seeds), an.sources
     tests = an.hypotheses
-    blocks = (f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds" if src is not None
-              else f"{n} seeds")
-    txt = f"on {an.er.name} ({k} activations × {blocks}) "
+    txt = f"on {an.er.name} ({grid_words(an)}) "
     prim = by_family(tests, "primary")
     txt += _short(prim[0], "final val loss differs between activations",
                   "a final val loss difference was not detected") if prim else "no blocked test was possible"
@@ -375,6 +372,24 @@ def _activation_only_short(h: Hypothesis) -> str:
                 f"t({g(h.df[0], 3)}) = {g(h.statistic, 3)}, p {fp(h.p)})")
     return (f"a difference between {base} and reseeding was not detected in pd_tv (same-seed minus seed-to-seed "
             f"{g(h.estimate, 2)}, {ci(h, 2)})")
+
+
+def grid_words(an) -> str:
+    """The design analysed, measured against the grid (declared by the sweep, else inferred from the runs): a
+    partial grid is never described as complete."""
+    er, src = an.er, an.sources
+    declared = er.grid is not None and er.grid.declared
+    of = " declared" if declared else ""
+    ka, kd = len({r.activation for r in an.runs}), len(er.activations)
+    na, nd = len({r.seed for r in an.runs}), len(er.seeds)
+    acts = f"{ka} activations" if ka == kd else f"{ka} of {kd}{of} activations"
+    if src is not None and na == nd:
+        seeds = f"{len(src.init_seeds)} init × {len(src.data_seeds)} data-order seeds"
+    else:
+        seeds = f"{na} seeds" if na == nd else f"{na} of {nd}{of} seeds"
+    cells = len(er.runs) + len(er.missing)
+    txt = f"{acts} × {seeds}" + (f", {len(er.runs)} of {cells}{of} cells" if er.missing else "")
+    return txt if declared or er.grid is None else txt + ", as found: no grid was declared"
 
 
 def _short(h: Hypothesis, yes: str, no: str) -> str:
@@ -423,8 +438,9 @@ def _md_config(an, h: str) -> list[str]:
             varying[k] = vals
     n_params = {a: sorted({r.tags.get("nanoact.n_params", "n/a") for r in runs if r.activation == a}) for a in acts}
     L = [f"{h} Configuration", "",
-         f"- experiment `{an.er.name}` (id {an.er.experiment_id}); {len(acts)} activations × "
-         f"{len(an.er.seeds)} seeds = {len(acts) * len(an.er.seeds)} cells, {len(runs)} analysed",
+         f"- experiment `{an.er.name}` (id {an.er.experiment_id}); analysed: {grid_words(an)}; {len(runs)} runs",
+         f"- grid: {len(an.er.activations)} activations × {len(an.er.seeds)} seeds"
+         + (f", {an.er.grid.source}" if an.er.grid is not None else ""),
          f"- evaluation set for PD: {an.n_contexts} contexts × {an.vocab_size} classes, drawn once from the val "
          f"split and identical for every run (sha256 `{an.eval_sha256 or 'not tagged'}`); checkpoint steps "
          f"{an.steps}, PD tests at the final step {an.final_step}",

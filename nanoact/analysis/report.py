@@ -134,6 +134,7 @@ def run_report(
     study: str | None = None,
     where: Mapping[str, str] | None = None,
     margins: Margins | None = None,
+    storage: str | None = None,
 ) -> ReportResult:
     """Analyse ``experiments`` and write report.md, report.html, the PNGs and summary.json to ``out_dir``.
 
@@ -148,6 +149,8 @@ def run_report(
         where: param filters (``{"model.name": "minigpt"}``) selecting one slice of extra grid axes.
         margins: differences of interest stated in advance (``Margins(pd_rel=0.10, loss=0.01)`` by default): the
             equivalence tests and the seeds-needed figures use them.
+        storage: the sweeps' Optuna storage, read for the states of missing cells (queued, running, ...) and for
+            a grid its parent run does not declare; default: the journal beside a sqlite store or in ./mlruns.
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
@@ -163,8 +166,8 @@ def run_report(
     fetcher = ArtifactFetcher(client)
     out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
-    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, margins=margins)
-                for name in experiments]
+    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, storage=storage,
+                                   tracking_uri=uri, margins=margins) for name in experiments]
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")

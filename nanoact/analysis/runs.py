@@ -25,6 +25,8 @@ from nanoact.paths import safe_dirname
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from nanoact.analysis.grid import Grid
+
 PRED_DIR = "predictions"
 _STEP_RE = re.compile(r"^step_(\d+)\.npz$")
 HISTORY_KEYS = ("train/loss", "val/loss")  # curves for the plots; everything else comes from final metrics
@@ -77,15 +79,18 @@ class MissingCell:
     activation: str
     seed: str
     attempts: list[RunRecord]  # every non-FINISHED attempt seen for the cell (possibly none)
+    state: str = ""  # never_started, queued, running, failed, interrupted, inconsistent (nanoact.analysis.grid)
+    state_text: str = ""  # the state in words, with where it comes from
+    axes: tuple[tuple[str, str], ...] = ()  # grid axes besides activation and seed (a --where slice)
+    grid_key: str = ""  # of a declared cell
 
     def describe(self) -> str:
-        if not self.attempts:
-            return f"{self.activation} s{self.seed}: no run at all"
-        parts = []
-        for r in self.attempts:
-            err = r.tags.get("nanoact.error", "")
-            parts.append(f"{r.run_id} {r.status}" + (f" ({err})" if err else ""))
-        return f"{self.activation} s{self.seed}: " + "; ".join(parts)
+        head = f"{self.activation} s{self.seed}" + "".join(f" {k}={v}" for k, v in self.axes)
+        runs = [f"{r.run_id} {r.status}" + (f" ({r.tags['nanoact.error']})" if r.tags.get("nanoact.error") else "")
+                for r in self.attempts]
+        state = self.state_text or ("" if runs else "no run at all")
+        return f"{head}: " + "; ".join(([state] if state else []) + (["runs " + ", ".join(runs)] if state and runs
+                                                                      else runs))
 
 
 @dataclass
@@ -102,14 +107,22 @@ class ExperimentRuns:
     superseded: list[RunRecord]  # older FINISHED attempts of a selected grid key
     not_finished: list[RunRecord]  # FAILED / KILLED / RUNNING children
     parents: list[RunRecord]
+    grid: Grid | None = None  # where the grid comes from (declared by the sweep, or inferred from the runs)
+    outside_grid: list[RunRecord] = field(default_factory=list)  # selected runs that are no cell of the declared grid
 
     def parent_run_id(self) -> str | None:
         """Newest parent named by the selected cells' ``mlflow.parentRunId`` tags."""
+        known = _parent_of(self.runs, self.parents)
+        if known is not None:
+            return known.run_id
         ids = {r.parent_id for r in self.runs if r.parent_id}
-        known = [p for p in self.parents if p.run_id in ids]
-        if known:
-            return max(known, key=lambda p: p.start_time).run_id
         return sorted(ids)[0] if len(ids) == 1 else None
+
+
+def _parent_of(runs: list[RunRecord], parents: list[RunRecord]) -> RunRecord | None:
+    ids = {r.parent_id for r in runs if r.parent_id}
+    known = [p for p in parents if p.run_id in ids]
+    return max(known, key=lambda p: p.start_time) if known else None
 
 
 def _seed_key(s: str) -> tuple[int, float | str]:
@@ -245,13 +258,18 @@ def _newest_per(runs: list[RunRecord], key) -> tuple[list[RunRecord], list[tuple
 
 def load_experiment(
     client: MlflowClient, name: str, progress: Callable[[str], None] | None = None,
-    study: str | None = None, where: Mapping[str, str] | None = None,
+    study: str | None = None, where: Mapping[str, str] | None = None, *,
+    storage: str | None = None, tracking_uri: str | None = None,
 ) -> ExperimentRuns:
     """All runs of experiment ``name``; one FINISHED run per grid cell (newest attempt by start time).
 
     ``study`` and ``where`` (param filters) select one study and one slice of any grid axes besides
     activation and seed; without them, an experiment holding several is an error that says how to choose.
+    The grid is the one the sweep declared (``nanoact.analysis.grid``; ``storage`` and ``tracking_uri`` say where
+    to look for its Optuna study), else the one the runs found span.
     """
+    from nanoact.analysis.grid import find_grid
+
     exp = client.get_experiment_by_name(name)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -270,20 +288,56 @@ def load_experiment(
         )
     selected, retried = _newest_per(finished, lambda r: r.grid_key)  # a cell's earlier attempts are superseded
     kept, duplicates = _newest_per(selected, lambda r: r.cell)  # one cell under two grid keys: a guard failure
-
-    activations = sorted({r.activation for r in children})
-    seeds = sort_seeds({r.seed for r in children})
-    have = {r.cell for r in kept}
     not_finished = [r for r in children if r.status != "FINISHED"]
-    missing = [
-        MissingCell(a, s, sorted((r for r in not_finished if r.cell == (a, s)), key=lambda r: r.start_time))
-        for a in activations for s in seeds if (a, s) not in have
-    ]
+    grid = find_grid(_parent_of(kept, parents), where, storage, tracking_uri)
+    if grid.declared:
+        activations, seeds, missing, outside = _against_declared(grid, kept, not_finished)
+    else:
+        activations, seeds, missing, outside = _inferred(grid, children, kept, not_finished)
     kept.sort(key=lambda r: (r.activation, _seed_key(r.seed)))
     return ExperimentRuns(name=name, experiment_id=exp.experiment_id, runs=kept, activations=activations,
                           seeds=seeds, missing=missing, duplicates=duplicates,
                           superseded=[old for old, _ in retried],
-                          not_finished=not_finished, parents=parents)
+                          not_finished=not_finished, parents=parents, grid=grid, outside_grid=outside)
+
+
+def _inferred(grid, children, kept, not_finished):
+    """Today's rule for runs without a declared grid: every activation x seed seen in any cell run."""
+    from nanoact.analysis.grid import mlflow_state
+
+    activations = sorted({r.activation for r in children})
+    seeds = sort_seeds({r.seed for r in children})
+    have = {r.cell for r in kept}
+    missing = []
+    for a in activations:
+        for s in seeds:
+            if (a, s) not in have:
+                tries = sorted((r for r in not_finished if r.cell == (a, s)), key=lambda r: r.start_time)
+                state, words = mlflow_state(tries, declared=False)
+                missing.append(MissingCell(a, s, tries, state, words if tries else ""))
+    return activations, seeds, missing, []
+
+
+def _against_declared(grid, kept, not_finished):
+    """The declared cells (in the --where slice): which have no FINISHED run, and in which state; and the
+    analysed runs that are no declared cell."""
+    from nanoact.analysis.grid import state_of
+
+    def matches(r: RunRecord, c) -> bool:  # runs without nanoact's grid key tag match by their cell
+        return r.grid_key == c.key if "nanoact.grid_key" in r.tags else r.cell == (c.activation, c.seed)
+
+    missing, matched = [], set()
+    for c in grid.cells:
+        done = [r for r in kept if matches(r, c)]
+        matched.update(r.run_id for r in done)
+        if done:
+            continue
+        tries = sorted((r for r in not_finished if matches(r, c)), key=lambda r: r.start_time)
+        state, words = state_of(c, grid, tries)
+        missing.append(MissingCell(c.activation, c.seed, tries, state, words, c.axes, c.key))
+    activations = sorted({c.activation for c in grid.cells})
+    seeds = sort_seeds({c.seed for c in grid.cells})
+    return activations, seeds, missing, [r for r in kept if r.run_id not in matched]
 
 
 def load_histories(client: MlflowClient, runs: list[RunRecord], keys: tuple[str, ...] = HISTORY_KEYS) -> None:

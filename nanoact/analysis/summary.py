@@ -85,6 +85,15 @@ def _pd(an: ExperimentAnalysis) -> dict[str, Any] | None:
             "activation_only": asdict(pd.activation_only) if pd.activation_only is not None else None}
 
 
+def _grid(an: ExperimentAnalysis) -> dict[str, Any] | None:
+    g = an.er.grid
+    if g is None:
+        return None
+    return {"declared": g.declared, "source": g.source, "n_cells": len(g.cells) if g.declared else None,
+            "n_declared": g.n_declared if g.declared else None, "cell_keys": [c.key for c in g.cells],
+            "states_from": g.states_from or None}
+
+
 def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
     fill_text(an.hypotheses)
     return {
@@ -102,9 +111,13 @@ def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
         "sources": asdict(an.sources) if an.sources is not None else None,
         "same_seed_pd": an.cross, "pairs": _pairs(an),
         "heatmap": {"step": an.final_step, "run_ids": [r.run_id for r in an.runs], "pd_tv": an.heatmap},
-        "missing_cells": [{"activation": m.activation, "seed": m.seed,
+        "grid": _grid(an),
+        "missing_cells": [{"activation": m.activation, "seed": m.seed, "axes": dict(m.axes),
+                           "grid_key": m.grid_key or None, "state": m.state or None, "state_text": m.state_text or None,
+                           "text": m.describe(),
                            "attempts": [{"run_id": r.run_id, "status": r.status, "error": r.tags.get("nanoact.error")}
                                         for r in m.attempts]} for m in an.er.missing],
+        "outside_grid_run_ids": [r.run_id for r in an.er.outside_grid],
         "duplicates": [{"older": o.run_id, "newer": n.run_id, "activation": n.activation, "seed": n.seed}
                        for o, n in an.er.duplicates],
         "superseded_run_ids": [r.run_id for r in an.er.superseded],

@@ -58,6 +58,7 @@ class SyntheticSpec:
     eval_sha256: Mapping[tuple[str, int], str] = field(default_factory=dict)  # per-cell override (refusal test)
     nanoact_tags: bool = True  # False: log like a foreign tool (no nanoact.role/grid_key/module tags)
     parent: bool = True
+    declared_grid: Mapping[str, Sequence[Any]] | None = None  # the grid the parent run declares (tag nanoact.grid)
     model: str = "charlm"
     data_seed: int = 0
     device: str = "cpu"
@@ -168,6 +169,8 @@ def log_synthetic_runs(
     parent_id = None
     if spec.parent:
         tags = {"nanoact.role": "parent", "nanoact.study": spec.experiment} if spec.nanoact_tags else {}
+        if spec.declared_grid is not None:
+            tags["nanoact.grid"] = json.dumps({k: list(v) for k, v in spec.declared_grid.items()})
         parent_id = client.create_run(exp_id, start_time=tick(), tags=tags, run_name=f"{spec.experiment}-sweep").info.run_id
 
     max_step = max(spec.steps)
@@ -231,6 +234,8 @@ def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, d
     flat.update({"activation": a, "seed": str(config["train"]["seed"])})
     grid_key = (f"model.activation={a}|train.data_seed={s[1]}|train.init_seed={s[0]}" if isinstance(s, tuple)
                 else f"model.activation={a}|train.seed={s}")
+    if spec.declared_grid is not None:  # the key of a sweep over the declared axes
+        grid_key = "|".join(f"{k}={flat[k]}" for k in sorted(spec.declared_grid))
     return config, flat, grid_key
 
 

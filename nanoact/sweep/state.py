@@ -93,12 +93,17 @@ class SweepResult:
 
 def cell_states(spec: SweepSpec, trials: Iterable[Any] | None) -> list[CellState]:
     """The state of every grid cell from the study's trials: a COMPLETE trial wins, else the newest attempt."""
+    return states_of(spec.cells(), trials)
+
+
+def states_of(cells: Iterable[Cell], trials: Iterable[Any] | None) -> list[CellState]:
+    """``cell_states`` for any cells (e.g. a grid read back from a study's or a parent run's record)."""
     by_key: dict[str, list] = {}
     for t in trials or ():
         k = t.user_attrs.get(A_GRID_KEY)
         if k is not None and not t.user_attrs.get(A_DUPLICATE):
             by_key.setdefault(k, []).append(t)
-    return [_cell_state(cell, sorted(by_key.get(cell.key, []), key=lambda t: t.number)) for cell in spec.cells()]
+    return [_cell_state(cell, sorted(by_key.get(cell.key, []), key=lambda t: t.number)) for cell in cells]
 
 
 def _cell_state(cell: Cell, trials: list) -> CellState:
