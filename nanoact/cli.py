@@ -302,7 +302,9 @@ class SweepProgress(Progress):
               help="Worker processes on this machine; CPU threads are split between them.")
 @click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
-@click.option("--dry-run", is_flag=True, help="Print the grid and what would run; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the grid, what would run, and each cell's parameters, activation memory and estimated "
+                   "time (CPU from finished runs in the store, GPU from a FLOP count); change nothing.")
 @click.option("--init", "init_only", is_flag=True,
               help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
@@ -345,6 +347,10 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
             action = "would run" if s.cell.key in res.planned else str(s.state)
             click.echo(f"  {s.cell.key:60s} {action}")
         click.echo(f"{len(res.planned)} cell(s) would run; {where}")
+        from nanoact.planning import describe
+
+        for line in describe(spec, uri):
+            click.echo(line)
         return
     click.echo(f"experiment {spec.name}: {where}")
     progress = SweepProgress()
@@ -466,11 +472,14 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
               help="Output folder (default reports/<experiment>/).")
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
 @click.option("--allow-anomalies", is_flag=True, help="Exit 0 even when a guard fires.")
+@click.option("--allow-mixed-dtypes", is_flag=True,
+              help="Analyse runs computed in different dtypes (float32, bfloat16) together; else that is an error.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to the sweep's parent run.")
 @click.option("--study", default=None, help="Analyse only this study's runs (when an experiment holds several).")
 @click.option("--where", "where", multiple=True, metavar="PARAM=VALUE",
               help="Keep runs whose param matches, e.g. --where model.name=minigpt (one slice of the zoo).")
-def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, study, where) -> None:
+def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_dtypes, no_log, study,
+                   where) -> None:
     """PD on the shared evaluation set, blocked (RCBD) statistics, guards and plots, as report.md,
     summary.json and PNGs."""
     from nanoact.analysis.report import run_report
@@ -484,7 +493,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, stud
     progress = Progress()
     res = run_report(list(experiments), tracking_uri=_tracking_uri(tracking_uri), out_dir=out,
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
-                     study=study, where=filters or None)
+                     study=study, where=filters or None, allow_mixed_dtypes=allow_mixed_dtypes)
     click.echo(res.headline)
     click.echo(f"wrote {res.report_md}, {res.report_md.with_suffix('.html')}, {res.summary_json}")
     if res.anomalies:

@@ -132,6 +132,7 @@ def run_report(
     progress: Callable[[str], None] | None = None,
     study: str | None = None,
     where: Mapping[str, str] | None = None,
+    allow_mixed_dtypes: bool = False,
 ) -> ReportResult:
     """Analyse ``experiments`` and write report.md, report.html, the PNGs and summary.json to ``out_dir``.
 
@@ -144,10 +145,11 @@ def run_report(
         progress: callback for one-line progress messages.
         study: analyse only this Optuna study's runs (needed when an experiment holds several).
         where: param filters (``{"model.name": "minigpt"}``) selecting one slice of extra grid axes.
+        allow_mixed_dtypes: analyse runs computed in different dtypes together (else that is an error).
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
-    unreadable or missing artifacts); then nothing is written.
+    different compute dtypes without ``allow_mixed_dtypes``, unreadable or missing artifacts); then nothing is written.
     """
     if not experiments:
         raise NanoactError("no experiment given; pass --experiment NAME")
@@ -159,7 +161,8 @@ def run_report(
     fetcher = ArtifactFetcher(client)
     out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
-    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where) for name in experiments]
+    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where,
+                                   allow_mixed_dtypes=allow_mixed_dtypes) for name in experiments]
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")
