@@ -80,7 +80,7 @@ def _counts(cfg: RunConfig) -> tuple[int, int, int]:
     return t.max_iters, n_evals * 2 * t.eval_iters, n_evals * cfg.eval.n_contexts if t.predictions else 0
 
 
-def _attention_width(model) -> int:
+def attention_width(model) -> int:
     """Sum over attention layers of their width (L d in the FLOP formula)."""
     from nanoact.models.layers import CausalSelfAttention
 
@@ -115,13 +115,18 @@ def _model_numbers(cfg: RunConfig, vocab_size: int) -> tuple[int, int, int]:
 
     model = build_model(cfg.model, vocab_size, seed=0)
     per_sample = _saved_bytes_per_sample(model, cfg.model.block_size, vocab_size)
-    return model.num_params(), per_sample * cfg.train.batch_size, _attention_width(model)
+    return model.num_params(), per_sample * cfg.train.batch_size, attention_width(model)
+
+
+def train_flops_per_token(n_params: int, attn: int, block_size: int) -> int:
+    """6 N + 12 L d T: a trained token's forward and backward FLOPs (PaLM, appendix B); ``attn`` is L d."""
+    return 6 * n_params + 12 * attn * block_size
 
 
 def _flops(cfg: RunConfig, n_params: int, attn: int) -> tuple[float, float]:
     """(training FLOPs, eval FLOPs) of one run: 6N + 12 L d T per trained token, a third per evaluated one."""
     T = cfg.model.block_size
-    per_token = 6 * n_params + 12 * attn * T
+    per_token = train_flops_per_token(n_params, attn, T)
     iters, loss_batches, contexts = _counts(cfg)
     tokens_train = iters * cfg.train.batch_size * T
     tokens_eval = (loss_batches * cfg.train.batch_size + contexts) * T  # full forward per context on a GPU
