@@ -14,8 +14,8 @@ that differ only in seeds share one):
 - **time on a CPU**: measured, where finished runs of the same model (activation included) and batch size ran
   on a CPU in the tracking store: their seconds per training iteration (``time/train_s``), per loss-eval batch
   (``time/loss_evals_s``) and per prediction-eval context (``time/prediction_evals_s``), medians over those
-  runs, scaled to the cell's iterations, eval steps and evaluation set. They hold for the machine and thread
-  count those runs had.
+  runs, scaled to the cell's iterations, eval steps and evaluation set. They hold for the machine, thread
+  count and load those runs had.
 - **time on a GPU**: a FLOP count over a stated peak at an assumed model FLOPs utilisation (MFU). Training:
   ``6 N + 12 L d T`` FLOPs per token (N parameters; L attention layers of width d over T positions; PaLM,
   Chowdhery et al. 2022, appendix B), forward-only evals a third of that. The GPU class is an NVIDIA A100 at
