@@ -143,7 +143,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     progress = Progress()
     res = train(cfg, tracker=tracker, progress=progress.train_callback)
     mt = res.metrics
-    click.echo(f"parameters: {res.n_params:,} | device: {res.device} | activation modules: "
+    click.echo(f"parameters: {res.n_params:,} | device: {res.device} ({res.dtype}) | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
     best = "" if mt["best/val_loss"] == mt["final/val_loss"] else f", best val loss {mt['best/val_loss']:.4f}"
     click.echo(f"final: train loss {mt['final/train_loss']:.4f}, val loss {mt['final/val_loss']:.4f}, "

@@ -41,6 +41,8 @@ class TrainResult:
     device: str
     iters: int
     tags: dict[str, str] = field(default_factory=dict)
+    dtype: str = "float32"
+    """The dtype it computed in (``train.dtype`` resolved for the device)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -261,7 +263,7 @@ def _train(
         metrics["time/wall_s"] = time.perf_counter() - t_start
         tracker.log_metrics({"time/wall_s": metrics["time/wall_s"]}, step=t.max_iters)
         result = TrainResult(metrics, history, n_params, eval_set.sha256, data.sha256, check.found, str(device),
-                             t.max_iters, run_tags)
+                             t.max_iters, run_tags, dtype)
         if t.checkpoint:
             tracker.log_checkpoint(
                 {

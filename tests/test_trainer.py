@@ -129,7 +129,7 @@ def test_dtype_auto_is_float32_on_cpu_and_logged_resolved(tiny_data):
     assert RunConfig().train.dtype == "auto"
     assert resolve_dtype("auto", torch.device("cpu")) == "float32"
     tr = MemoryTracker()
-    run(tiny_data, tr)
+    assert run(tiny_data, tr).dtype == "float32"
     assert tr.params["train.dtype"] == "auto" and tr.params["train.dtype_resolved"] == "float32"
     with pytest.raises(ConfigError, match="'auto', 'float32' or 'bfloat16'"):
         apply_overrides(RunConfig(), {"train.dtype": "float16"})
