@@ -48,9 +48,9 @@ def _local_full(cwd: Path) -> Path:
 def test_full_sweep_and_report_on_cpu(tmp_path):
     """6 cells of `full`'s model (3 iterations, batch 2, 16 eval contexts at block 256) and their report.
 
-    Measured: 7 min 53 s wall and 2 min 6 s of CPU time (user) on the shared 2-core machine at a load average of
-    about 9 (other jobs running); each cell took 50-75 s there, training 25-48 s of it. With the machine to
-    itself it needs about the CPU time. At 3 iterations every seed starts all activations from the same weights,
+    Measured twice on the shared 2-core machine with other jobs running (load average 9-14): 7 min 53 s and
+    7 min 16 s wall, 2 min 6 s of CPU time (user) both times; each cell took 50-75 s there, training 25-48 s of
+    it. With the machine to itself it needs about the CPU time, about 2 minutes. At 3 iterations every seed starts all activations from the same weights,
     so the near-identity guard may fire for gelu vs swish (nearly the same function): the report then exits 3,
     as it must, and the test checks the exit code against the guards.
     """
