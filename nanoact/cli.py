@@ -144,7 +144,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     progress = Progress()
     res = train(cfg, tracker=tracker, progress=progress.train_callback)
     mt = res.metrics
-    click.echo(f"parameters: {res.n_params:,} | device: {res.device} | activation modules: "
+    click.echo(f"parameters: {res.n_params:,} | device: {res.device} ({res.dtype}) | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
     best = "" if mt["best/val_loss"] == mt["final/val_loss"] else f", best val loss {mt['best/val_loss']:.4f}"
     click.echo(f"final: train loss {mt['final/train_loss']:.4f}, val loss {mt['final/val_loss']:.4f}, "
@@ -303,7 +303,9 @@ class SweepProgress(Progress):
               help="Worker processes on this machine; CPU threads are split between them.")
 @click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
-@click.option("--dry-run", is_flag=True, help="Print the grid and what would run; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the grid, what would run, and each cell's parameters, activation memory and estimated "
+                   "time (CPU from finished runs in the store, GPU from a FLOP count); change nothing.")
 @click.option("--init", "init_only", is_flag=True,
               help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
@@ -346,6 +348,10 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
             action = "would run" if s.cell.key in res.planned else str(s.state)
             click.echo(f"  {s.cell.key:60s} {action}")
         click.echo(f"{len(res.planned)} cell(s) would run; {where}")
+        from nanoact.planning import describe
+
+        for line in describe(spec, uri):
+            click.echo(line)
         return
     click.echo(f"experiment {spec.name}: {where}")
     progress = SweepProgress()
@@ -467,6 +473,8 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
               help="Output folder (default reports/<experiment>/).")
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
 @click.option("--allow-anomalies", is_flag=True, help="Exit 0 even when a guard fires.")
+@click.option("--allow-mixed-dtypes", is_flag=True,
+              help="Analyse runs computed in different dtypes (float32, bfloat16) together; else that is an error.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to the sweep's parent run.")
 @click.option("--study", default=None, help="Analyse only this study's runs (when an experiment holds several).")
 @click.option("--where", "where", multiple=True, metavar="PARAM=VALUE",
@@ -480,8 +488,8 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
 @click.option("--storage", default=None, envvar="NANOACT_STORAGE",
               help="The sweep's Optuna storage (as for sweep), read for the state of cells without a FINISHED run "
                    "(queued, running, ...); default: optuna-journal.log beside the sqlite store or in ./mlruns.")
-def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, study, where, pd_margin,
-                   loss_margin, storage) -> None:
+def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_dtypes, no_log, study, where,
+                   pd_margin, loss_margin, storage) -> None:
     """PD on the shared evaluation set, blocked (RCBD) statistics, guards and plots, as report.md,
     summary.json and PNGs."""
     from nanoact.analysis.equivalence import Margins
@@ -501,7 +509,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, no_log, stud
     res = run_report(list(experiments), tracking_uri=_tracking_uri(tracking_uri), out_dir=out,
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
                      study=study, where=filters or None, margins=Margins(pd_rel=pd_margin, loss=loss_margin),
-                     storage=storage)
+                     storage=storage, allow_mixed_dtypes=allow_mixed_dtypes)
     click.echo(res.headline)
     click.echo(f"wrote {res.report_md}, {res.report_md.with_suffix('.html')}, {res.summary_json}")
     if res.anomalies:

@@ -66,9 +66,12 @@ class TrainConfig:
     eval_batch_seed: int = 1234
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    dtype: str = "float32"
-    """``float32`` or ``bfloat16`` (autocast, CUDA only)."""
+    dtype: str = "auto"
+    """``auto`` (bfloat16 autocast on a CUDA device with native bf16, else float32), ``float32`` or ``bfloat16``
+    (autocast, CUDA only). The dtype a run used is logged as the param ``train.dtype_resolved``."""
     tf32: bool = False
+    """TF32 matmuls for float32 on CUDA (Ampere or newer). Under bf16 autocast (``dtype`` auto on such a GPU) the
+    matmuls already run in bf16, so it has nothing left to speed up there."""
     compile: bool = False
     deterministic: bool = False
     """Use deterministic algorithms; on CPU a rerun is then bit-identical."""
@@ -121,6 +124,7 @@ class RunConfig:
         return copy.deepcopy(self)
 
 
+DTYPES = ("auto", "float32", "bfloat16")
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
 MAX_VALUE_LEN = 64
 """Longest text accepted for a number or bool from the command line (``--set``)."""
@@ -268,7 +272,7 @@ def validate(cfg: RunConfig) -> None:
     need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
     need(t.eval_interval >= 1, "train.eval_interval must be >= 1")
     need(t.eval_iters >= 1, "train.eval_iters must be >= 1")
-    need(t.dtype in ("float32", "bfloat16"), "train.dtype must be 'float32' or 'bfloat16'")
+    need(t.dtype in DTYPES, "train.dtype must be 'auto', 'float32' or 'bfloat16'")
     need(t.threads >= 0, "train.threads must be >= 0")
     need(t.log_interval >= 0, "train.log_interval must be >= 0 (0: log only at eval steps)")
     for name in ("init_seed", "data_seed", "dropout_seed"):

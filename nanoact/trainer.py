@@ -41,6 +41,8 @@ class TrainResult:
     device: str
     iters: int
     tags: dict[str, str] = field(default_factory=dict)
+    dtype: str = "float32"
+    """The dtype it computed in (``train.dtype`` resolved for the device)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +57,25 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The dtype a run computes in: ``auto`` is ``bfloat16`` (autocast) on a CUDA device with native bf16
+    (Ampere or newer), else ``float32``; ``float32`` and ``bfloat16`` are taken as given (``_check_runtime``
+    rejects bfloat16 off CUDA). On a CPU ``auto`` is float32, so a CPU run computes exactly what it did when
+    float32 was the default."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bfloat16"
+    return "float32"
+
+
+def autocast_for(dtype: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the context every forward pass runs in: bf16 autocast, or nothing for float32."""
+    if dtype == "bfloat16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def get_lr(it: int, cfg) -> float:
@@ -149,7 +170,7 @@ def _chunks_per_core(fn: Callable[[int], torch.Tensor], starts: range, threads: 
 
 def _check_runtime(cfg: RunConfig, device: torch.device) -> None:
     t = cfg.train
-    if t.dtype == "bfloat16" and device.type != "cuda":
+    if resolve_dtype(t.dtype, device) == "bfloat16" and device.type != "cuda":
         raise ConfigError(f"train.dtype=bfloat16 is a CUDA switch, but the device is {device}; use float32")
     if t.tf32 and device.type != "cuda":
         raise ConfigError(f"train.tf32=true is a CUDA switch, but the device is {device}; set it to false")
@@ -195,6 +216,7 @@ def _train(
     m, t, e = cfg.model, cfg.train, cfg.eval
     device = resolve_device(t.device)
     _check_runtime(cfg, device)
+    dtype = resolve_dtype(t.dtype, device)
     if t.threads:
         torch.set_num_threads(t.threads)
     if device.type == "cpu":
@@ -230,18 +252,18 @@ def _train(
             "nanoact.n_params": str(n_params),
         }
         tracker.set_tags(run_tags)
-        tracker.log_params({**cfg.flat(), "activation": m.activation, "seed": t.seed})
+        tracker.log_params({**cfg.flat(), "train.dtype_resolved": dtype, "activation": m.activation, "seed": t.seed})
         tracker.log_dict(cfg.to_dict(), "config.json")
         corpus_name, corpus_from = corpus_source(cfg.data.corpus)
         tracker.log_dataset(corpus_name, data.sha256, corpus_from)
         if not check.ok:
             raise wiring.WiringError(f"activation wiring check failed for {m.name}/{m.activation}: {check.reason}")
 
-        metrics, history = _loop(cfg, model, data, eval_set, device, tracker, progress)
+        metrics, history = _loop(cfg, model, data, eval_set, device, autocast_for(dtype, device), tracker, progress)
         metrics["time/wall_s"] = time.perf_counter() - t_start
         tracker.log_metrics({"time/wall_s": metrics["time/wall_s"]}, step=t.max_iters)
         result = TrainResult(metrics, history, n_params, eval_set.sha256, data.sha256, check.found, str(device),
-                             t.max_iters, run_tags)
+                             t.max_iters, run_tags, dtype)
         if t.checkpoint:
             tracker.log_checkpoint(
                 {
@@ -265,7 +287,7 @@ def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress:
         progress({"event": "iter", "iter": it, "max_iters": t.max_iters, "loss": loss, "lr": lr})
 
 
-def _loop(cfg, model, data, eval_set, device, tracker, progress
+def _loop(cfg, model, data, eval_set, device, autocast, tracker, progress
           ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The optimisation loop with its evals; returns (final metrics, one row of metrics per eval step)."""
     m, t = cfg.model, cfg.train
@@ -279,10 +301,6 @@ def _loop(cfg, model, data, eval_set, device, tracker, progress
         for split in ("train", "val")
     }
     optimizer = configure_optimizer(model, t, device)
-    if t.dtype == "bfloat16":
-        autocast = lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)  # noqa: E731
-    else:
-        autocast = contextlib.nullcontext
     fwd = torch.compile(model) if t.compile else model
     tokens_per_iter = t.batch_size * m.block_size
 

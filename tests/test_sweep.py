@@ -190,6 +190,19 @@ def test_changed_config_is_not_mixed_into_an_existing_study(tmp_path):
     assert sweep.run(spec).trained == 1
 
 
+def test_a_study_made_when_float32_was_the_default_still_resumes(tmp_path):
+    # the fingerprints the previous version (train.dtype default float32) stored for the built-in studies
+    assert sweep.load_sweep("cpu").fingerprint() == "3ca1a6d8e807f593"
+    assert sweep.load_sweep("full").fingerprint() == "9dfdeb16972c0e4e"
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1]')
+    old = sweep.run(sweep.load_sweep(path=p, overrides=["train.dtype=float32"]))  # as the old default wrote it
+    assert old.trained == 1
+    again = sweep.run(sweep.load_sweep(path=p))  # train.dtype = auto
+    assert again.complete and again.trained == 0
+    with pytest.raises(ConfigError, match="different config"):  # a real change of dtype is still refused
+        sweep.run(sweep.load_sweep(path=p, overrides=["train.dtype=bfloat16"]))
+
+
 @pytest.mark.slow
 def test_custom_activation_example_runs(tmp_path):
     corpus = tmp_path / "corpus.txt"

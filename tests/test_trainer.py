@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from nanoact.config import RunConfig, apply_overrides
 from nanoact.errors import ConfigError, DivergenceError
 from nanoact.tracking import MemoryTracker
-from nanoact.trainer import get_lr, train
+from nanoact.trainer import autocast_for, get_lr, resolve_device, resolve_dtype, train
 
 from conftest import tiny_overrides
 
@@ -122,6 +123,44 @@ def test_cuda_switches_rejected_on_cpu(tiny_data):
         run(tiny_data, **{"train.dtype": "bfloat16"})
     with pytest.raises(ConfigError, match="tf32"):
         run(tiny_data, **{"train.tf32": True})
+
+
+def test_dtype_auto_is_float32_on_cpu_and_logged_resolved(tiny_data):
+    assert RunConfig().train.dtype == "auto"
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    tr = MemoryTracker()
+    assert run(tiny_data, tr).dtype == "float32"
+    assert tr.params["train.dtype"] == "auto" and tr.params["train.dtype_resolved"] == "float32"
+    with pytest.raises(ConfigError, match="'auto', 'float32' or 'bfloat16'"):
+        apply_overrides(RunConfig(), {"train.dtype": "float16"})
+
+
+def test_dtype_auto_is_the_old_float32_default_bit_for_bit_on_cpu(tiny_data):
+    kw = {"train.deterministic": True, "model.dropout": 0.1}
+    auto, f32 = MemoryTracker(), MemoryTracker()
+    run(tiny_data, auto, **kw)
+    run(tiny_data, f32, **kw, **{"train.dtype": "float32"})
+    assert _numbers(auto) == _numbers(f32)
+    assert all(np.array_equal(auto.predictions[s][0], f32.predictions[s][0]) for s in f32.predictions)
+
+
+def test_dtype_auto_chooses_bf16_autocast_on_a_cuda_device_with_native_bf16(monkeypatch):
+    """The whole choice, with CUDA faked at the function level: device auto -> cuda, dtype auto -> bfloat16,
+    and the forward passes' context is a bf16 autocast on that device."""
+    bf16 = {"native": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: bf16["native"] or including_emulation)
+    dev = resolve_device("auto")
+    assert dev.type == "cuda"
+    assert resolve_dtype("auto", dev) == "bfloat16"
+    ctx = autocast_for(resolve_dtype("auto", dev), dev)()
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+    bf16["native"] = False  # emulated bf16 only (pre-Ampere): float32, no autocast
+    assert resolve_dtype("auto", dev) == "float32"
+    assert autocast_for("float32", dev) is contextlib.nullcontext
+    assert resolve_dtype("float32", dev) == "float32" and resolve_dtype("bfloat16", dev) == "bfloat16"
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"  # CUDA present, CPU device chosen
 
 
 def test_interrupt_marks_run_killed(tiny_data):

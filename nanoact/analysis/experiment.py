@@ -69,6 +69,7 @@ class ExperimentAnalysis:
     best_equals_final: bool  # best val loss equals final val loss for every run (so it is not repeated)
     hypotheses: list[Hypothesis] = field(default_factory=list)
     margins: Margins = field(default_factory=Margins)
+    dtypes: str | None = None  # compute dtype(s) of the runs (train.dtype_resolved, else train.dtype)
     plots: dict[str, str] = field(default_factory=dict)  # name -> file name
 
     @property
@@ -114,6 +115,38 @@ def _check_eval_hashes(er: ExperimentRuns, notes: list[str]) -> str | None:
         notes.append(f"{len(untagged)} run(s) lack the nanoact.eval_set_sha256 tag; their stored targets were "
                      "compared instead: " + ", ".join(r.run_id for r in untagged))
     return next(iter(groups), None)
+
+
+def run_dtype(r: RunRecord) -> str | None:
+    """The dtype a run computed in: param ``train.dtype_resolved``, or for runs logged before ``auto`` existed
+    their ``train.dtype`` (then always float32 or bfloat16); None when neither says."""
+    d = r.params.get("train.dtype_resolved") or r.params.get("train.dtype")
+    return d if d and d != "auto" else None
+
+
+def _check_dtypes(er: ExperimentRuns, notes: list[str], allow_mixed: bool) -> str | None:
+    """One compute dtype per analysis: PD between a bf16 and a float32 run measures the dtype as well as the
+    activation or seed. Mixed dtypes are an error unless ``allow_mixed`` (then a note says so)."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    unknown = []
+    for r in er.runs:
+        d = run_dtype(r)
+        (groups[d] if d else unknown).append(r)
+    if unknown:
+        notes.append(f"{len(unknown)} run(s) logged no train.dtype_resolved or train.dtype param; their compute dtype "
+                     "is unknown: " + ", ".join(r.run_id for r in unknown))
+    if len(groups) > 1:
+        parts = [f"{d}: " + ", ".join(f"{r.run_id} ({r.activation} s{r.seed})" for r in rs[:4])
+                 + (f" and {len(rs) - 4} more" if len(rs) > 4 else "") for d, rs in sorted(groups.items())]
+        if not allow_mixed:
+            raise NanoactError(
+                f"experiment {er.name!r}: runs computed in different dtypes ({'; '.join(parts)}), so PD and loss "
+                "differences mix the dtype with the activation and seed; rerun them in one dtype (--set "
+                "train.dtype=...), or pass --allow-mixed-dtypes to analyse them together anyway")
+        notes.append("runs computed in different dtypes were analysed together (--allow-mixed-dtypes): "
+                     + "; ".join(f"{d}: {len(rs)} run(s)" for d, rs in sorted(groups.items()))
+                     + "; differences between them include the dtype's")
+    return ", ".join(sorted(groups)) or None
 
 
 def _pair_list(runs: list[RunRecord]) -> list[tuple[int, int, str]]:
@@ -286,15 +319,17 @@ def _seed_units(runs: list[RunRecord]) -> dict[str, tuple[str, str]] | None:
 def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Callable[[str], None],
                        study: str | None = None, where: Mapping[str, str] | None = None,
                        margins: Margins | None = None, *, storage: str | None = None,
-                       tracking_uri: str | None = None) -> ExperimentAnalysis:
+                       tracking_uri: str | None = None, allow_mixed_dtypes: bool = False) -> ExperimentAnalysis:
     """Load one experiment and compute PD, statistics, tests and guards.
 
     ``margins``: the differences of interest stated in advance (equivalence tests, seeds needed).
     ``storage``, ``tracking_uri``: where to look for the sweep's Optuna study (``nanoact.analysis.grid``).
+    ``allow_mixed_dtypes``: analyse runs computed in different dtypes together (else that is an error).
     """
     er = load_experiment(client, name, progress, study=study, where=where, storage=storage, tracking_uri=tracking_uri)
     notes: list[str] = []
     sha = _check_eval_hashes(er, notes)
+    dtypes = _check_dtypes(er, notes, allow_mixed_dtypes)
     runs = er.runs
     progress(f"{name}: reading metric histories of {len(runs)} runs")
     load_histories(client, runs)
@@ -319,6 +354,7 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
         cross=_cross_summary(runs, pairs, pp.pair_values, steps), outcomes=outcomes, pd=pd,
         sources=sources, guards=_guards(er, pp, outcomes, pd, steps[-1]),
         parent_run_id=er.parent_run_id(), eval_iters=", ".join(sorted(eval_iters)) or None, best_equals_final=same,
+        dtypes=dtypes,
     )
     an.margins = margins or Margins()
     an.hypotheses = build_hypotheses(outcomes, pd, an.sources, an.margins)

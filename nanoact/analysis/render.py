@@ -448,7 +448,8 @@ def _md_config(an, h: str) -> list[str]:
          "batches (the same batches for every run), not the whole val split; loss is cross-entropy in nats per "
          "character",
          "- parameter count (tag nanoact.n_params): " + "; ".join(f"{a}: {', '.join(v)}" for a, v in n_params.items()),
-         f"- devices: {', '.join(sorted({r.tags.get('nanoact.device', 'n/a') for r in runs}))}"]
+         f"- devices: {', '.join(sorted({r.tags.get('nanoact.device', 'n/a') for r in runs}))}; compute dtype: "
+         f"{an.dtypes or 'not logged'}"]
     if varying:
         L.append("- params that vary between runs besides activation and seed: "
                  + "; ".join(f"`{k}` ∈ {sorted(v)}" for k, v in varying.items()))

@@ -135,6 +135,7 @@ def run_report(
     where: Mapping[str, str] | None = None,
     margins: Margins | None = None,
     storage: str | None = None,
+    allow_mixed_dtypes: bool = False,
 ) -> ReportResult:
     """Analyse ``experiments`` and write report.md, report.html, the PNGs and summary.json to ``out_dir``.
 
@@ -151,10 +152,11 @@ def run_report(
             equivalence tests and the seeds-needed figures use them.
         storage: the sweeps' Optuna storage, read for the states of missing cells (queued, running, ...) and for
             a grid its parent run does not declare; default: the journal beside a sqlite store or in ./mlruns.
+        allow_mixed_dtypes: analyse runs computed in different dtypes together (else that is an error).
 
     Returns a ``ReportResult``; the outputs are written even when guards fail (``anomalies`` lists them).
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
-    unreadable or missing artifacts); then nothing is written.
+    different compute dtypes without ``allow_mixed_dtypes``, unreadable or missing artifacts); then nothing is written.
     """
     if not experiments:
         raise NanoactError("no experiment given; pass --experiment NAME")
@@ -167,7 +169,8 @@ def run_report(
     out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
     analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, storage=storage,
-                                   tracking_uri=uri, margins=margins) for name in experiments]
+                                   tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
+                for name in experiments]
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")

@@ -100,7 +100,7 @@ def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
         "experiment": an.er.name, "experiment_id": an.er.experiment_id, "parent_run_id": an.parent_run_id,
         "primary_outcome": PRIMARY_OUTCOME,
         "evaluation": {"eval_set_sha256": an.eval_sha256, "n_contexts": an.n_contexts, "vocab_size": an.vocab_size,
-                       "final_step": an.final_step, "val_metrics_batches": an.eval_iters,
+                       "final_step": an.final_step, "val_metrics_batches": an.eval_iters, "dtypes": an.dtypes,
                        "js_unit": "nats", "loss_unit": "nats per character"},
         "steps": an.steps, "activations": an.er.activations, "seeds": an.er.seeds, "notes": an.notes,
         "best_val_loss_equals_final": an.best_equals_final,

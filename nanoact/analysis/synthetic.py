@@ -56,6 +56,9 @@ class SyntheticSpec:
     failed: Sequence[tuple[str, int]] = ()  # cells with only a FAILED attempt
     retried: Sequence[tuple[str, int]] = ()  # cells with an older FINISHED attempt before the kept one
     eval_sha256: Mapping[tuple[str, int], str] = field(default_factory=dict)  # per-cell override (refusal test)
+    # cells logged as the current version does (train.dtype auto, train.dtype_resolved = the value); the others
+    # as before auto existed (train.dtype float32, no train.dtype_resolved)
+    dtypes: Mapping[tuple[str, int], str] = field(default_factory=dict)
     nanoact_tags: bool = True  # False: log like a foreign tool (no nanoact.role/grid_key/module tags)
     parent: bool = True
     declared_grid: Mapping[str, Sequence[Any]] | None = None  # the grid the parent run declares (tag nanoact.grid)
@@ -224,7 +227,8 @@ def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, d
     config = {
         "model": {"name": spec.model, "activation": a, "n_layer": 2, "n_embd": 64, "n_head": 4,
                   "block_size": 64, "dropout": 0.0, "bias": False},
-        "train": {"seed": s, "lr": 3e-4, "max_iters": max_step, "batch_size": 32},
+        "train": {"seed": s, "lr": 3e-4, "max_iters": max_step, "batch_size": 32,
+                  "dtype": "auto" if (a, s) in spec.dtypes else "float32"},
         "data": {"corpus": "synthetic"},
         "eval": {"n_contexts": spec.n_contexts, "seed": 1234},
     }
@@ -232,6 +236,8 @@ def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, d
         config["train"].update({"seed": 1337, "init_seed": s[0], "data_seed": s[1]})
     flat = {f"{sec}.{k}": str(v) for sec, d in config.items() for k, v in d.items()}
     flat.update({"activation": a, "seed": str(config["train"]["seed"])})
+    if (a, s) in spec.dtypes:
+        flat["train.dtype_resolved"] = spec.dtypes[(a, s)]
     grid_key = (f"model.activation={a}|train.data_seed={s[1]}|train.init_seed={s[0]}" if isinstance(s, tuple)
                 else f"model.activation={a}|train.seed={s}")
     if spec.declared_grid is not None:  # the key of a sweep over the declared axes

@@ -26,6 +26,10 @@ NOT_FINGERPRINTED = {"train.threads", "train.device", "train.compile", "train.lo
 # keys added after studies existed: at these values they change nothing a cell computes, so they stay out of the
 # fingerprint and older studies still resume
 NEUTRAL = {"train.init_seed": -1, "train.data_seed": -1, "train.dropout_seed": -1}
+# keys whose default changed after studies existed: the new default is fingerprinted as the old one, so an older
+# study still resumes. train.dtype: "auto" computes what "float32" did everywhere but on a bf16-capable GPU (there
+# a resumed float32 study would get bf16 cells, which the report refuses to mix; --set train.dtype=float32 keeps it)
+FORMER_DEFAULTS = {"train.dtype": ("auto", "float32")}
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class SweepSpec:
         """Identifies the base config and grid: a study must not silently mix two different experiments."""
         base = {k: v for k, v in self.base.flat().items()
                 if k not in NOT_FINGERPRINTED and not (k in NEUTRAL and v == NEUTRAL[k])}
+        for k, (new, old) in FORMER_DEFAULTS.items():
+            if base.get(k) == new:
+                base[k] = old
         payload = json.dumps({"base": base, "grid": self.grid}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -141,6 +141,25 @@ def test_refuses_different_eval_sets(uri, artifacts, tmp_path):
     assert log.run_ids[("gelu", 43)] in msg
 
 
+def test_refuses_different_compute_dtypes_unless_asked(uri, artifacts, tmp_path):
+    # runs logged before train.dtype=auto existed (param train.dtype=float32 only) go with new float32 runs
+    log_synthetic_runs(uri, SyntheticSpec(experiment="oldnew", dtypes={("gelu", 43): "float32"}),
+                       artifact_root=artifacts)
+    res = _report(uri, tmp_path, ["oldnew"])
+    assert json.loads(res.summary_json.read_text())["per_experiment"]["oldnew"]["evaluation"]["dtypes"] == "float32"
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="dt", dtypes={("gelu", 43): "bfloat16"}),
+                             artifact_root=artifacts)
+    with pytest.raises(NanoactError) as exc:
+        _report(uri, tmp_path, ["dt"])
+    msg = str(exc.value)
+    assert "\n" not in msg and "different dtypes" in msg and "--allow-mixed-dtypes" in msg
+    assert log.run_ids[("gelu", 43)] in msg
+    res = _report(uri, tmp_path, ["dt"], allow_mixed_dtypes=True)
+    e = json.loads(res.summary_json.read_text())["per_experiment"]["dt"]
+    assert e["evaluation"]["dtypes"] == "bfloat16, float32"
+    assert any("--allow-mixed-dtypes" in n for n in e["notes"])
+
+
 def test_refuses_different_stored_targets(uri, artifacts, tmp_path):
     log = log_synthetic_runs(uri, SyntheticSpec(experiment="targets"), artifact_root=artifacts)
     rid = log.run_ids[("swish", 44)]

@@ -1,0 +1,296 @@
+"""What a sweep's cells will cost, before any runs: parameters, activation memory and time per device class.
+
+Nothing here trains or times anything. ``nanoact sweep --dry-run`` prints it for each distinct config (cells
+that differ only in seeds share one):
+
+- **parameters**: the model built on the CPU, as the trainer builds it.
+- **activation memory**: the bytes of the tensors autograd saves for the backward pass in one training step
+  at the configured batch and block, in float32. They are counted with ``saved_tensors_hooks`` on one forward
+  pass at batch 1 (each storage once; parameters left out) and multiplied by the batch size, which is exact
+  because every saved activation has the batch as a dimension. Not counted: the weights, gradients and AdamW
+  moments (printed apart, 16 bytes per parameter in float32), temporary buffers of single ops, and the
+  allocator's slack. The attention counted is PyTorch's CPU kernel; a GPU's flash attention saves less, and
+  bf16 autocast stores many saved tensors in 2 bytes instead of 4.
+- **time on a CPU**: measured, where finished runs of the same model (activation included) and batch size ran
+  on a CPU in the tracking store: their seconds per training iteration (``time/train_s``), per loss-eval batch
+  (``time/loss_evals_s``) and per prediction-eval context (``time/prediction_evals_s``), medians over those
+  runs, scaled to the cell's iterations, eval steps and evaluation set. They hold for the machine, thread
+  count and load those runs had.
+- **time on a GPU**: a FLOP count over a stated peak at an assumed model FLOPs utilisation (MFU). Training:
+  ``6 N + 12 L d T`` FLOPs per token (N parameters; L attention layers of width d over T positions; PaLM,
+  Chowdhery et al. 2022, appendix B), forward-only evals a third of that. The GPU class is an NVIDIA A100 at
+  its bf16 dense tensor-core peak of 312 TFLOP/s (NVIDIA A100 datasheet), at an assumed MFU of 20%: an
+  assumption, not a measurement (``benchmarks/full_gpu.py`` measures it on a real GPU).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from nanoact.config import RunConfig
+
+GPU_NAME = "A100"
+GPU_PEAK_FLOPS = 312e12  # bf16 dense tensor-core peak, NVIDIA A100 datasheet
+ASSUMED_MFU = 0.20
+STATE_BYTES_PER_PARAM = 16  # float32 weight + gradient + AdamW's two moments
+MAX_CONFIGS = 12  # distinct configs estimated by one dry-run; a bigger grid gets a line saying how many were left
+SEED_KEYS = ("train.seed", "train.init_seed", "train.data_seed", "train.dropout_seed")
+
+
+@dataclass
+class CpuMeasure:
+    """Median per-unit costs of finished CPU runs of one recipe (model config and batch size)."""
+
+    n_runs: int
+    s_per_iter: float
+    s_per_loss_batch: float
+    s_per_context: float
+
+
+@dataclass
+class Estimate:
+    n_params: int
+    activation_bytes: int
+    train_flops: float
+    eval_flops: float
+    cpu: CpuMeasure | None
+    cpu_s: float | None
+
+    @property
+    def state_bytes(self) -> int:
+        return STATE_BYTES_PER_PARAM * self.n_params
+
+    @property
+    def gpu_s(self) -> float:
+        return (self.train_flops + self.eval_flops) / (GPU_PEAK_FLOPS * ASSUMED_MFU)
+
+
+def eval_steps(max_iters: int, eval_interval: int) -> int:
+    """Eval steps of a run: 0, K, 2K, ... and max_iters (the trainer's rule)."""
+    return len(range(0, max_iters + 1, eval_interval)) + (1 if max_iters % eval_interval else 0)
+
+
+def _counts(cfg: RunConfig) -> tuple[int, int, int]:
+    """(training iterations, loss-eval batches, prediction-eval contexts) of one run."""
+    t = cfg.train
+    n_evals = eval_steps(t.max_iters, t.eval_interval)
+    return t.max_iters, n_evals * 2 * t.eval_iters, n_evals * cfg.eval.n_contexts if t.predictions else 0
+
+
+def attention_width(model) -> int:
+    """Sum over attention layers of their width (L d in the FLOP formula)."""
+    from nanoact.models.layers import CausalSelfAttention
+
+    return sum(m.c_proj.in_features for m in model.modules() if isinstance(m, CausalSelfAttention))
+
+
+def _saved_bytes_per_sample(model, block_size: int, vocab_size: int) -> int:
+    """Bytes autograd saves for backward in a training forward pass at batch 1 (each storage once, no params)."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(vocab_size, (1, block_size), generator=g)
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x, x)
+    del loss
+    return sum(seen.values())
+
+
+def _model_numbers(cfg: RunConfig, vocab_size: int) -> tuple[int, int, int]:
+    """(parameters, activation bytes at the configured batch, attention L*d) of the cell's model."""
+    from nanoact.models import build_model
+
+    model = build_model(cfg.model, vocab_size, seed=0)
+    per_sample = _saved_bytes_per_sample(model, cfg.model.block_size, vocab_size)
+    return model.num_params(), per_sample * cfg.train.batch_size, attention_width(model)
+
+
+def train_flops_per_token(n_params: int, attn: int, block_size: int) -> int:
+    """6 N + 12 L d T: a trained token's forward and backward FLOPs (PaLM, appendix B); ``attn`` is L d."""
+    return 6 * n_params + 12 * attn * block_size
+
+
+def _flops(cfg: RunConfig, n_params: int, attn: int) -> tuple[float, float]:
+    """(training FLOPs, eval FLOPs) of one run: 6N + 12 L d T per trained token, a third per evaluated one."""
+    T = cfg.model.block_size
+    per_token = train_flops_per_token(n_params, attn, T)
+    iters, loss_batches, contexts = _counts(cfg)
+    tokens_train = iters * cfg.train.batch_size * T
+    tokens_eval = (loss_batches * cfg.train.batch_size + contexts) * T  # full forward per context on a GPU
+    return float(per_token * tokens_train), float(per_token / 3 * tokens_eval)
+
+
+RunsFn = Callable[[RunConfig], list[Any]]
+
+
+class StoreRuns:
+    """Finished runs on a CPU with a cell's model and batch size, read from the store at ``tracking_uri`` (read
+    only: a sqlite store that does not exist yet has none and is not created). ``problem`` says why the store
+    could not be read, if it could not; then no run is found."""
+
+    def __init__(self, tracking_uri: str):
+        self.uri = tracking_uri
+        self.problem: str | None = None
+        self._client = None
+        self._cache: dict[tuple[str, str], list[Any]] = {}
+
+    def _open(self):
+        from mlflow import MlflowClient
+
+        from nanoact.errors import NanoactError
+        from nanoact.server import check_tracking_server
+
+        try:
+            check_tracking_server(self.uri)
+        except NanoactError as e:
+            self.problem = str(e)
+            return None
+        return MlflowClient(self.uri)
+
+    def __call__(self, cfg: RunConfig) -> list[Any]:
+        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists():
+            return []
+        key = (cfg.model.name, str(cfg.train.batch_size))
+        if key not in self._cache:
+            self._cache[key] = []
+            if self._client is None and self.problem is None:
+                self._client = self._open()
+            if self._client is not None:
+                flt = (f"attributes.status = 'FINISHED' and params.`model.name` = '{key[0]}' "
+                       f"and params.`train.batch_size` = '{key[1]}' and tags.`nanoact.device` LIKE 'cpu%'")
+                try:
+                    ids = [e.experiment_id for e in self._client.search_experiments()]
+                    self._cache[key] = self._client.search_runs(ids, flt, max_results=5000) if ids else []
+                except Exception as e:  # any store failure: say so, estimate the rest
+                    self.problem = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                    self._client = None
+        want = {k: str(v) for k, v in cfg.flat().items() if k.startswith("model.")}
+        return [r for r in self._cache[key] if all(r.data.params.get(k) == v for k, v in want.items())]
+
+
+def cpu_measure(runs: list[Any]) -> CpuMeasure | None:
+    """Per-unit CPU costs (medians) from runs that logged time/train_s, time/loss_evals_s, time/prediction_evals_s."""
+    it, lb, ctx = [], [], []
+    for r in runs:
+        m, p = r.data.metrics, r.data.params
+        try:
+            cfg_like = RunConfig()
+            cfg_like.train.max_iters, cfg_like.train.eval_interval = int(p["train.max_iters"]), int(
+                p["train.eval_interval"])
+            cfg_like.train.eval_iters, cfg_like.eval.n_contexts = int(p["train.eval_iters"]), int(p["eval.n_contexts"])
+            cfg_like.train.predictions = p.get("train.predictions", "True") == "True"
+            times = m["time/train_s"], m["time/loss_evals_s"], m["time/prediction_evals_s"]
+        except (KeyError, ValueError):
+            continue  # logged before these metrics existed
+        iters, loss_batches, contexts = _counts(cfg_like)
+        if iters <= 0 or times[0] <= 0:
+            continue
+        it.append(times[0] / iters)
+        lb.append(times[1] / loss_batches)
+        if contexts:
+            ctx.append(times[2] / contexts)
+    if not it or not ctx:
+        return None
+    return CpuMeasure(len(it), statistics.median(it), statistics.median(lb), statistics.median(ctx))
+
+
+def estimate(cfg: RunConfig, vocab_size: int, runs: RunsFn | None = None) -> Estimate:
+    """Parameters, activation memory, FLOPs and time estimates of one cell (see the module docstring)."""
+    n_params, act_bytes, attn = _model_numbers(cfg, vocab_size)
+    train_flops, eval_flops = _flops(cfg, n_params, attn)
+    cpu = cpu_measure(runs(cfg)) if runs is not None else None
+    cpu_s = None
+    if cpu is not None:
+        iters, loss_batches, contexts = _counts(cfg)
+        cpu_s = iters * cpu.s_per_iter + loss_batches * cpu.s_per_loss_batch + contexts * cpu.s_per_context
+    return Estimate(n_params, act_bytes, train_flops, eval_flops, cpu, cpu_s)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def _dur(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 2 * 3600:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _vocab_sizes() -> Callable[[RunConfig], int]:
+    from nanoact.data import CharDataset
+
+    sizes: dict[tuple, int] = {}
+
+    def size(cfg: RunConfig) -> int:
+        key = (cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
+        if key not in sizes:
+            sizes[key] = CharDataset.from_config(*key).vocab.size
+        return sizes[key]
+
+    return size
+
+
+def describe(spec, tracking_uri: str) -> list[str]:
+    """Lines for ``--dry-run``: one block per distinct config (cells differing only in seeds share it), and the
+    grid's totals."""
+    vocab_size = _vocab_sizes()
+    groups: dict[tuple, list[Any]] = {}
+    for cell in spec.cells():
+        cfg = spec.cell_config(cell)
+        key = tuple(sorted((k, str(v)) for k, v in cfg.flat().items() if k not in SEED_KEYS))
+        groups.setdefault(key, []).append((cell, cfg))
+    runs = StoreRuns(tracking_uri)
+    seed_axes = [k for k in spec.grid if k in SEED_KEYS]
+    other_axes = [k for k in spec.grid if k not in SEED_KEYS]
+    lines = [f"estimates per cell ({len(groups)} distinct config(s); cells that differ only in "
+             f"{', '.join(seed_axes) or 'seeds'} share one), computed, not measured, except the CPU times:"]
+    total_cpu, total_gpu, cpu_cells = 0.0, 0.0, 0
+    for i, members in enumerate(groups.values()):
+        if i == MAX_CONFIGS:
+            lines.append(f"  ... {len(groups) - MAX_CONFIGS} more distinct config(s) not estimated (at most "
+                         f"{MAX_CONFIGS} per dry-run)")
+            break
+        cell, cfg = members[0]
+        est = estimate(cfg, vocab_size(cfg), runs)
+        label = "|".join(f"{k}={cell.values[k]}" for k in other_axes) or "every cell"
+        m, t = cfg.model, cfg.train
+        lines.append(f"  {label} ({len(members)} cell(s)):")
+        lines.append(f"    {est.n_params:,} parameters; activations saved for backward at batch {t.batch_size} x "
+                     f"block {m.block_size}: {_gib(est.activation_bytes)} (float32); weights + grads + AdamW "
+                     f"state: {_gib(est.state_bytes)}")
+        if est.cpu is not None:
+            c = est.cpu
+            lines.append(f"    cpu: {_dur(est.cpu_s)} per cell, from {c.n_runs} finished CPU run(s) of this model "
+                         f"and batch in the store ({c.s_per_iter * 1e3:.0f} ms/iter, "
+                         f"{c.s_per_context * 1e3:.1f} ms per eval context)")
+            total_cpu += est.cpu_s * len(members)
+            cpu_cells += len(members)
+        elif runs.problem:
+            lines.append(f"    cpu: unknown, the store could not be read ({runs.problem})")
+        else:
+            lines.append("    cpu: no finished CPU run of this model and batch size in the store to measure from")
+        lines.append(f"    {GPU_NAME} (bf16 peak {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at an assumed "
+                     f"{ASSUMED_MFU:.0%} MFU): {_dur(est.gpu_s)} per cell for {(est.train_flops + est.eval_flops) / 1e15:.2f} "
+                     f"PFLOP ({est.train_flops / 1e15:.2f} training, {est.eval_flops / 1e15:.2f} evals)")
+        total_gpu += est.gpu_s * len(members)
+    if len(groups) <= MAX_CONFIGS:
+        n = len(spec.cells())
+        cpu_part = (f"cpu {_dur(total_cpu)}" + (f" ({cpu_cells} of {n} cells measured)" if cpu_cells < n else "")
+                    if cpu_cells else "cpu unknown")
+        lines.append(f"grid total, one worker: {cpu_part}; {GPU_NAME} {_dur(total_gpu)} (assumed MFU)")
+    return lines
