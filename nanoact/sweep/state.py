@@ -72,6 +72,7 @@ class SweepResult:
     failed: int = 0  # cells this call tried and that failed
     recovered: list[str] = field(default_factory=list)  # what recovery did to dead workers' trials, one line each
     interrupted: bool = False
+    interrupt_exit: int = 130  # 128 + the signal that interrupted it: 130 Ctrl-C (SIGINT), 143 SIGTERM
 
     def count(self, *states: CellStatus) -> int:
         return sum(s.state in states for s in self.states)
@@ -83,9 +84,9 @@ class SweepResult:
     @property
     def exit_code(self) -> int:
         """0: the grid is done, or what is left is running in other workers; 1: cells failed or are left to run;
-        130: interrupted."""
+        130: interrupted by Ctrl-C; 143: by SIGTERM."""
         if self.interrupted:
-            return 130
+            return self.interrupt_exit
         if self.complete or all(s.state in (CellStatus.DONE, *BUSY) for s in self.states):
             return 0
         return 1

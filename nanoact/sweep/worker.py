@@ -13,6 +13,8 @@ import math
 import time
 from typing import Any
 
+from nanoact.cluster import slurm_tags
+from nanoact.errors import interrupt_reason
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import requeue_lost
 from nanoact.sweep.options import EventFn, WorkerContext
@@ -126,8 +128,8 @@ class Worker:
 
         try:
             res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train)
-        except KeyboardInterrupt:
-            self._end(trial, key, error="interrupted (Ctrl-C)", interrupted=True)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (nanoact.sweep.interrupt)
+            self._end(trial, key, error=interrupt_reason(e), interrupted=True)
             raise
         except Exception as e:
             full = _storage_failure(e, self.ctx)
@@ -147,7 +149,7 @@ class Worker:
         return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={
             "mlflow.parentRunId": self.ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
             "nanoact.study": self.ctx.spec.study_name, "optuna.trial_number": str(trial.number),
-            "mlflow.note.content": note,
+            "mlflow.note.content": note, **slurm_tags(),
         }, on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id), source="nanoact sweep",
             system_metrics=self.ctx.system_metrics)
 
