@@ -6,6 +6,11 @@ is to die on the spot, which would leave the cell's trial RUNNING until another 
 the first SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) in the main thread instead: the trainer ends
 its MLflow run KILLED, the worker marks the trial interrupted, and the cell runs again.
 
+A signal can arrive while Python runs a finalizer (a ``__del__`` or weakref callback, e.g. SQLAlchemy's),
+where an exception is dropped (Python would print it as "Exception ignored"; here it prints nothing). So the
+interruption is also kept pending, and ``check()`` (called by the worker every iteration, while idle and between
+cells, and by ``--workers N``'s parent as it waits) raises it again until it is delivered.
+
 After the first SIGINT or SIGTERM, further SIGTERMs are ignored (they would break the ending of the cell; Slurm
 signals every process of a task, and ``nanoact sweep --workers N`` also forwards the signal to its workers),
 and SIGINT gets Python's default again: a second Ctrl-C still stops at once.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -39,16 +45,49 @@ def interruptible() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cell is being ended: one interruption is enough
         if signal.SIGINT in ours:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        if signum == signal.SIGTERM:
-            raise Terminated("SIGTERM")
-        raise KeyboardInterrupt
+        _pending[:] = [Terminated if signum == signal.SIGTERM else KeyboardInterrupt]
+        check()
 
     old = {s: signal.signal(s, on_signal) for s in ours}
+    old_hook = sys.unraisablehook
+
+    def unraisable(info) -> None:  # dropped in a finalizer: it stays pending, no "Exception ignored" traceback
+        if not (_pending and isinstance(info.exc_value, KeyboardInterrupt)):
+            old_hook(info)
+
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
+        _pending.clear()
+        sys.unraisablehook = old_hook
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+_pending: list[type[KeyboardInterrupt]] = []  # the interruption not yet delivered (see the module docstring)
+
+
+def exception() -> KeyboardInterrupt:
+    """The pending interruption as an exception (``Terminated`` for SIGTERM)."""
+    return _pending[0]("SIGTERM" if _pending[0] is Terminated else "")
+
+
+def check() -> None:
+    """Raise the pending interruption, if any (a no-op outside ``interruptible``)."""
+    if _pending:
+        raise exception()
+
+
+def pending() -> bool:
+    """An interruption arrived and did not reach the code that ends the cell (an exception raised meanwhile, e.g.
+    by a module whose import it cut short, is its consequence)."""
+    return bool(_pending)
+
+
+def delivered() -> None:
+    """The interruption reached the code that ends the cell: ``check()`` stops raising it."""
+    _pending.clear()
 
 
 def exit_code(e: BaseException) -> int:

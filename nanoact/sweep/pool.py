@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from nanoact.errors import Terminated
+from nanoact.sweep import interrupt
 from nanoact.sweep.interrupt import exit_code, interruptible
 from nanoact.sweep.options import EventFn, WorkerContext, worker_contexts
 
@@ -28,7 +29,9 @@ def run_pool(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None, 
     try:
         while any(p.is_alive() for p in procs) or not q.empty():
             _relay(q, events, totals)
+            interrupt.check()
     except KeyboardInterrupt as e:
+        interrupt.delivered()
         # Ctrl-C reaches the whole process group, so the workers got it too. A SIGTERM may have reached this
         # process only (`kill`, Slurm's `--signal=B:TERM`): pass it on (a worker ignores a second SIGTERM).
         # Either way each worker marks its cell interrupted and exits.
