@@ -5,7 +5,7 @@ Trial user attrs written by nanoact (the study is the record; MLflow holds the r
 - ``grid_key`` / ``cell``: the cell a trial trains (its params hold the same values, for Optuna's own tools);
 - ``mlflow_run_id``: the run of this attempt; ``nanoact.worker``: a name for the worker, for people only;
 - ``nanoact.final``: the run's final metrics; ``nanoact.error``: why the attempt failed or was interrupted;
-- ``nanoact.interrupted``: the attempt was killed (Ctrl-C, or its worker died), so the cell runs again;
+- ``nanoact.interrupted``: the attempt was killed (Ctrl-C, SIGTERM, or its worker died), so the cell runs again;
 - ``nanoact.adopted``: the worker died after its run finished; recovery completed the trial from that run;
 - ``nanoact.retry_of``: the trial number of the attempt this one retries;
 - ``nanoact.duplicate``: the cell was already taken when this trial was popped; it never trained.
