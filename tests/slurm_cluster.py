@@ -172,7 +172,7 @@ class LocalSlurm:
             if p.poll() is None:
                 p.terminate()
                 try:
-                    p.wait(timeout=20)
+                    p.wait(timeout=5)  # state is thrown away with the folder
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()

@@ -91,7 +91,15 @@ def test_nanoact_sweep_refuses_an_unsafe_store_in_one_line(tmp_path, monkeypatch
     r = CliRunner().invoke(cli, ["sweep", "--file", str(p)])
     assert isinstance(r.exception, ConfigError) and "the Optuna journal" in str(r.exception), r.output
     assert not (tmp_path / "mlruns").exists()  # refused before anything was created
-    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")  # one host: warned, and it runs
+
+
+@pytest.mark.slow
+def test_nanoact_sweep_warns_about_an_unsafe_store_on_one_host_and_runs(tmp_path, monkeypatch):
+    p = write_sweep(tmp_path, grid='"train.seed" = [1]')
+    fake = MOUNTS + f"lus@o2ib:/lab {tmp_path} lustre rw,noflock 0 0\n"
+    monkeypatch.setattr(cluster, "_read_mounts", lambda mounts: fake)
+    for k in ("SLURM_ARRAY_TASK_ID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        monkeypatch.delenv(k, raising=False)
     r = CliRunner().invoke(cli, ["sweep", "--file", str(p)])
     assert r.exit_code == 0, r.output
     assert r.output.count("warning: the Optuna journal") == 1 and "lustre" in r.output
@@ -104,6 +112,7 @@ def test_slurm_tags_come_from_the_environment():
     assert cluster.multi_host({"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"}) is None
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_cell_as_interrupted_and_runs_record_slurm_ids(tmp_path, monkeypatch):
     for k, v in ARRAY.items():  # an array task (the default stores sit on a local disk here: allowed)
         monkeypatch.setenv(k, v)

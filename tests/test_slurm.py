@@ -29,7 +29,8 @@ from conftest import SHARED_CORPUS
 from slurm_cluster import LocalSlurm, missing
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = ["--set", "train.max_iters=60", "--set", "train.lr_decay_iters=60", "--set", "train.eval_interval=30"]
+SMOKE = [f"--set={kv}" for kv in ("train.max_iters=40", "train.lr_decay_iters=40", "train.eval_interval=20",
+                                   "eval.n_contexts=128")]  # the smoke experiment, a few seconds a cell
 
 
 def _require_slurm() -> None:
