@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -161,3 +162,21 @@ def test_sigterm_to_the_parent_of_workers_reaches_them(tmp_path):
     _, runs = child_runs(tmp_path)
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]
     assert {r.data.tags["nanoact.error"] for r in runs} == {"interrupted (SIGTERM)"}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_worker_without_its_gpu_stops_before_taking_a_cell(tmp_path):
+    spec = sweep.load_sweep(path=write_sweep(tmp_path, grid='"train.seed" = [1]'))
+    with pytest.raises(ConfigError, match=r"^--devices cuda:0: .*CUDA is not available on this machine$"):
+        sweep.run(spec, sweep.SweepOptions(devices=("cuda:0",)))
+    assert not (tmp_path / "mlruns").exists()  # no study, no run, no failed cell
+
+
+def test_the_gpu_script_stops_without_an_allocated_gpu(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "sweep-gpu.sbatch"
+    env = {"PATH": os.environ["PATH"], "NANOACT_STORAGE": str(tmp_path / "j.log"), "MLFLOW_TRACKING_URI": "http://h:1"}
+    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode == 2 and "no GPU allocated" in r.stderr and not list(tmp_path.iterdir()), r.stderr
+    del env["NANOACT_STORAGE"]
+    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode != 0 and "export NANOACT_STORAGE" in r.stderr, r.stderr

@@ -30,6 +30,8 @@ def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | 
         spec = load_sweep(spec)
     opts = options or SweepOptions()
     emit = events or (lambda ev: None)
+    if opts.devices and not opts.dry_run:
+        _check_devices_here(opts.devices)
     result, ctx = prepare(spec, opts, emit)
     if ctx is None or opts.init_only:
         return result
@@ -50,6 +52,20 @@ def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | 
     except KeyboardInterrupt as e:
         result.interrupted, result.interrupt_exit = True, exit_code(e)
     return finish(spec, ctx, result)
+
+
+def _check_devices_here(devices: tuple[str, ...]) -> None:
+    """Each --devices entry exists on this machine, before any cell is taken: a worker (a Slurm task on a node
+    without its GPU, say) would otherwise fail every cell it pops."""
+    from nanoact.errors import ConfigError
+    from nanoact.trainer import resolve_device
+
+    for d in devices:
+        try:
+            resolve_device(d)
+        except ConfigError as e:
+            reason = str(e).split(";")[0].split(" but ", 1)[-1]  # "CUDA is not available", "only 1 CUDA device..."
+            raise ConfigError(f"--devices {d}: {reason} on this machine") from None
 
 
 def status(spec: SweepSpec, storage: str | None = None) -> list[S.CellState]:
