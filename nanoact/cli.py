@@ -286,6 +286,8 @@ class SweepProgress(Progress):
             self.line(f"FAILED {ev['key']}: {ev['error']}")
         elif e in ("recovered", "waiting"):
             self.line(ev["detail"])
+        elif e == "warning":
+            self.line(f"warning: {ev['detail']}")
         elif e == "idle":
             self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
         elif e == "cell_lost":
@@ -357,7 +359,9 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     progress = SweepProgress()
     res = sweep.run(spec, opts, progress)
     if res.interrupted:
-        progress.line("interrupted: the current cell is marked KILLED; run the same command to resume")
+        how = "SIGTERM" if res.exit_code == 143 else "Ctrl-C"
+        progress.line(f"interrupted ({how}): the current cell is marked KILLED and runs again; run the same "
+                      "command to resume")
         sys.exit(res.exit_code)
     if init_only:
         click.echo(f"study {res.study} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
@@ -592,9 +596,11 @@ def main() -> None:
         if err is None:
             raise
         _fail(err)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        from nanoact.sweep.interrupt import exit_code
+
+        click.echo("interrupted (SIGTERM)" if exit_code(e) == 143 else "interrupted", err=True)
+        sys.exit(exit_code(e))
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
 

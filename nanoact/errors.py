@@ -25,6 +25,16 @@ class DivergenceError(NanoactError):
     """Training produced a NaN or infinite loss."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, Slurm's ``scancel`` or ``--signal`` before its time limit), handled as Ctrl-C is: the
+    cell being trained ends as interrupted and runs again later. Raised by ``nanoact.sweep.interrupt``."""
+
+
+def interrupt_reason(e: BaseException) -> str:
+    """How an interrupted run or trial says why (its ``nanoact.error``)."""
+    return "interrupted (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C / SIGINT)"
+
+
 # (errno, words) of OS failures that mean "this place cannot take the write"
 _OS_FAILURES = {
     errno.EROFS: "is on a read-only file system",

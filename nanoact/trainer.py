@@ -21,7 +21,7 @@ import torch
 from nanoact import runtime, wiring
 from nanoact.config import RunConfig, validate
 from nanoact.data import CharDataset, EvalSet, corpus_source
-from nanoact.errors import ConfigError, DivergenceError
+from nanoact.errors import ConfigError, DivergenceError, interrupt_reason
 from nanoact.models import CharLM, build_model
 from nanoact.tracking import NullTracker, Tracker, provenance_tags
 
@@ -200,8 +200,8 @@ def train(
     tracker.start(run_name or default_run_name(cfg), tags or {})
     try:
         result = _train(cfg, data, tracker, progress, t_start)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED", "interrupted (Ctrl-C / SIGINT)")
+    except KeyboardInterrupt as e:
+        tracker.finish("KILLED", interrupt_reason(e))
         raise
     except BaseException as e:
         tracker.finish("FAILED", f"{type(e).__name__}: {e}".splitlines()[0][:500])

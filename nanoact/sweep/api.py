@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import finish, load_study, prepare
+from nanoact.sweep.interrupt import exit_code, interruptible
 from nanoact.sweep.options import EventFn, SweepOptions
 from nanoact.sweep.spec import SweepSpec, load_sweep
 
@@ -16,13 +17,21 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
 
     ``spec`` is a ``SweepSpec`` or a built-in experiment's name; neither it nor ``options`` is changed.
     ``events`` receives progress as dicts (``plan``, ``cell_start``, ``iter``, ``eval``, ``cell_done``,
-    ``cell_failed``, ``recovered``, ``idle``, ...); nothing is printed. A Ctrl-C ends the call with
-    ``result.interrupted`` set (the cell that was training is marked interrupted and runs again next time).
+    ``cell_failed``, ``recovered``, ``idle``, ...); nothing is printed. A Ctrl-C or a SIGTERM (``kill``, Slurm)
+    ends the call with ``result.interrupted`` set (the cell that was training is marked interrupted and runs
+    again); ``result.exit_code`` is then 130 or 143. Called off the main thread, SIGTERM keeps its handler.
     """
+    with interruptible():
+        return _run(spec, options, events)
+
+
+def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | None) -> S.SweepResult:
     if isinstance(spec, str):
         spec = load_sweep(spec)
     opts = options or SweepOptions()
     emit = events or (lambda ev: None)
+    if opts.devices and not opts.dry_run:
+        _check_devices_here(opts.devices)
     result, ctx = prepare(spec, opts, emit)
     if ctx is None or opts.init_only:
         return result
@@ -40,9 +49,23 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
             from nanoact.sweep.pool import run_pool
 
             result.trained, result.failed = run_pool(ctx, opts.workers, opts.devices, emit)
-    except KeyboardInterrupt:
-        result.interrupted = True
+    except KeyboardInterrupt as e:
+        result.interrupted, result.interrupt_exit = True, exit_code(e)
     return finish(spec, ctx, result)
+
+
+def _check_devices_here(devices: tuple[str, ...]) -> None:
+    """Each --devices entry exists on this machine, before any cell is taken: a worker (a Slurm task on a node
+    without its GPU, say) would otherwise fail every cell it pops."""
+    from nanoact.errors import ConfigError
+    from nanoact.trainer import resolve_device
+
+    for d in devices:
+        try:
+            resolve_device(d)
+        except ConfigError as e:
+            reason = str(e).split(";")[0].split(" but ", 1)[-1]  # "CUDA is not available", "only 1 CUDA device..."
+            raise ConfigError(f"--devices {d}: {reason} on this machine") from None
 
 
 def status(spec: SweepSpec, storage: str | None = None) -> list[S.CellState]:

@@ -26,6 +26,7 @@ U_FINGERPRINT = "nanoact.fingerprint"
 def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.SweepResult, WorkerContext | None]:
     """The coordinator step (see the module docstring). With ``opts.dry_run`` nothing is created or changed."""
     from nanoact import tracking
+    from nanoact.cluster import check_stores
     from nanoact.server import check_tracking_server
     from nanoact.tracking_uri import resolve_tracking_uri
 
@@ -33,6 +34,8 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     uri = resolve_tracking_uri(opts.tracking_uri)
     if opts.dry_run:
         return _plan_only(spec, opts), None
+    for line in check_stores(opts.storage, uri):  # refuses stores unsafe for the hosts that may share them
+        events({"event": "warning", "detail": line})
     check_tracking_server(uri)
     tracking.open_store(uri)
     storage = open_storage(opts.storage)

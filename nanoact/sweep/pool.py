@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
 import sys
 from typing import Any
 
+from nanoact.errors import Terminated
+from nanoact.sweep import interrupt
+from nanoact.sweep.interrupt import exit_code, interruptible
 from nanoact.sweep.options import EventFn, WorkerContext, worker_contexts
 
 
@@ -25,8 +29,18 @@ def run_pool(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None, 
     try:
         while any(p.is_alive() for p in procs) or not q.empty():
             _relay(q, events, totals)
-    except KeyboardInterrupt:
-        for p in procs:  # they got the SIGINT too: each marks its cell interrupted and exits
+            interrupt.check()
+    except KeyboardInterrupt as e:
+        interrupt.delivered()
+        # Ctrl-C reaches the whole process group, so the workers got it too. A SIGTERM may have reached this
+        # process only (`kill`, Slurm's `--signal=B:TERM`): pass it on (a worker ignores a second SIGTERM).
+        # Either way each worker marks its cell interrupted and exits.
+        if isinstance(e, Terminated):
+            for p in procs:
+                if p.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
             p.join(timeout=30)
         raise
     for p in procs:
@@ -58,7 +72,8 @@ def _worker_main(ctx: WorkerContext, q: Any) -> None:  # pragma: no cover - runs
             q.put(ev)
 
     try:
-        trained, failed = Worker(ctx, send).run()
-    except KeyboardInterrupt:
-        sys.exit(130)
+        with interruptible():
+            trained, failed = Worker(ctx, send).run()
+    except KeyboardInterrupt as e:
+        sys.exit(exit_code(e))
     q.put({"event": "worker_end", "worker": ctx.worker_name, "trained": trained, "failed": failed})

@@ -5,7 +5,7 @@ Trial user attrs written by nanoact (the study is the record; MLflow holds the r
 - ``grid_key`` / ``cell``: the cell a trial trains (its params hold the same values, for Optuna's own tools);
 - ``mlflow_run_id``: the run of this attempt; ``nanoact.worker``: a name for the worker, for people only;
 - ``nanoact.final``: the run's final metrics; ``nanoact.error``: why the attempt failed or was interrupted;
-- ``nanoact.interrupted``: the attempt was killed (Ctrl-C, or its worker died), so the cell runs again;
+- ``nanoact.interrupted``: the attempt was killed (Ctrl-C, SIGTERM, or its worker died), so the cell runs again;
 - ``nanoact.adopted``: the worker died after its run finished; recovery completed the trial from that run;
 - ``nanoact.retry_of``: the trial number of the attempt this one retries;
 - ``nanoact.duplicate``: the cell was already taken when this trial was popped; it never trained.
@@ -72,6 +72,7 @@ class SweepResult:
     failed: int = 0  # cells this call tried and that failed
     recovered: list[str] = field(default_factory=list)  # what recovery did to dead workers' trials, one line each
     interrupted: bool = False
+    interrupt_exit: int = 130  # 128 + the signal that interrupted it: 130 Ctrl-C (SIGINT), 143 SIGTERM
 
     def count(self, *states: CellStatus) -> int:
         return sum(s.state in states for s in self.states)
@@ -83,9 +84,9 @@ class SweepResult:
     @property
     def exit_code(self) -> int:
         """0: the grid is done, or what is left is running in other workers; 1: cells failed or are left to run;
-        130: interrupted."""
+        130: interrupted by Ctrl-C; 143: by SIGTERM."""
         if self.interrupted:
-            return 130
+            return self.interrupt_exit
         if self.complete or all(s.state in (CellStatus.DONE, *BUSY) for s in self.states):
             return 0
         return 1

@@ -13,6 +13,9 @@ import math
 import time
 from typing import Any
 
+from nanoact.cluster import slurm_tags
+from nanoact.errors import interrupt_reason
+from nanoact.sweep import interrupt
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import requeue_lost
 from nanoact.sweep.options import EventFn, WorkerContext
@@ -40,6 +43,7 @@ class Worker:
         self.leases = open_leases(self.ctx.storage, self.ctx.spec.study_name)
         try:
             while True:
+                interrupt.check()
                 popped = pop_trial(self.study, self.storage, self.ctx.spec.grid, self.leases)
                 if popped is not None:
                     self._attempt(*popped)
@@ -70,6 +74,7 @@ class Worker:
                 self._emit("idle", running=len(busy))
                 told = True
             time.sleep(self.poll_s)
+            interrupt.check()
 
     def _requeue_lost(self) -> None:
         requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
@@ -120,16 +125,26 @@ class Worker:
         self._emit("cell_start", key=key, trial=trial.number)
 
         def on_train(ev: dict[str, Any]) -> None:
+            interrupt.check()  # a signal whose exception a finalizer swallowed
             if ev["event"] == "eval":
                 trial.report(ev["val/loss"], step=ev["iter"])  # optuna-dashboard's learning curves
             self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
 
         try:
             res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train)
-        except KeyboardInterrupt:
-            self._end(trial, key, error="interrupted (Ctrl-C)", interrupted=True)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (nanoact.sweep.interrupt)
+            interrupt.delivered()
+            self._end(trial, key, error=interrupt_reason(e), interrupted=True)
             raise
         except Exception as e:
+            if interrupt.pending():  # an error caused by a signal that was swallowed (e.g. an import cut short)
+                from nanoact import tracking
+
+                reason = interrupt_reason(interrupt.exception())
+                if tracker.run_id:  # the trainer ended it FAILED with that error
+                    tracking.end_run(self.ctx.tracking_uri, tracker.run_id, "KILLED", reason)
+                self._end(trial, key, error=reason, interrupted=True)
+                interrupt.check()
             full = _storage_failure(e, self.ctx)
             if full is not None:  # every later cell would fail the same way: stop; finished cells are kept
                 with contextlib.suppress(Exception):  # telling the trial may need the same full disk
@@ -147,7 +162,7 @@ class Worker:
         return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={
             "mlflow.parentRunId": self.ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
             "nanoact.study": self.ctx.spec.study_name, "optuna.trial_number": str(trial.number),
-            "mlflow.note.content": note,
+            "mlflow.note.content": note, **slurm_tags(),
         }, on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id), source="nanoact sweep",
             system_metrics=self.ctx.system_metrics)
 
