@@ -5,7 +5,8 @@
 - ``finished``: after the cell's MLflow run is FINISHED, before its trial is COMPLETE;
 - ``full``: not a kill: from the start of a cell's run on, every MLflow write fails as sqlite does on a full
   disk, so the worker can neither log to its run nor end it (the Optuna journal still takes its short appends).
-``NANOACT_KILL_AFTER`` (default 0) lets that many cells pass first.
+- ``journal_full``: not a kill: an append to the Optuna journal writes half its bytes and fails as on a full disk.
+``NANOACT_KILL_AFTER`` (default 0) lets that many cells (appends, for ``journal_full``) pass first.
 """
 
 import os
@@ -79,3 +80,28 @@ def _fill_the_store() -> None:
 
 if _STAGE == "full":
     _fill_the_store()
+
+
+def _fill_the_journal() -> None:
+    """``journal_full``: after ``NANOACT_KILL_AFTER`` appends, an append to the Optuna journal writes half its
+    bytes and fails as a full disk does (the simulation of a full tmpfs, where one cannot be mounted)."""
+    import errno
+
+    from optuna.storages.journal import JournalFileBackend
+
+    def append_logs(self, logs):
+        if not _due():
+            return _append(self, logs)
+        import json
+
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        with open(self._file_path, "ab") as f:
+            f.write(text[: len(text) // 2].encode())
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _append = JournalFileBackend.append_logs
+    JournalFileBackend.append_logs = append_logs
+
+
+if _STAGE == "journal_full":
+    _fill_the_journal()

@@ -4,7 +4,7 @@ The modules, one job each:
 
 - ``spec``: experiment definitions (base config + grid), validated; no Optuna.
 - ``state``: cell states and the result of a call.
-- ``storage``: opening the Optuna storage; taking a trial off the queue.
+- ``storage``: opening the Optuna storage; taking a trial off the queue; ``journal``: the journal file, repaired.
 - ``recovery``: how a dead worker is noticed (a lease per cell) and what happens to its cell.
 - ``coordinator``: creating the study and parent run, enqueueing cells, ending the parent run.
 - ``worker``: the loop that pops and trains cells; ``pool``: several workers on this machine.

@@ -42,7 +42,8 @@ def open_storage(storage: str | None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_rdb_url(storage):
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+
+        from nanoact.sweep.journal import Journal, JournalCorrupt, repair_journal
 
         path = journal_path(storage)
         try:  # Optuna's own failure on a read-only or full disk is "AssertionError: Should not reach."
@@ -53,7 +54,12 @@ def open_storage(storage: str | None):
             from nanoact.errors import storage_error
 
             raise (storage_error(e, str(path)) or NanoactError(f"cannot open the Optuna journal {path}: {e}")) from None
-        return JournalStorage(JournalFileBackend(str(path)))
+        repair_journal(path)  # a torn last line: the next append would be glued onto it
+        try:
+            return JournalStorage(Journal(path))
+        except JournalCorrupt:  # a torn line that an append was glued onto already
+            repair_journal(path, force=True)
+            return JournalStorage(Journal(path))
     assert storage is not None
     if storage.startswith("postgresql://"):
         raise ConfigError("write the storage URL as postgresql+psycopg2://... (with SQLAlchemy 2.1 a bare "

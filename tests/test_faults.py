@@ -1,0 +1,123 @@
+"""Faults that once cost a grid (issue 18), each reproduced through the CLI in a subprocess: a torn Optuna
+journal, a half-created study, an orphaned parent run, a stalled coordinator, a deleted lease folder, absurd
+inputs. Names carry journal / lease / coordinator / restart so that ``pytest -k`` selects them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanoact import sweep
+
+from test_sweep import write_sweep
+from test_sweep_engine import _env, _study, _sweep_cmd, assert_settled
+
+JOURNAL = Path("mlruns") / "optuna-journal.log"
+
+
+def _cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanoact.cli", *args], cwd=tmp_path, env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _errors(r: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in r.stderr.splitlines() if line.startswith("error:")]
+
+
+def _finished_store(tmp_path: Path, grid: str = '"train.seed" = [1, 2]') -> Path:
+    p = write_sweep(tmp_path, iters=4, grid=grid)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the default storage and store are under the working directory
+    try:
+        assert sweep.run(sweep.load_sweep(path=p)).complete
+    finally:
+        os.chdir(cwd)
+    return p
+
+
+def test_torn_journal_tail_is_cut_on_open_and_the_sweep_goes_on(tmp_path):
+    """`truncate -s -60` on the journal of a finished grid: the next sweep cuts the unfinished line with one notice
+    (it once glued its next append onto it, and every later command died in a JSONDecodeError)."""
+    p = _finished_store(tmp_path)
+    journal = tmp_path / JOURNAL
+    subprocess.run(["truncate", "-s", "-60", str(journal)], check=True)
+    r = subprocess.run(_sweep_cmd(p), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out
+    (notice,) = [line for line in r.stderr.splitlines() if "repaired the Optuna journal" in line]
+    assert str(journal) in notice and "unfinished last line" in notice
+    assert journal.read_bytes().endswith(b"\n")
+    for args in (("status", "--file", str(p)), ("sweep", "--file", str(p))):  # and it stays readable
+        r = _cli(tmp_path, *args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr and "repaired" not in r.stderr, r.stdout + r.stderr
+    assert_settled(tmp_path, p)
+
+
+def test_journal_with_an_append_glued_onto_a_torn_line_is_mended(tmp_path):
+    """What an older nanoact (or Optuna alone) left: a whole record appended onto an unfinished one."""
+    p = _finished_store(tmp_path)
+    journal = tmp_path / JOURNAL
+    lines = journal.read_bytes().split(b"\n")[:-1]
+    glued = lines[-1][:40] + lines[-1]  # a torn copy of the last record, then the record itself
+    journal.write_bytes(b"".join(line + b"\n" for line in lines[:-1]) + glued + b"\n")
+    r = _cli(tmp_path, "status", "--file", str(p))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert f"cut 40 bytes at the start of line {len(lines)}" in r.stderr
+    assert "2/2 cells done" in r.stdout
+    assert journal.read_bytes() == b"".join(line + b"\n" for line in lines)
+
+
+def test_journal_line_that_cannot_be_mended_is_one_error_naming_file_and_line(tmp_path):
+    p = _finished_store(tmp_path)
+    journal = tmp_path / JOURNAL
+    lines = journal.read_bytes().split(b"\n")
+    lines[3] = lines[3][:-1]  # its closing brace lost: no record, and no whole one after it
+    journal.write_bytes(b"\n".join(lines))
+    before = journal.read_bytes()
+    for cmd in ("status", "sweep"):
+        r = _cli(tmp_path, cmd, "--file", str(p))
+        (err,) = _errors(r)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert f"{journal} is corrupt at line 4" in err
+    assert journal.read_bytes() == before  # left as it was
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_full_disk_under_the_journal_names_the_journal_and_a_rerun_repairs_it(tmp_path):
+    """A real full disk (a tmpfs of 8 KiB as --storage) where mount is permitted, else the same failure simulated
+    (an append writes half its bytes, then ENOSPC). The error names the journal, not mlflow.db; the rerun with
+    space freed cuts the torn line and finishes the grid."""
+    p = write_sweep(tmp_path, iters=4, grid='"model.activation" = ["relu", "gelu", "swish"]\n"train.seed" = [1, 2]')
+    disk = tmp_path / "disk"
+    real = _mount_tmpfs(disk, "8k")
+    journal = disk / "j.log"
+    try:
+        args = ["--storage", str(journal)]
+        fault = [] if real else ["--plugin", "kill_plugin"]
+        r = subprocess.run(_sweep_cmd(p, *args, *fault), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=_env(NANOACT_KILL_AT="journal_full", NANOACT_KILL_AFTER="30"))
+        (err,) = _errors(r)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert str(journal) in err and "full disk" in err and "mlflow.db" not in err
+        assert not journal.read_bytes().endswith(b"\n")  # the torn line the full disk left
+        if real:
+            subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # space freed
+        r = subprocess.run(_sweep_cmd(p, *args), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert "repaired the Optuna journal" in r.stderr
+        assert sweep.status(sweep.load_sweep(path=p), str(journal))[0].state == sweep.CellStatus.DONE
+        assert all(s.state == sweep.CellStatus.DONE for s in sweep.status(sweep.load_sweep(path=p), str(journal)))
+    finally:
+        if real:
+            subprocess.run(["umount", str(disk)], capture_output=True)
