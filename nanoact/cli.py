@@ -287,6 +287,9 @@ class SweepProgress(Progress):
             self.line(ev["detail"])
         elif e == "idle":
             self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
+        elif e == "lease_lost":
+            self.line(f"{ev['key']}: another process holds this cell's lease now (was its lock file deleted?); "
+                      "it may settle this run as dead")
         elif e == "cell_lost":
             self.line(f"{ev['key']}: its trial was settled as dead meanwhile; this run does not count")
         elif e == "worker_died":

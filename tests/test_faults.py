@@ -5,15 +5,17 @@ inputs. Names carry journal / lease / coordinator / restart so that ``pytest -k`
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from nanoact import sweep
 
-from test_sweep import write_sweep
+from test_sweep import _wait_for_lines, child_runs, write_sweep
 from test_sweep_engine import _env, _study, _sweep_cmd, assert_settled
 
 JOURNAL = Path("mlruns") / "optuna-journal.log"
@@ -121,3 +123,34 @@ def test_full_disk_under_the_journal_names_the_journal_and_a_rerun_repairs_it(tm
     finally:
         if real:
             subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_deleted_lease_folder_keeps_a_live_worker_exclusive(tmp_path):
+    """`rm -rf` of the lease folder mid-cell: the training worker takes its lease again on a new lock file, so a
+    second sweep neither declares it dead (it once KILLed its run and trained the cell twice) nor crashes; the
+    first sweep finishes without a FileNotFoundError."""
+    p = write_sweep(tmp_path, iters=400, grid='"train.seed" = [1, 2]')
+    log = tmp_path / "train.log"
+    first = subprocess.Popen(_sweep_cmd(p, "--train-log", str(log)), cwd=tmp_path, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_lines(log, 1)
+        time.sleep(1.0)  # mid-cell
+        leases = tmp_path / "mlruns" / "optuna-journal.log.leases"
+        assert leases.is_dir()
+        shutil.rmtree(leases)
+        time.sleep(1.5)  # the worker's next lease check
+        second = subprocess.run(_sweep_cmd(p, "--train-log", str(log)), cwd=tmp_path, env=_env(),
+                                capture_output=True, text=True, timeout=600)
+        out1, err1 = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    for r, out in ((second, second.stdout + second.stderr), (first, out1 + err1)):
+        assert r.returncode == 0 and "Traceback" not in out and "worker died" not in out, out
+    trained = [line.split("\t")[0] for line in log.read_text().splitlines()]
+    assert sorted(trained) == sorted(c.key for c in sweep.load_sweep(path=p).cells())  # each cell once
+    _, runs = child_runs(tmp_path)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+

@@ -45,38 +45,85 @@ def _digest(study: str, name: str) -> bytes:
 
 
 class Lease:
-    def __init__(self, release: Callable[[], None]):
-        self._release = release
+    def __init__(self, release: Callable[[], None], check: Callable[[], bool] | None = None):
+        self._release, self._check = release, check
 
     def release(self) -> None:
         if self._release is not None:
             self._release()
             self._release = None
 
+    def check(self) -> bool:
+        """Still held? A holder calls this now and then while it trains; a file lease whose lock file was deleted
+        (``rm -rf`` of the lease folder) is taken again on a new file, so that no one else can take it there."""
+        return self._check() if self._check is not None and self._release is not None else True
+
 
 class FileLeases:
-    """Leases as ``flock`` locks on files in one folder beside the storage."""
+    """Leases as ``flock`` locks on files in one folder beside the storage.
+
+    A lock on a file that was deleted or replaced (the folder removed by hand) excludes no one: after ``flock``
+    the file's identity is compared with what the path names now (the standard lock-file check), and the folder
+    is made again when it is gone."""
 
     def __init__(self, folder: Path, study: str):
         self.folder, self.study = folder, study
         folder.mkdir(parents=True, exist_ok=True)
 
+    def _open(self, path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _lock(self, path: Path) -> int | None:
+        """A descriptor of the file at ``path`` now, locked by us, or None when someone else holds that lock."""
+        while True:
+            fd = self._open(path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            if _names(path, fd):
+                return fd
+            os.close(fd)  # deleted or replaced between open and flock: lock the file the path names now
+
     def try_hold(self, name: str) -> Lease | None:
         path = self.folder / f"{_digest(self.study, name).hex()[:32]}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = self._lock(path)
+        if fd is None:
             return None
+        held = [fd]
 
         def release() -> None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
 
-        return Lease(release)
+        def check() -> bool:
+            if _names(path, held[0]):
+                return True
+            fd = self._lock(path)  # our file is gone: take the lease on the new one, unless someone has it
+            if fd is None:
+                return False
+            os.close(held[0])
+            held[0] = fd
+            return True
+
+        return Lease(release, check)
 
     def close(self) -> None: ...
+
+
+def _names(path: Path, fd: int) -> bool:
+    """``path`` names the open file ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
 class PgLeases:

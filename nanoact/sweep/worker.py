@@ -21,6 +21,9 @@ from nanoact.sweep.spec import Cell
 from nanoact.sweep.storage import open_storage, pop_trial
 
 
+LEASE_CHECK_S = 0.5  # how often a training worker checks that it still holds its cell's lease
+
+
 class Worker:
     def __init__(self, ctx: WorkerContext, events: EventFn | None = None, poll_s: float = 1.0):
         self.ctx, self.poll_s = ctx, poll_s
@@ -86,7 +89,7 @@ class Worker:
                 trial.set_user_attr(S.A_DUPLICATE, "the cell was already done when this trial was popped")
                 self.study.tell(trial, state=TrialState.FAIL)
                 return
-            self._train(trial, key)
+            self._train(trial, key, lease)
         finally:
             lease.release()
 
@@ -106,7 +109,7 @@ class Worker:
             self._data[dkey] = CharDataset.from_config(*dkey)
         return self._data[dkey]
 
-    def _train(self, trial, key: str) -> None:
+    def _train(self, trial, key: str, lease) -> None:
         from nanoact.trainer import train
 
         cfg = self._config(trial, key)
@@ -119,7 +122,14 @@ class Worker:
                 f.write(f"{key}\t{trial.number}\t{self.ctx.worker_name}:{os.getpid()}\n")
         self._emit("cell_start", key=key, trial=trial.number)
 
+        checked = [time.monotonic()]
+
         def on_train(ev: dict[str, Any]) -> None:
+            if time.monotonic() - checked[0] > LEASE_CHECK_S:  # a deleted lock file is taken again at once
+                checked[0] = time.monotonic()
+                if not lease.check():  # said once; telling the trial at the end finds out what became of it
+                    self._emit("lease_lost", key=key, trial=trial.number)
+                    checked[0] = math.inf
             if ev["event"] == "eval":
                 trial.report(ev["val/loss"], step=ev["iter"])  # optuna-dashboard's learning curves
             self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
