@@ -5,6 +5,7 @@
 - ``finished``: after the cell's MLflow run is FINISHED, before its trial is COMPLETE;
 - ``full``: not a kill: from the start of a cell's run on, every MLflow write fails as sqlite does on a full
   disk, so the worker can neither log to its run nor end it (the Optuna journal still takes its short appends).
+- ``created``: in the coordinator step, right after the study is created, before its attrs are set;
 - ``journal_full``: not a kill: an append to the Optuna journal writes half its bytes and fails as on a full disk.
 ``NANOACT_KILL_AFTER`` (default 0) lets that many cells (appends, for ``journal_full``) pass first.
 """
@@ -44,7 +45,23 @@ def end_but_die_first(self, trial, key, **kw):
     return _end(self, trial, key, **kw)
 
 
-if _STAGE == "popped":
+def _create_then_die() -> None:
+    import optuna
+
+    create = optuna.create_study
+
+    def create_study(*a, **kw):
+        study = create(*a, **kw)
+        if _due():
+            _die()
+        return study
+
+    optuna.create_study = create_study
+
+
+if _STAGE == "created":
+    _create_then_die()
+elif _STAGE == "popped":
     worker.pop_trial = pop_then_die
 elif _STAGE == "finished":
     worker.Worker._end = end_but_die_first

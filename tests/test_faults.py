@@ -154,3 +154,23 @@ def test_deleted_lease_folder_keeps_a_live_worker_exclusive(tmp_path):
     _, runs = child_runs(tmp_path)
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
 
+
+@pytest.mark.slow
+def test_study_half_created_by_a_killed_coordinator_is_completed_before_use(tmp_path):
+    """kill -9 between create_study and its attrs: the next coordinator step completes the study (its fingerprint
+    among the attrs), so a later changed grid or --set is refused (it was accepted, and then Optuna's
+    "CategoricalDistribution does not support dynamic value space" left a trial RUNNING)."""
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1, 2]')
+    r = subprocess.run(_sweep_cmd(p, "--init", "--plugin", "kill_plugin"), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=_env(NANOACT_KILL_AT="created"))
+    assert r.returncode == -9, r.stdout + r.stderr
+    assert "nanoact.fingerprint" not in _study(tmp_path).user_attrs  # half-created
+    r = subprocess.run(_sweep_cmd(p, "--init"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "2 cell(s) enqueued" in r.stdout, r.stdout + r.stderr
+    assert _study(tmp_path).user_attrs["nanoact.fingerprint"] == sweep.load_sweep(path=p).fingerprint()
+    r = subprocess.run(_sweep_cmd(p, "--set", "train.lr=1e-2"), cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    (err,) = _errors(r)
+    assert r.returncode == 2 and "different config or grid" in err and "Traceback" not in r.stderr
+

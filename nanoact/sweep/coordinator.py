@@ -80,21 +80,38 @@ def load_study(spec: SweepSpec, storage: str | None):
 
 
 def _load_or_create(spec: SweepSpec, storage):
+    """The study, created with its attrs. Call it holding the coordinator lease: Optuna creates a study and sets
+    its attrs in separate writes, so a creator killed in between (or Ctrl-C) leaves a study without fingerprint,
+    which is completed here, before anything else uses it."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=spec.study_name, storage=storage)
     except KeyError:
         study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="minimize")
-        with warnings.catch_warnings():  # experimental since Optuna 3.2; shown by optuna-dashboard
-            warnings.simplefilter("ignore")
-            study.set_metric_names(["final val loss"])
-        for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
-                     "nanoact.grid": spec.grid, "nanoact.source": spec.source,
-                     U_FINGERPRINT: spec.fingerprint()}.items():
-            study.set_user_attr(k, v)
+    if U_FINGERPRINT not in study.user_attrs:
+        _complete(spec, study)
     check_fingerprint(spec, study)
     return study
+
+
+def _complete(spec: SweepSpec, study) -> None:
+    """Set the attrs of a study that has none yet: just created, or half-created by a creator that was killed.
+    Its trials (a half-created study has none; a study of an older nanoact may) must be cells of this grid."""
+    from nanoact.errors import ConfigError
+
+    keys = {c.key for c in spec.cells()}
+    strange = sorted({str(t.user_attrs.get(S.A_GRID_KEY)) for t in study.get_trials(deepcopy=False)} - keys)
+    if strange:
+        raise ConfigError(f"study {spec.study_name!r} holds trials of cells not in this grid ({strange[0]}, ...) "
+                          "and no record of the grid it was made for; start a new study with --study NAME")
+    with warnings.catch_warnings():  # experimental since Optuna 3.2; shown by optuna-dashboard
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["final val loss"])
+    # the fingerprint last: a study that has it is complete
+    for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
+                 "nanoact.grid": spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():
+        study.set_user_attr(k, v)
 
 
 def check_fingerprint(spec: SweepSpec, study) -> None:
