@@ -413,6 +413,24 @@ def create_parent_run(tracking_uri: str, experiment_id: str, run_name: str, tags
     return run.info.run_id
 
 
+def runs_tagged(tracking_uri: str, experiment_id: str, tag: str, value: str) -> list[str]:
+    """Ids of the runs of an experiment whose tag ``tag`` is ``value`` (the values nanoact writes are hex), oldest
+    first."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(tracking_uri).search_runs([experiment_id], f"tags.`{tag}` = '{value}'",
+                                                  order_by=["attributes.start_time ASC"], max_results=1000)
+    return [r.info.run_id for r in runs]
+
+
+def delete_run(tracking_uri: str, run_id: str, reason: str) -> None:
+    """End a run as KILLED with ``reason`` and move it to MLflow's trash (``mlflow gc`` removes it for good)."""
+    from mlflow import MlflowClient
+
+    end_run(tracking_uri, run_id, "KILLED", reason)
+    MlflowClient(tracking_uri).delete_run(run_id)
+
+
 def reopen_run(tracking_uri: str, run_id: str) -> None:
     """A resumed sweep's parent run is RUNNING again while cells train."""
     from mlflow import MlflowClient

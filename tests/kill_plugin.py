@@ -6,6 +6,7 @@
 - ``full``: not a kill: from the start of a cell's run on, every MLflow write fails as sqlite does on a full
   disk, so the worker can neither log to its run nor end it (the Optuna journal still takes its short appends).
 - ``created``: in the coordinator step, right after the study is created, before its attrs are set;
+- ``parent``: in the coordinator step, right after the parent run is created, before the study records it;
 - ``journal_full``: not a kill: an append to the Optuna journal writes half its bytes and fails as on a full disk.
 ``NANOACT_KILL_AFTER`` (default 0) lets that many cells (appends, for ``journal_full``) pass first.
 """
@@ -59,8 +60,24 @@ def _create_then_die() -> None:
     optuna.create_study = create_study
 
 
+def _parent_then_die() -> None:
+    from nanoact import tracking
+
+    create = tracking.create_parent_run
+
+    def create_parent_run(*a, **kw):
+        run_id = create(*a, **kw)
+        if _due():
+            _die()
+        return run_id
+
+    tracking.create_parent_run = create_parent_run
+
+
 if _STAGE == "created":
     _create_then_die()
+elif _STAGE == "parent":
+    _parent_then_die()
 elif _STAGE == "popped":
     worker.pop_trial = pop_then_die
 elif _STAGE == "finished":

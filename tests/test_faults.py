@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
 
 from nanoact import sweep
 
-from test_sweep import _wait_for_lines, child_runs, write_sweep
+from test_sweep import _wait_for_lines, child_runs, uri, write_sweep
 from test_sweep_engine import _env, _study, _sweep_cmd, assert_settled
 
 JOURNAL = Path("mlruns") / "optuna-journal.log"
@@ -174,3 +177,44 @@ def test_study_half_created_by_a_killed_coordinator_is_completed_before_use(tmp_
     (err,) = _errors(r)
     assert r.returncode == 2 and "different config or grid" in err and "Traceback" not in r.stderr
 
+
+
+@pytest.mark.slow
+def test_parent_run_orphaned_by_a_killed_coordinator_is_adopted(tmp_path):
+    """kill -9 between creating the parent run and recording it in the study: the next coordinator step finds
+    that run by the study's nonce and adopts it (a second `sweep-NAME` parent once stayed RUNNING for ever)."""
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1, 2]')
+    r = subprocess.run(_sweep_cmd(p, "--plugin", "kill_plugin"), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=_env(NANOACT_KILL_AT="parent"))
+    assert r.returncode == -9, r.stdout + r.stderr
+    c = MlflowClient(uri(tmp_path))
+    exp = c.get_experiment_by_name("tiny")
+    (orphan,) = c.search_runs([exp.experiment_id], "tags.nanoact.role = 'parent'")
+    r = subprocess.run(_sweep_cmd(p), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_settled(tmp_path, p)  # one parent run, FINISHED
+    (parent,) = c.search_runs([exp.experiment_id], "tags.nanoact.role = 'parent'")
+    assert parent.info.run_id == orphan.info.run_id == _study(tmp_path).user_attrs["mlflow_parent_run_id"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_parent_run_with_cells_still_queued(tmp_path):
+    """SIGINT mid-cell with cells still queued: the parent run is KILLED, not left RUNNING until the next sweep."""
+    p = write_sweep(tmp_path, iters=3000, grid='"train.seed" = [1, 2, 3]')
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(_sweep_cmd(p, "--train-log", str(log)), cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_lines(log, 1)
+        time.sleep(5.0)  # training (not importing torch's lazy modules, which a KeyboardInterrupt breaks)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    c = MlflowClient(uri(tmp_path))
+    exp = c.get_experiment_by_name("tiny")
+    (parent,) = c.search_runs([exp.experiment_id], "tags.nanoact.role = 'parent'")
+    assert parent.info.status == "KILLED"
+    assert _study(tmp_path).get_trials(states=(TrialState.WAITING,))  # the rest is still queued for the next call

@@ -10,6 +10,7 @@ no cell is running or queued any more.
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 from typing import Any
 
@@ -21,6 +22,8 @@ from nanoact.sweep.storage import open_storage, storage_exists
 
 U_PARENT = "mlflow_parent_run_id"
 U_FINGERPRINT = "nanoact.fingerprint"
+U_NONCE = "nanoact.nonce"  # per study, also a tag of its parent run: a parent run orphaned by a kill is found by it
+T_NONCE = "nanoact.study_nonce"
 
 
 def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.SweepResult, WorkerContext | None]:
@@ -92,6 +95,8 @@ def _load_or_create(spec: SweepSpec, storage):
     if U_FINGERPRINT not in study.user_attrs:
         _complete(spec, study)
     check_fingerprint(spec, study)
+    if U_NONCE not in study.user_attrs:  # a study of an older nanoact
+        study.set_user_attr(U_NONCE, uuid.uuid4().hex)
     return study
 
 
@@ -108,6 +113,7 @@ def _complete(spec: SweepSpec, study) -> None:
     with warnings.catch_warnings():  # experimental since Optuna 3.2; shown by optuna-dashboard
         warnings.simplefilter("ignore")
         study.set_metric_names(["final val loss"])
+    study.set_user_attr(U_NONCE, uuid.uuid4().hex)
     # the fingerprint last: a study that has it is complete
     for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
                  "nanoact.grid": spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():
@@ -126,25 +132,39 @@ def check_fingerprint(spec: SweepSpec, study) -> None:
 
 
 def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
+    """The study's parent run: the recorded one, reopened; else one that a creator killed before recording it
+    left (found by the study's nonce), adopted; else a new one. Other parent runs with the nonce (orphans, or a
+    racing creator's) are ended and moved to MLflow's trash: they never had children."""
+    from nanoact import tracking
+
+    nonce = study.user_attrs[U_NONCE]
+    parent = study.user_attrs.get(U_PARENT)
+    tagged = tracking.runs_tagged(uri, exp_id, T_NONCE, nonce)
+    if parent is None:
+        parent = tagged[0] if tagged else _new_parent_run(spec, uri, exp_id, nonce)
+        study.set_user_attr(U_PARENT, parent)
+    tracking.reopen_run(uri, parent)
+    for orphan in tagged:
+        if orphan != parent:
+            tracking.delete_run(uri, orphan, f"a second parent run of study {spec.study_name} (its creator was "
+                                f"stopped before recording it); the parent run is {parent}")
+    return parent
+
+
+def _new_parent_run(spec: SweepSpec, uri: str, exp_id: str, nonce: str) -> str:
     from nanoact import tracking
 
     import nanoact
 
-    parent = study.user_attrs.get(U_PARENT)
-    if parent is not None:
-        tracking.reopen_run(uri, parent)
-        return parent
     axes = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
     tags = {"nanoact.role": "parent", "nanoact.study": spec.study_name, "nanoact.version": nanoact.__version__,
             "nanoact.grid": json.dumps(spec.grid), "nanoact.sweep_source": spec.source,
             "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
-            "mlflow.source.type": "LOCAL",
+            "mlflow.source.type": "LOCAL", T_NONCE: nonce,
             "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
                                     f"each. `nanoact report --experiment {spec.name}` logs its report here.")}
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
-    parent = tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
-    study.set_user_attr(U_PARENT, parent)
-    return parent
+    return tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
 
 
 def experiment_tags(spec: SweepSpec) -> dict[str, str]:
@@ -206,7 +226,8 @@ def finish(spec: SweepSpec, ctx: WorkerContext, result: S.SweepResult) -> S.Swee
 
     study = load_study(spec, ctx.storage)
     result.states = S.cell_states(spec, study.get_trials(deepcopy=False))
-    if result.count(*S.BUSY) == 0:
+    # after Ctrl-C, cells still queued wait for the next call: the parent run ends unless a cell is running
+    if result.count(*S.BUSY) == 0 or (result.interrupted and result.count(S.CellStatus.RUNNING) == 0):
         status = "KILLED" if result.interrupted else ("FINISHED" if result.complete else "FAILED")
         tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, status)
     return result
