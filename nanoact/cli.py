@@ -411,6 +411,12 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
         click.echo(f"{s.cell.key:52s} {str(s.state):11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
     done = sum(s.state == sweep.CellStatus.DONE for s in states)
     click.echo(f"{done}/{len(states)} cells done")
+    holder = sweep.coordinator_holder(spec, storage)
+    if holder:
+        click.echo(f"the coordinator lease (study set-up, enqueueing) is held by {holder}")
+    queued = sum(s.state == sweep.CellStatus.WAITING for s in states)
+    if queued and not any(s.state == sweep.CellStatus.RUNNING for s in states):
+        click.echo(f"{queued} cell(s) queued and none running: no worker is taking them")
     if done < len(states):
         click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, study)}")
 

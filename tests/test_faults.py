@@ -218,3 +218,55 @@ def test_ctrl_c_ends_the_parent_run_with_cells_still_queued(tmp_path):
     (parent,) = c.search_runs([exp.experiment_id], "tags.nanoact.role = 'parent'")
     assert parent.info.status == "KILLED"
     assert _study(tmp_path).get_trials(states=(TrialState.WAITING,))  # the rest is still queued for the next call
+
+
+def _hold_coordinator_lease(tmp_path: Path) -> subprocess.Popen:
+    """A process that takes the study's coordinator lease and is then stopped (SIGSTOP), as a suspended laptop or
+    a worker frozen inside a coordinator step would be."""
+    code = ("import sys, time; from nanoact.sweep.recovery import COORDINATOR, open_leases; "
+            f"l = open_leases({str(tmp_path / JOURNAL)!r}, 'tiny').try_hold(COORDINATOR); "
+            "print(l is not None, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "True"
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+@pytest.mark.slow
+def test_stopped_coordinator_lease_holder_stalls_no_worker(tmp_path):
+    """A stopped process holds the coordinator lease with 3 cells queued: a new sweep once waited for ever ("another
+    nanoact process is setting up study ..."). Now it waits a bounded time, says who holds the lease, and trains
+    the queued cells; `status` shows the holder and the queued cells nobody takes."""
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1, 2, 3]')
+    r = subprocess.run(_sweep_cmd(p, "--init"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    holder = _hold_coordinator_lease(tmp_path)
+    try:
+        r = _cli(tmp_path, "status", "--file", str(p))
+        assert f"coordinator lease (study set-up, enqueueing) is held by pid {holder.pid}" in r.stdout, r.stdout
+        assert "3 cell(s) queued and none running: no worker is taking them" in r.stdout
+        r = subprocess.run(_sweep_cmd(p, "--plugin", "kill_plugin"), cwd=tmp_path, capture_output=True, text=True,
+                           env=_env(NANOACT_COORDINATOR_WAIT_S="3"), timeout=240)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and "Traceback" not in out, out
+        assert f"held by pid {holder.pid}" in out and "training the cells already queued" in out
+        assert all(s.state == sweep.CellStatus.DONE for s in sweep.status(sweep.load_sweep(path=p)))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stopped_coordinator_lease_holder_on_a_new_study_is_one_error(tmp_path):
+    """No study yet and the lease held: one `error:` line naming the holder after the bounded wait."""
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1]')
+    (tmp_path / JOURNAL).parent.mkdir()
+    holder = _hold_coordinator_lease(tmp_path)
+    try:
+        r = subprocess.run(_sweep_cmd(p, "--plugin", "kill_plugin"), cwd=tmp_path, capture_output=True, text=True,
+                           env=_env(NANOACT_COORDINATOR_WAIT_S="2"), timeout=240)
+        (err,) = _errors(r)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert f"held for over 2 s by pid {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()

@@ -49,3 +49,17 @@ def status(spec: SweepSpec, storage: str | None = None) -> list[S.CellState]:
     """Cell states without changing anything (no study or file is created)."""
     study = load_study(spec, storage)
     return S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
+
+
+def coordinator_holder(spec: SweepSpec, storage: str | None = None) -> str | None:
+    """Who holds the study's coordinator lease right now, or None when it is free (nothing is created)."""
+    from nanoact.sweep.recovery import COORDINATOR, open_leases
+    from nanoact.sweep.storage import storage_exists
+
+    if not storage_exists(storage):
+        return None
+    leases = open_leases(storage, spec.study_name)
+    try:
+        return leases.holder(COORDINATOR)
+    finally:
+        leases.close()

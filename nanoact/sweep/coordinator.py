@@ -14,6 +14,8 @@ import uuid
 import warnings
 from typing import Any
 
+from nanoact.errors import NanoactError
+from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
 from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, hold, open_leases, recover
@@ -40,24 +42,55 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     tracking.open_store(uri)
     storage = open_storage(opts.storage)
     leases = open_leases(opts.storage, spec.study_name)
-    lease = hold(leases, COORDINATOR, on_wait=lambda: events(
-        {"event": "waiting", "detail": f"another nanoact process is setting up study {spec.study_name}; waiting"}))
-    try:
-        study = _load_or_create(spec, storage)
+    try:  # the coordinator lease is held for storage writes only, never across an MLflow call
+        lease = _hold_coordinator(spec, leases, events)
+        stalled = lease is None
+        if lease is not None:
+            try:
+                study = _load_or_create(spec, storage)
+            finally:
+                lease.release()
+        else:  # a stopped or hung holder: a complete study can still be worked on, without enqueueing
+            study = load_study(spec, opts.storage)
+            if study is None or U_NONCE not in study.user_attrs or U_PARENT not in study.user_attrs:
+                raise _stalled(spec, leases)
+            check_fingerprint(spec, study)
         exp_id = tracking.ensure_experiment(uri, spec.name, experiment_tags(spec))
-        parent = _parent_run(spec, study, uri, exp_id)
-        recovered = recover(study, storage, leases, uri)
+        parent = _parent_run(spec, study, uri, exp_id, leases)
+        recovered = recover(study, storage, leases, uri)  # each dead trial under its own cell's lease
         recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
             events({"event": "recovered", "detail": line})
-        planned = enqueue(spec, study, retry_failed=opts.retry_failed)
+        lease = None if stalled else _hold_coordinator(spec, leases, events)
+        if lease is not None:
+            try:
+                planned = enqueue(spec, study, retry_failed=opts.retry_failed)
+            finally:
+                lease.release()
+        else:
+            planned = []
+            events({"event": "waiting", "detail": f"{_stalled(spec, leases)}; training the cells already queued, "
+                    "enqueueing none"})
         states = S.cell_states(spec, study.get_trials(deepcopy=False))
     finally:
-        lease.release()
         leases.close()
     result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered)
     return result, WorkerContext(spec, opts.storage, uri, exp_id, parent, plugins=opts.plugins,
                                  train_log=opts.train_log, system_metrics=opts.system_metrics)
+
+
+def _hold_coordinator(spec: SweepSpec, leases, events: EventFn):
+    """The coordinator lease, or None after ``COORDINATOR_WAIT_S`` (saying once, after a second, who holds it)."""
+    return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events({
+        "event": "waiting", "detail": f"the coordinator lease of study {spec.study_name} is held by "
+        f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s"}))
+
+
+def _stalled(spec: SweepSpec, leases) -> NanoactError:
+    return NanoactError(
+        f"the coordinator lease of study {spec.study_name} has been held for over {recovery.COORDINATOR_WAIT_S:.0f} s "
+        f"by {leases.holder(COORDINATOR) or 'another process'} (a stopped or hung process? resume or end it, then "
+        "run the same command again)")
 
 
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
@@ -131,20 +164,30 @@ def check_fingerprint(spec: SweepSpec, study) -> None:
         )
 
 
-def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
+def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str, leases) -> str:
     """The study's parent run: the recorded one, reopened; else one that a creator killed before recording it
-    left (found by the study's nonce), adopted; else a new one. Other parent runs with the nonce (orphans, or a
-    racing creator's) are ended and moved to MLflow's trash: they never had children."""
+    left (found by the study's nonce), adopted; else a new one, recorded under the coordinator lease (a racing
+    creator's record wins). Other parent runs with the nonce (orphans, or a racing creator's) are ended and moved
+    to MLflow's trash: they never had children."""
     from nanoact import tracking
 
     nonce = study.user_attrs[U_NONCE]
     parent = study.user_attrs.get(U_PARENT)
-    tagged = tracking.runs_tagged(uri, exp_id, T_NONCE, nonce)
     if parent is None:
-        parent = tagged[0] if tagged else _new_parent_run(spec, uri, exp_id, nonce)
-        study.set_user_attr(U_PARENT, parent)
+        tagged = tracking.runs_tagged(uri, exp_id, T_NONCE, nonce)
+        mine = tagged[0] if tagged else _new_parent_run(spec, uri, exp_id, nonce)
+        lease = hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S)
+        if lease is None:
+            raise _stalled(spec, leases)
+        try:
+            parent = study.user_attrs.get(U_PARENT)
+            if parent is None:
+                study.set_user_attr(U_PARENT, mine)
+                parent = mine
+        finally:
+            lease.release()
     tracking.reopen_run(uri, parent)
-    for orphan in tagged:
+    for orphan in tracking.runs_tagged(uri, exp_id, T_NONCE, nonce):
         if orphan != parent:
             tracking.delete_run(uri, orphan, f"a second parent run of study {spec.study_name} (its creator was "
                                 f"stopped before recording it); the parent run is {parent}")
@@ -209,15 +252,20 @@ def _deaths(trials, key: str) -> int:
     return sum(bool(t.user_attrs.get(S.A_INTERRUPTED)) for t in trials if t.user_attrs.get(S.A_GRID_KEY) == key)
 
 
-def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: EventFn) -> None:
-    """While a sweep runs: settle dead workers' trials and enqueue their cells again (an idle worker's job)."""
-    lease = hold(leases, COORDINATOR)
+def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: EventFn) -> bool:
+    """While a sweep runs: settle dead workers' trials (each under its cell's lease) and enqueue their cells again
+    (an idle worker's job). The enqueueing needs the coordinator lease, and is skipped this round when another
+    process holds it (False): the caller trains on rather than wait on a holder that may be stopped."""
+    for line in recover(study, storage, leases, uri):
+        events({"event": "recovered", "detail": line})
+    lease = leases.try_hold(COORDINATOR)
+    if lease is None:
+        return False
     try:
-        for line in recover(study, storage, leases, uri):
-            events({"event": "recovered", "detail": line})
         enqueue(spec, study, max_deaths=MAX_DEATHS)
     finally:
         lease.release()
+    return True
 
 
 def finish(spec: SweepSpec, ctx: WorkerContext, result: S.SweepResult) -> S.SweepResult:

@@ -37,6 +37,8 @@ from nanoact.sweep import state as S
 from nanoact.sweep.storage import get_trial, is_rdb_url, journal_path, set_trial_attrs
 
 COORDINATOR = "__coordinator__"  # the lease that serialises coordinator steps (study, parent run, enqueueing)
+COORDINATOR_WAIT_S = 60.0  # the longest a process waits for the coordinator lease (it is held for storage writes
+# only, never across MLflow or other network calls: a holder stopped or hung that long is not coming back soon)
 MAX_DEATHS = 3  # a cell interrupted this often is left to the next `nanoact sweep` (e.g. it runs out of memory)
 
 
@@ -67,8 +69,10 @@ class FileLeases:
     is made again when it is gone."""
 
     def __init__(self, folder: Path, study: str):
-        self.folder, self.study = folder, study
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.study = folder, study  # the folder is made when the first lease is taken
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{_digest(self.study, name).hex()[:32]}.lock"
 
     def _open(self, path: Path) -> int:
         try:
@@ -87,11 +91,13 @@ class FileLeases:
                 os.close(fd)
                 return None
             if _names(path, fd):
+                os.ftruncate(fd, 0)  # who holds it, for `nanoact status` and for those who wait
+                os.pwrite(fd, _whoami().encode(), 0)
                 return fd
             os.close(fd)  # deleted or replaced between open and flock: lock the file the path names now
 
     def try_hold(self, name: str) -> Lease | None:
-        path = self.folder / f"{_digest(self.study, name).hex()[:32]}.lock"
+        path = self._path(name)
         fd = self._lock(path)
         if fd is None:
             return None
@@ -113,7 +119,30 @@ class FileLeases:
 
         return Lease(release, check)
 
+    def holder(self, name: str) -> str | None:
+        """Who holds the lease (as its holder wrote it), or None when it is free; creates nothing."""
+        path = self._path(name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def close(self) -> None: ...
+
+
+def _whoami() -> str:
+    import socket
+
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
 
 
 def _names(path: Path, fd: int) -> bool:
@@ -203,6 +232,25 @@ class PgLeases:
 
         return Lease(release)
 
+    def holder(self, name: str) -> str | None:
+        """Which database session holds the lease (from ``pg_locks``), or None when it is free."""
+        key = self._key(name)
+        if key in self._held:
+            return f"this process (pid {os.getpid()})"
+        if self._query("SELECT pg_try_advisory_lock(:k)", key):
+            self._query("SELECT pg_advisory_unlock(:k)", key)
+            return None
+        from sqlalchemy import text
+
+        row = self._conn.execute(text(
+            "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = :hi AND l.objid = :lo"),
+            {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).first()
+        self._conn.commit()
+        if row is None:
+            return "another database session"
+        return f"PostgreSQL backend pid {row[0]} (client {row[1] or 'local'}) since {row[2]:%Y-%m-%d %H:%M:%S %Z}"
+
     def close(self) -> None:
         if self._conn is not None:
             self._drop()
@@ -217,14 +265,19 @@ def open_leases(storage: str | None, study: str):
     return PgLeases(storage, study)
 
 
-def hold(leases, name: str, on_wait: Callable[[], None] | None = None, poll: float = 0.2) -> Lease:
-    """Wait for a lease (``on_wait`` is called once if that takes more than a second)."""
+def hold(leases, name: str, on_wait: Callable[[], None] | None = None, poll: float = 0.2,
+         timeout: float | None = None) -> Lease | None:
+    """Wait for a lease (``on_wait`` is called once if that takes more than a second); None after ``timeout``
+    seconds."""
     t0, told = time.monotonic(), False
     while True:
         lease = leases.try_hold(name)
         if lease is not None:
             return lease
-        if on_wait and not told and time.monotonic() - t0 > 1.0:
+        waited = time.monotonic() - t0
+        if timeout is not None and waited >= timeout:
+            return None
+        if on_wait and not told and waited > 1.0:
             on_wait()
             told = True
         time.sleep(poll)

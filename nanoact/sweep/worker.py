@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any
 
+from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import requeue_lost
 from nanoact.sweep.options import EventFn, WorkerContext
@@ -60,22 +61,25 @@ class Worker:
         runs any more."""
         from optuna.trial import TrialState
 
-        told = False
+        told, skipped = False, None  # since when enqueueing was skipped (the coordinator lease held elsewhere)
         while True:
-            self._requeue_lost()
+            if self._requeue_lost():
+                skipped = None
+            elif skipped is None:
+                skipped = time.monotonic()
             busy = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
             if any(t.state == TrialState.WAITING for t in busy):
                 time.sleep(self.poll_s / 5)  # its cell may be held a moment (being trained, or checked)
                 return True
-            if not busy:
+            if not busy and (skipped is None or time.monotonic() - skipped > recovery.COORDINATOR_WAIT_S):
                 return False
             if not told:
                 self._emit("idle", running=len(busy))
                 told = True
             time.sleep(self.poll_s)
 
-    def _requeue_lost(self) -> None:
-        requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
+    def _requeue_lost(self) -> bool:
+        return requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
                      lambda ev: self.events({**ev, "worker": self.ctx.worker_name}))
 
     def _attempt(self, trial, lease) -> None:
