@@ -283,7 +283,7 @@ class SweepProgress(Progress):
         elif e == "cell_failed":
             self.finished_here += 1
             self.line(f"FAILED {ev['key']}: {ev['error']}")
-        elif e in ("recovered", "waiting"):
+        elif e in ("recovered", "waiting", "notice"):
             self.line(ev["detail"])
         elif e == "idle":
             self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
@@ -304,6 +304,8 @@ class SweepProgress(Progress):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine; CPU threads are split between them.")
 @click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
+@click.option("--oversubscribe", is_flag=True,
+              help="Allow more --workers than CPU cores (refused otherwise). Workers never outnumber the cells left.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; change nothing.")
 @click.option("--init", "init_only", is_flag=True,
@@ -313,8 +315,8 @@ class SweepProgress(Progress):
 @click.option("--train-log", type=click.Path(dir_okay=False), default=None,
               help="Append one line per cell a worker starts training to this file (an audit of what ran).")
 @click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in each run (needs psutil).")
-def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, retry_failed,
-                  dry_run, init_only, plugins, train_log, system_metrics) -> None:
+def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, oversubscribe,
+                  retry_failed, dry_run, init_only, plugins, train_log, system_metrics) -> None:
     """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
 
     Running the same command again trains only the missing cells, and the cells of workers that died (a worker
@@ -337,7 +339,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
                               dry_run=dry_run, init_only=init_only,
                               devices=tuple(devices.split(",")) if devices else None, plugins=plugins,
-                              train_log=train_log, system_metrics=system_metrics)
+                              train_log=train_log, system_metrics=system_metrics, oversubscribe=oversubscribe)
     where = (f"tracking {display_url(uri)}; storage "
              f"{display_url(storage) if storage else sweep.default_storage_path()}")
     if dry_run:

@@ -270,3 +270,29 @@ def test_stopped_coordinator_lease_holder_on_a_new_study_is_one_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_workers_above_the_cores_are_refused_unless_oversubscribed(tmp_path):
+    """`--workers 1000` (a typo for 10) once started 1,000 torch processes: refused before anything is created."""
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1]')
+    n = (os.cpu_count() or 1) + 1
+    r = subprocess.run(_sweep_cmd(p, "--workers", str(n)), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=120)
+    (err,) = _errors(r)
+    assert r.returncode == 2 and f"--workers {n} is more than the" in err and "--oversubscribe" in err
+    assert not (tmp_path / "mlruns").exists()  # nothing created
+
+
+@pytest.mark.slow
+def test_workers_are_capped_at_the_cells_left_to_run(tmp_path):
+    """`--workers 8` on 6 cells once started 8 torch processes; with --oversubscribe and one cell left, one runs."""
+    p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1, 2]')
+    log = tmp_path / "train.log"
+    r = subprocess.run(_sweep_cmd(p, "--init"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n = (os.cpu_count() or 1) + 2
+    r = subprocess.run(_sweep_cmd(p, "--workers", str(n), "--oversubscribe", "--train-log", str(log)), cwd=tmp_path,
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"starting 2 worker(s), not {n}: only 2 cell(s) to run" in r.stdout + r.stderr
+    assert len({line.split("\t")[2] for line in log.read_text().splitlines()}) <= 2

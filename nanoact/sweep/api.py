@@ -29,17 +29,22 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
     emit({"event": "plan", "total": len(result.states), "done": result.count(S.CellStatus.DONE),
           "todo": result.count(S.CellStatus.WAITING), "running": result.count(S.CellStatus.RUNNING),
           "recovered": result.recovered})  # todo: queued now or by an earlier call that was stopped
+    workers = min(opts.workers, max(result.count(S.CellStatus.WAITING), 1))  # no worker without a cell to take
+    if workers < opts.workers:
+        emit({"event": "notice", "detail": f"starting {workers} worker(s), not {opts.workers}: only "
+              f"{result.count(S.CellStatus.WAITING)} cell(s) to run"})
+    devices = opts.devices[:workers] if opts.devices else None
     try:
-        if opts.workers == 1:
+        if workers == 1:
             from nanoact.sweep.worker import Worker
 
             # one worker in this process: its threads stay as configured (train.threads, 0 = torch's default)
-            wctx = replace(ctx, device=opts.devices[0] if opts.devices else None)
+            wctx = replace(ctx, device=devices[0] if devices else None)
             result.trained, result.failed = Worker(wctx, emit).run()
         else:
             from nanoact.sweep.pool import run_pool
 
-            result.trained, result.failed = run_pool(ctx, opts.workers, opts.devices, emit)
+            result.trained, result.failed = run_pool(ctx, workers, devices, emit)
     except KeyboardInterrupt:
         result.interrupted = True
     return finish(spec, ctx, result)
