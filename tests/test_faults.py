@@ -296,3 +296,22 @@ def test_workers_are_capped_at_the_cells_left_to_run(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"starting 2 worker(s), not {n}: only 2 cell(s) to run" in r.stdout + r.stderr
     assert len({line.split("\t")[2] for line in log.read_text().splitlines()}) <= 2
+
+
+@pytest.mark.parametrize("bad, words", [
+    (("--set", "model.n_layer=100000"), "model.n_layer must be <= 4096"),
+    (("--set", "model.n_embd=100000"), "model.n_layer * model.n_embd**2"),
+    (("--set", "eval.seed=99999999999999999999"), "eval.seed must be in [0, 4294967295]"),
+    ((), "train.seed must be in [0, 4294967295]"),  # in the grid
+])
+def test_seeds_and_model_sizes_out_of_range_are_refused_before_any_run(tmp_path, bad, words):
+    """`train.seed = 99999999999999999999` passed --dry-run and failed at training time as a FAILED run
+    ("Overflow when unpacking long long"); so did `n_layer = 100000`. Now config validation refuses them."""
+    grid = '"train.seed" = [99999999999999999999]' if not bad else '"train.seed" = [1]'
+    p = write_sweep(tmp_path, iters=4, grid=grid)
+    for extra in (["--dry-run"], []):
+        r = subprocess.run(_sweep_cmd(p, *bad, *extra), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=120)
+        (err,) = _errors(r)
+        assert r.returncode == 2 and words in err, r.stdout + r.stderr
+    assert not (tmp_path / "mlruns").exists()  # no study, no run
