@@ -130,6 +130,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     Defaults are nanoGPT's CPU recipe for shakespeare_char on minigpt; change anything with --set. The run is
     tracked in MLflow (the same store as sweeps, experiment `train`) unless --no-track is given.
     """
+    from nanoact.data import CharDataset
     from nanoact.models import validate_model_config
     from nanoact.trainer import train
 
@@ -137,11 +138,13 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
         raise click.UsageError("--no-track logs nothing: drop --tracking-uri / --system-metrics, or --no-track")
     cfg = _config(model, activation, seed, overrides)
     validate_model_config(cfg.model, 65)  # fail fast on bad names before loading data
+    # the corpus before the run: a data error found before training leaves no FAILED run behind
+    data = CharDataset.from_config(cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
     tracker = None if no_track else _train_tracker(tracking_uri, experiment_name, system_metrics)
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
     progress = Progress()
-    res = train(cfg, tracker=tracker, progress=progress.train_callback)
+    res = train(cfg, data=data, tracker=tracker, progress=progress.train_callback)
     mt = res.metrics
     click.echo(f"parameters: {res.n_params:,} | device: {res.device} | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")

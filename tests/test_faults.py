@@ -315,3 +315,12 @@ def test_seeds_and_model_sizes_out_of_range_are_refused_before_any_run(tmp_path,
         (err,) = _errors(r)
         assert r.returncode == 2 and words in err, r.stdout + r.stderr
     assert not (tmp_path / "mlruns").exists()  # no study, no run
+
+
+def test_train_with_a_corpus_error_creates_no_run(tmp_path):
+    """`nanoact train` offline failed on the corpus but left a FAILED run in MLflow: a data error found before
+    training is one `error:` line, and no store or run is created."""
+    r = _cli(tmp_path, "train", "--set", f"data.corpus={tmp_path / 'missing.txt'}", "--set", "train.max_iters=2")
+    (err,) = _errors(r)
+    assert r.returncode == 2 and "missing.txt" in err and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "mlruns").exists()
