@@ -463,14 +463,16 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
     base = f"http://{host}:{port}"
     target = base + (tracking.runs_table_path(uri, experiment) if experiment else "/#/?workflowType=machine_learning")
     click.echo(f"starting the MLflow UI for {display_url(uri)} ...")
-    ui = server.ui_process(uri, host, port)
-    try:
-        ui.wait_healthy()
-        click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
-        sys.exit(ui.proc.wait())
-    except KeyboardInterrupt:
-        ui.stop()
-        sys.exit(0)
+    with server.stop_on_hangup():  # kill or a closed terminal stops the UI's process group too, as Ctrl-C does
+        ui = server.ui_process(uri, host, port)
+        try:
+            ui.wait_healthy()
+            click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
+            code = ui.proc.wait()
+        except KeyboardInterrupt:
+            ui.stop()
+            code = 0
+    sys.exit(code)
 
 
 @cli.command("report", short_help="Analyse an experiment's runs and write a report.")

@@ -324,3 +324,45 @@ def test_train_with_a_corpus_error_creates_no_run(tmp_path):
     (err,) = _errors(r)
     assert r.returncode == 2 and "missing.txt" in err and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert not (tmp_path / "mlruns").exists()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd, sig", [("ui", signal.SIGHUP), ("ui", signal.SIGTERM), ("server", signal.SIGHUP)])
+def test_ui_and_server_end_their_process_group_on_hangup_and_term(tmp_path, cmd, sig):
+    """Closing the terminal (SIGHUP) or `kill` (SIGTERM) once left `mlflow server` and its uvicorn child on the
+    port, and the next `nanoact ui` said only "port already in use". Now the port error names the PID, and the
+    signal stops the whole server process group."""
+    from nanoact.server import check_port_free, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nanoact.cli", cmd, "--port", str(port)], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        t0 = time.monotonic()
+        while "ready" not in (line := proc.stdout.readline()):
+            assert line and time.monotonic() - t0 < 180, "never ready"
+        second = _cli(tmp_path, "ui", "--port", str(port), timeout=60)
+        (err,) = _errors(second)
+        holders = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and "mlflow" in (p / "cmdline").read_bytes().decode(errors="replace")
+                   and str(port) in (p / "cmdline").read_bytes().decode(errors="replace")]
+        pgid = os.getpgid(min(holders))  # the server's own session and group
+        assert "already in use by pid " in err and f"process group {pgid}; stop it (`kill -- -{pgid}`)" in err, err
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        t0 = time.monotonic()
+        while _group_alive(pgid) and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        assert not _group_alive(pgid), "the mlflow server's process group outlived nanoact"
+        check_port_free("127.0.0.1", port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
