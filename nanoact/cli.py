@@ -231,12 +231,33 @@ def _storage_options(f):
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")(f)
 
 
-def _load_spec(experiment, sweep_file, overrides=(), study=None):
+def _load_spec(experiment, sweep_file, overrides=(), study=None, on_count=None):
     from nanoact.sweep import load_sweep
 
     if (experiment is None) == (sweep_file is None):
         raise click.UsageError("give exactly one of --experiment NAME or --file PATH")
-    return load_sweep(experiment, sweep_file, overrides).with_study(study)
+    return load_sweep(experiment, sweep_file, overrides, on_count=on_count).with_study(study)
+
+
+def _grid_size_check(large_grid: bool):
+    """Says the number of cells first, before every cell is checked; above ``MAX_CELLS`` the user must insist
+    (--large-grid, or yes at a prompt on a terminal)."""
+    from nanoact.sweep.spec import MAX_CELLS
+
+    def on_count(n: int, grid) -> None:
+        axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+        if n <= MAX_CELLS or large_grid:
+            if n > MAX_CELLS:
+                click.echo(f"{n:,} cells ({axes}); checking every cell's config ...")
+            return
+        what = f"the grid has {n:,} cells ({axes}), more than {MAX_CELLS:,}"
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            if click.confirm(f"{what}. Go on?", default=False):
+                return
+            raise NanoactError(f"{what}; not run")
+        raise NanoactError(f"{what}: check the grid (a typo in an axis?), or pass --large-grid to run it anyway")
+
+    return on_count
 
 
 class SweepProgress(Progress):
@@ -311,6 +332,7 @@ class SweepProgress(Progress):
               help="Allow more --workers than CPU cores (refused otherwise). Workers never outnumber the cells left.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
 @click.option("--dry-run", is_flag=True, help="Print the grid and what would run; change nothing.")
+@click.option("--large-grid", is_flag=True, help="Run a grid of more than 10,000 cells (refused otherwise).")
 @click.option("--init", "init_only", is_flag=True,
               help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
@@ -319,7 +341,7 @@ class SweepProgress(Progress):
               help="Append one line per cell a worker starts training to this file (an audit of what ran).")
 @click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in each run (needs psutil).")
 def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, oversubscribe,
-                  retry_failed, dry_run, init_only, plugins, train_log, system_metrics) -> None:
+                  retry_failed, dry_run, large_grid, init_only, plugins, train_log, system_metrics) -> None:
     """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
 
     Running the same command again trains only the missing cells, and the cells of workers that died (a worker
@@ -337,7 +359,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
     _STORES.extend([storage] if storage else [])
-    spec = _load_spec(experiment, sweep_file, overrides, study)
+    spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid))
     uri = _tracking_uri(tracking_uri)
     opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
                               dry_run=dry_run, init_only=init_only,
@@ -349,9 +371,12 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         res = sweep.run(spec, opts)
         click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
                    + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
-        for s in res.states:
-            action = "would run" if s.cell.key in res.planned else str(s.state)
+        planned = set(res.planned)
+        for s in res.states[:DRY_RUN_LISTED]:
+            action = "would run" if s.cell.key in planned else str(s.state)
             click.echo(f"  {s.cell.key:60s} {action}")
+        if len(res.states) > DRY_RUN_LISTED:
+            click.echo(f"  ... and {len(res.states) - DRY_RUN_LISTED:,} more cells (`nanoact status` lists all)")
         click.echo(f"{len(res.planned)} cell(s) would run; {where}")
         return
     click.echo(f"experiment {spec.name}: {where}")
@@ -370,6 +395,9 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         click.echo(f"next: nanoact report --experiment {exp}    (statistics and plots)\n"
                    f"      nanoact ui --experiment {exp}        (the runs in the MLflow UI)")
     sys.exit(res.exit_code)
+
+
+DRY_RUN_LISTED = 1000  # cells a dry run lists one by one
 
 
 def _print_outcome(res) -> None:

@@ -366,3 +366,22 @@ def test_ui_and_server_end_their_process_group_on_hangup_and_term(tmp_path, cmd,
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_absurd_grid_is_refused_with_its_count_unless_insisted(tmp_path):
+    """A 10^6-cell grid was accepted, and --dry-run was still printing after 6 min 40 s. Above 10,000 cells the
+    count comes first and the sweep needs --large-grid; a dry run lists the first 1,000 cells and counts the rest."""
+    grid = f'"train.seed" = {list(range(101))}\n"train.lr" = {[round(1e-3 + i * 1e-5, 6) for i in range(100)]}'
+    p = write_sweep(tmp_path, iters=4, grid=grid)
+    r = subprocess.run(_sweep_cmd(p, "--dry-run"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+    (err,) = _errors(r)
+    assert r.returncode == 2 and "10,100 cells (101 train.seed x 100 train.lr), more than 10,000" in err, r.stderr
+    assert "--large-grid" in err
+    r = subprocess.run(_sweep_cmd(p, "--dry-run", "--large-grid"), cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("10,100 cells (") and "... and 9,100 more cells" in r.stdout
+    assert sum(line.startswith("  ") and line.endswith("would run") for line in lines) == 1000
+    assert not (tmp_path / "mlruns").exists()

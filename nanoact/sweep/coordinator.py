@@ -285,5 +285,8 @@ def _check_corpora(spec: SweepSpec) -> None:
     """A missing or corrupt corpus is a one-line error before anything is created or trained."""
     from nanoact.data import resolve_corpus
 
+    if not any(k in spec.grid for k in ("data.corpus", "data.cache_dir")):  # one corpus for every cell
+        resolve_corpus(spec.base.data.corpus, spec.base.data.cache_dir or None)
+        return
     for corpus, cache in {(c.data.corpus, c.data.cache_dir) for c in map(spec.cell_config, spec.cells())}:
         resolve_corpus(corpus, cache or None)
