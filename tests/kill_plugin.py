@@ -8,6 +8,7 @@
 - ``created``: in the coordinator step, right after the study is created, before its attrs are set;
 - ``parent``: in the coordinator step, right after the parent run is created, before the study records it;
 - ``journal_full``: not a kill: an append to the Optuna journal writes half its bytes and fails as on a full disk.
+``NANOACT_RECONNECT_S`` shortens how long a worker waits for a lost database (60 s).
 ``NANOACT_COORDINATOR_WAIT_S`` shortens the longest wait for the coordinator lease (60 s).
 ``NANOACT_KILL_AFTER`` (default 0) lets that many cells (appends, for ``journal_full``) pass first.
 """
@@ -22,6 +23,10 @@ if os.environ.get("NANOACT_COORDINATOR_WAIT_S"):
     from nanoact.sweep import recovery
 
     recovery.COORDINATOR_WAIT_S = float(os.environ["NANOACT_COORDINATOR_WAIT_S"])
+if os.environ.get("NANOACT_RECONNECT_S"):
+    from nanoact.sweep import rdb
+
+    rdb.RECONNECT_S = float(os.environ["NANOACT_RECONNECT_S"])
 _seen = [int(os.environ.get("NANOACT_KILL_AFTER", "0"))]
 
 

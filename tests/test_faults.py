@@ -385,3 +385,89 @@ def test_absurd_grid_is_refused_with_its_count_unless_insisted(tmp_path):
     assert lines[0].startswith("10,100 cells (") and "... and 9,100 more cells" in r.stdout
     assert sum(line.startswith("  ") and line.endswith("would run") for line in lines) == 1000
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.fixture
+def restartable_pg():
+    """A PostgreSQL cluster of its own (the tests stop it with `pg_ctl stop -m immediate`), database `optuna`."""
+    import tempfile
+
+    from pg_cluster import LocalPostgres
+    from test_distributed import PW, _require_postgres
+
+    _require_postgres()
+    root = tempfile.mkdtemp(prefix="nanoact-pg-")  # not under pytest's 0700 tmp: postgres must enter it
+    cluster = LocalPostgres(root)
+    try:
+        cluster.start()
+        cluster.create_user("nanoact", PW, ["optuna"])
+        cluster.storage = cluster.url("nanoact", PW, "optuna")
+        yield cluster
+    finally:
+        try:
+            cluster.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _crash(cluster) -> None:
+    cluster._run([cluster.pg_ctl, "-D", str(cluster.data), "-m", "immediate", "-w", "stop"])
+
+
+@pytest.mark.slow
+def test_postgres_restart_mid_sweep_workers_reconnect_and_go_on(tmp_path, restartable_pg):
+    """`pg_ctl stop -m immediate` mid-cell, back 5 s later: the worker says it lost the connection, reconnects and
+    finishes the grid (it died in a 315-line traceback ending in Optuna's "exceeding max length")."""
+    p = write_sweep(tmp_path, iters=300, grid='"train.seed" = [1, 2, 3]')
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(_sweep_cmd(p, "--storage", restartable_pg.storage, "--train-log", str(log)),
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_lines(log, 1)
+        time.sleep(1.0)
+        _crash(restartable_pg)
+        time.sleep(5.0)
+        restartable_pg.start()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, out + err
+    assert "lost the connection to the Optuna storage" in err and "reconnected to the Optuna storage" in err
+    states = sweep.status(sweep.load_sweep(path=p), restartable_pg.storage)
+    assert all(s.state == sweep.CellStatus.DONE for s in states), states
+
+
+@pytest.mark.slow
+def test_postgres_down_beyond_the_grace_is_one_error_and_the_rerun_says_what_it_did(tmp_path, restartable_pg):
+    """The database stays away longer than the grace period (shortened to 3 s here): one `error:` line, exit 2.
+    The rerun with the database back settles the dead trial and finishes, and does not call a FAILED run
+    KILLED (it once printed "run ... KILLED" for runs that stayed FAILED)."""
+    p = write_sweep(tmp_path, iters=300, grid='"train.seed" = [1, 2]')
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(_sweep_cmd(p, "--storage", restartable_pg.storage, "--train-log", str(log), "--plugin",
+                                       "kill_plugin"), cwd=tmp_path, env=_env(NANOACT_RECONNECT_S="3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_lines(log, 1)
+        time.sleep(1.0)
+        _crash(restartable_pg)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in err, out + err
+    assert "unreachable for over 3 s" in errors[0] and "run the same command again" in errors[0]
+    restartable_pg.start()
+    r = subprocess.run(_sweep_cmd(p, "--storage", restartable_pg.storage), cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    _, runs = child_runs(tmp_path)
+    status = {x.info.run_id: x.info.status for x in runs}
+    settled = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("interrupted ")]
+    assert settled, r.stdout + r.stderr
+    for line in settled:
+        run_id = line.split("; run ")[1].split()[0]
+        assert line.endswith(f"left {status[run_id]}") if status[run_id] != "KILLED" else line.endswith("KILLED")
+    assert sorted(s for s in status.values() if s == "FINISHED") == ["FINISHED", "FINISHED"]

@@ -196,11 +196,15 @@ class PgLeases:
     def _key(self, name: str) -> int:
         return int.from_bytes(_digest(self.study, name)[:8], "big", signed=True)
 
-    def _query(self, sql: str, key: int):
+    def _query(self, sql: str, key: int, wait: bool = True):
+        """One statement on the lease connection; a lost connection is opened again (its locks are gone), with
+        backoff while the database is down (``nanoact.sweep.rdb.reconnecting``), or once with ``wait=False``."""
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        for attempt in (1, 2):
+        from nanoact.sweep.rdb import reconnecting
+
+        def once():
             try:
                 if self._conn is None:
                     self._connect()
@@ -208,9 +212,15 @@ class PgLeases:
                 self._conn.commit()
                 return value
             except DBAPIError:
-                self._drop()  # the session and its locks are gone; the second attempt opens a new one
-                if attempt == 2:
-                    raise
+                self._drop()  # the session and its locks are gone; a retry opens a new one
+                raise
+
+        if not wait:
+            return once()
+        try:
+            return once()
+        except DBAPIError:  # a connection dropped since the last use: the database may be back already
+            return reconnecting(once, "the lease database")
 
     def try_hold(self, name: str) -> Lease | None:
         key = self._key(name)
@@ -219,18 +229,32 @@ class PgLeases:
         if not self._query("SELECT pg_try_advisory_lock(:k)", key):
             return None
         self._held.add(key)
-        session = self._conn  # the session that holds the lock
+        session = [self._conn]  # the session that holds the lock
 
         def release() -> None:
-            if self._conn is not session or key not in self._held:
+            if self._conn is not session[0] or key not in self._held:
                 return  # that session is gone, and its locks with it
             self._held.discard(key)
             try:
-                self._query("SELECT pg_advisory_unlock(:k)", key)
+                self._query("SELECT pg_advisory_unlock(:k)", key, wait=False)
             except Exception:
                 pass  # the connection broke: the lock went with it
 
-        return Lease(release)
+        def check() -> bool:
+            """After a lost connection (a database restart), take the lock again on the new session, before a
+            recoverer can; never waits (the caller is training)."""
+            if self._conn is session[0] and key in self._held:
+                return True
+            try:
+                if not self._query("SELECT pg_try_advisory_lock(:k)", key, wait=False):
+                    return False
+            except Exception:
+                return True  # the database is not back yet: no one else can take the lock either
+            self._held.add(key)
+            session[0] = self._conn
+            return True
+
+        return Lease(release, check)
 
     def holder(self, name: str) -> str | None:
         """Which database session holds the lease (from ``pg_locks``), or None when it is free."""
@@ -326,12 +350,16 @@ def _settle(study, storage, number: int, key: str, tracking_uri: str) -> str:
         study.tell(number, _value(final["final/val_loss"]), skip_if_finished=True)
         return f"adopted {key}: trial {number}'s run {run.info.run_id} had finished before its worker died"
     reason = "its worker died while training (its lease was released); the cell runs again"
-    if run is not None:
-        tracking.end_run(tracking_uri, run.info.run_id, "KILLED", reason, only_if_running=True)
+    ended = run is not None and tracking.end_run(tracking_uri, run.info.run_id, "KILLED", reason,
+                                                 only_if_running=True)
     set_trial_attrs(storage, study, number, {S.A_INTERRUPTED: True, S.A_ERROR: reason,
                                              **({S.A_RUN_ID: run.info.run_id} if run is not None else {})})
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    return f"interrupted {key}: trial {number}'s worker died" + (f"; run {run.info.run_id} KILLED" if run else "")
+    if run is None:
+        return f"interrupted {key}: trial {number}'s worker died"
+    # a run its worker ended already (FAILED when the database went away) keeps that status
+    return f"interrupted {key}: trial {number}'s worker died; run {run.info.run_id} " + (
+        "KILLED" if ended else f"left {run.info.status}")
 
 
 def _value(v: Any) -> float:

@@ -78,8 +78,10 @@ def _new_rdb_storage(url: str, attempts: int = 6):
     import random
     import time
 
-    from optuna.storages import RDBStorage
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    from nanoact.sweep.rdb import ReconnectingRDBStorage
+    from nanoact.tracking_uri import display_url
 
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
@@ -87,7 +89,7 @@ def _new_rdb_storage(url: str, attempts: int = 6):
         engine.update(pool_size=2, max_overflow=3, pool_recycle=600, connect_args={"connect_timeout": 10})
     for i in range(attempts):
         try:
-            return RDBStorage(url, engine_kwargs=engine)
+            return ReconnectingRDBStorage(url, f"the Optuna storage {display_url(url)}", engine_kwargs=engine)
         except (IntegrityError, ProgrammingError, OperationalError) as e:
             # processes opening a fresh database at once race in Optuna's CREATE TABLE (a duplicate pg_type entry,
             # an existing relation, a locked sqlite file); the tables exist now, so try again

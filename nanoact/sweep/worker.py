@@ -144,6 +144,10 @@ class Worker:
             self._end(trial, key, error="interrupted (Ctrl-C)", interrupted=True)
             raise
         except Exception as e:
+            from nanoact.sweep.rdb import StorageUnreachable
+
+            if isinstance(e, StorageUnreachable):  # telling the trial would wait as long again: stop now
+                raise
             full = _storage_failure(e, self.ctx)
             if full is not None:  # every later cell would fail the same way: stop; finished cells are kept
                 with contextlib.suppress(Exception):  # telling the trial may need the same full disk
