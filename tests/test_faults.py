@@ -198,7 +198,7 @@ def test_parent_run_orphaned_by_a_killed_coordinator_is_adopted(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_parent_run_with_cells_still_queued(tmp_path):
+def test_ctrl_c_ends_the_parent_run_the_coordinator_made_with_cells_still_queued(tmp_path):
     """SIGINT mid-cell with cells still queued: the parent run is KILLED, not left RUNNING until the next sweep."""
     p = write_sweep(tmp_path, iters=3000, grid='"train.seed" = [1, 2, 3]')
     log = tmp_path / "train.log"
@@ -439,7 +439,7 @@ def test_postgres_restart_mid_sweep_workers_reconnect_and_go_on(tmp_path, restar
 
 
 @pytest.mark.slow
-def test_postgres_down_beyond_the_grace_is_one_error_and_the_rerun_says_what_it_did(tmp_path, restartable_pg):
+def test_postgres_restart_beyond_the_grace_is_one_error_and_the_rerun_says_what_it_did(tmp_path, restartable_pg):
     """The database stays away longer than the grace period (shortened to 3 s here): one `error:` line, exit 2.
     The rerun with the database back settles the dead trial and finishes, and does not call a FAILED run
     KILLED (it once printed "run ... KILLED" for runs that stayed FAILED)."""
