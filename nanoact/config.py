@@ -280,7 +280,8 @@ def validate(cfg: RunConfig) -> None:
         need(-1 <= getattr(t, name) <= MAX_SEED, f"train.{name} must be in [0, {MAX_SEED}], or -1 to use train.seed")
     for name, v in (("train.seed", t.seed), ("train.eval_batch_seed", t.eval_batch_seed), ("eval.seed", e.seed)):
         need(0 <= v <= MAX_SEED, f"{name} must be in [0, {MAX_SEED}] (got {v})")
-    need(m.n_layer <= MAX_LAYERS, f"model.n_layer must be <= {MAX_LAYERS} (got {m.n_layer}): nanoact trains small models")
+    need(m.n_layer <= MAX_LAYERS,
+         f"model.n_layer must be <= {MAX_LAYERS} (got {m.n_layer}): nanoact trains small models")
     need(m.n_layer * m.n_embd**2 <= MAX_LAYER_WEIGHTS,
          f"model.n_layer * model.n_embd**2 = {m.n_layer * m.n_embd**2:.3g} is beyond {MAX_LAYER_WEIGHTS:.0e} (about "
          f"{12 * MAX_LAYER_WEIGHTS:.0e} parameters): nanoact trains small models; check n_layer ({m.n_layer}) and "

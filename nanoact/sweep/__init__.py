@@ -21,7 +21,8 @@ from nanoact.sweep.state import CellState, CellStatus, SweepResult, cell_states
 from nanoact.sweep.storage import default_storage_path, open_storage
 
 __all__ = [
-    "Cell", "CellState", "coordinator_holder", "CellStatus", "SweepOptions", "SweepResult", "SweepSpec", "WorkerContext",
+    "Cell", "CellState", "CellStatus", "SweepOptions", "SweepResult", "SweepSpec", "WorkerContext",
+    "coordinator_holder",
     "cell_states", "check_devices", "default_storage_path", "experiment_names", "grid_key", "load_sweep",
     "open_storage", "parse_sweep", "run", "status", "builtin_sweeps_dir", "experiments", "is_builtin",
     "worker_contexts",
