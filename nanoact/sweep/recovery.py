@@ -91,8 +91,11 @@ class FileLeases:
                 os.close(fd)
                 return None
             if _names(path, fd):
-                os.ftruncate(fd, 0)  # who holds it, for `nanoact status` and for those who wait
-                os.pwrite(fd, _whoami().encode(), 0)
+                try:  # who holds it, for `nanoact status` and for those who wait; a full disk does without
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, _whoami().encode(), 0)
+                except OSError:
+                    pass
                 return fd
             os.close(fd)  # deleted or replaced between open and flock: lock the file the path names now
 
