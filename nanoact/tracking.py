@@ -279,8 +279,9 @@ class MlflowTracker:
                 try:
                     return self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)])
                 except Exception as e:  # MLflow creates the experiment's dataset row get-or-create, not atomically:
-                    if "UNIQUE" not in str(e) or attempt == 4:  # two workers logging it at once, one loses; the
-                        raise                                   # row exists now, so the next attempt links it
+                    if "unique" not in str(e).lower() or attempt == 4:  # two workers logging it at once (sqlite:
+                        raise  # "UNIQUE constraint", PostgreSQL: "unique constraint"), one loses; the row exists
+                        # now, so the next attempt links it
                     time.sleep(0.2 * (attempt + 1))
 
         self._submit(log)

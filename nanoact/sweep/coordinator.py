@@ -26,6 +26,7 @@ U_PARENT = "mlflow_parent_run_id"
 U_FINGERPRINT = "nanoact.fingerprint"
 U_NONCE = "nanoact.nonce"  # per study, also a tag of its parent run: a parent run orphaned by a kill is found by it
 T_NONCE = "nanoact.study_nonce"
+REQUEUE_WAIT_S = 5.0  # how long a running worker waits for the coordinator lease to enqueue lost cells
 
 
 def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.SweepResult, WorkerContext | None]:
@@ -255,10 +256,12 @@ def _deaths(trials, key: str) -> int:
 def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: EventFn) -> bool:
     """While a sweep runs: settle dead workers' trials (each under its cell's lease) and enqueue their cells again
     (an idle worker's job). The enqueueing needs the coordinator lease, and is skipped this round when another
-    process holds it (False): the caller trains on rather than wait on a holder that may be stopped."""
+    process holds it for more than ``REQUEUE_WAIT_S`` (False): the caller trains on rather than wait on a holder
+    that may be stopped. (A live holder holds it for a few storage writes; waiting that long lets a worker that
+    settled a trial enqueue its cell after a holder that enqueued before the trial was settled.)"""
     for line in recover(study, storage, leases, uri):
         events({"event": "recovered", "detail": line})
-    lease = leases.try_hold(COORDINATOR)
+    lease = hold(leases, COORDINATOR, timeout=REQUEUE_WAIT_S)
     if lease is None:
         return False
     try:
