@@ -414,14 +414,14 @@ def create_parent_run(tracking_uri: str, experiment_id: str, run_name: str, tags
     return run.info.run_id
 
 
-def runs_tagged(tracking_uri: str, experiment_id: str, tag: str, value: str) -> list[str]:
-    """Ids of the runs of an experiment whose tag ``tag`` is ``value`` (the values nanoact writes are hex), oldest
-    first."""
+def runs_tagged(tracking_uri: str, experiment_id: str, tag: str, value: str) -> list[tuple[str, float]]:
+    """(id, age in seconds) of the runs of an experiment whose tag ``tag`` is ``value`` (the values nanoact
+    writes are hex), oldest first."""
     from mlflow import MlflowClient
 
     runs = MlflowClient(tracking_uri).search_runs([experiment_id], f"tags.`{tag}` = '{value}'",
                                                   order_by=["attributes.start_time ASC"], max_results=1000)
-    return [r.info.run_id for r in runs]
+    return [(r.info.run_id, time.time() - r.info.start_time / 1000) for r in runs]
 
 
 def delete_run(tracking_uri: str, run_id: str, reason: str) -> None:

@@ -9,6 +9,7 @@ no cell is running or queued any more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 import warnings
@@ -26,6 +27,7 @@ U_PARENT = "mlflow_parent_run_id"
 U_FINGERPRINT = "nanoact.fingerprint"
 U_NONCE = "nanoact.nonce"  # per study, also a tag of its parent run: a parent run orphaned by a kill is found by it
 T_NONCE = "nanoact.study_nonce"
+ORPHAN_AGE_S = 600.0  # a parent run with the nonce but unrecorded this long was left by a creator that died
 REQUEUE_WAIT_S = 5.0  # how long a running worker waits for the coordinator lease to enqueue lost cells
 
 
@@ -168,15 +170,17 @@ def check_fingerprint(spec: SweepSpec, study) -> None:
 def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str, leases) -> str:
     """The study's parent run: the recorded one, reopened; else one that a creator killed before recording it
     left (found by the study's nonce), adopted; else a new one, recorded under the coordinator lease (a racing
-    creator's record wins). Other parent runs with the nonce (orphans, or a racing creator's) are ended and moved
-    to MLflow's trash: they never had children."""
+    creator's record wins, and the loser trashes its own run). A run with the nonce that is not the parent and
+    older than ``ORPHAN_AGE_S`` (a second orphan) is ended and moved to MLflow's trash: such runs never have
+    children."""
     from nanoact import tracking
 
     nonce = study.user_attrs[U_NONCE]
     parent = study.user_attrs.get(U_PARENT)
+    mine = None
     if parent is None:
         tagged = tracking.runs_tagged(uri, exp_id, T_NONCE, nonce)
-        mine = tagged[0] if tagged else _new_parent_run(spec, uri, exp_id, nonce)
+        mine = tagged[0][0] if tagged else _new_parent_run(spec, uri, exp_id, nonce)
         lease = hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S)
         if lease is None:
             raise _stalled(spec, leases)
@@ -188,10 +192,12 @@ def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str, leases) -> str:
         finally:
             lease.release()
     tracking.reopen_run(uri, parent)
-    for orphan in tracking.runs_tagged(uri, exp_id, T_NONCE, nonce):
-        if orphan != parent:
-            tracking.delete_run(uri, orphan, f"a second parent run of study {spec.study_name} (its creator was "
-                                f"stopped before recording it); the parent run is {parent}")
+    why = (f"a second parent run of study {spec.study_name} (its creator was stopped before recording it, or lost "
+           f"the race to); the parent run is {parent}")
+    for run_id, age in tracking.runs_tagged(uri, exp_id, T_NONCE, nonce):
+        if run_id != parent and (run_id == mine or age > ORPHAN_AGE_S):
+            with contextlib.suppress(Exception):  # another coordinator step may be ending it right now
+                tracking.delete_run(uri, run_id, why)
     return parent
 
 
