@@ -131,6 +131,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     Defaults are nanoGPT's CPU recipe for shakespeare_char on minigpt; change anything with --set. The run is
     tracked in MLflow (the same store as sweeps, experiment `train`) unless --no-track is given.
     """
+    from nanoact.data import CharDataset
     from nanoact.models import validate_model_config
     from nanoact.trainer import train
 
@@ -138,11 +139,13 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
         raise click.UsageError("--no-track logs nothing: drop --tracking-uri / --system-metrics, or --no-track")
     cfg = _config(model, activation, seed, overrides)
     validate_model_config(cfg.model, 65)  # fail fast on bad names before loading data
+    # the corpus before the run: a data error found before training leaves no FAILED run behind
+    data = CharDataset.from_config(cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
     tracker = None if no_track else _train_tracker(tracking_uri, experiment_name, system_metrics)
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
     progress = Progress()
-    res = train(cfg, tracker=tracker, progress=progress.train_callback)
+    res = train(cfg, data=data, tracker=tracker, progress=progress.train_callback)
     mt = res.metrics
     click.echo(f"parameters: {res.n_params:,} | device: {res.device} ({res.dtype}) | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
@@ -229,12 +232,33 @@ def _storage_options(f):
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")(f)
 
 
-def _load_spec(experiment, sweep_file, overrides=(), study=None):
+def _load_spec(experiment, sweep_file, overrides=(), study=None, on_count=None):
     from nanoact.sweep import load_sweep
 
     if (experiment is None) == (sweep_file is None):
         raise click.UsageError("give exactly one of --experiment NAME or --file PATH")
-    return load_sweep(experiment, sweep_file, overrides).with_study(study)
+    return load_sweep(experiment, sweep_file, overrides, on_count=on_count).with_study(study)
+
+
+def _grid_size_check(large_grid: bool):
+    """Says the number of cells first, before every cell is checked; above ``MAX_CELLS`` the user must insist
+    (--large-grid, or yes at a prompt on a terminal)."""
+    from nanoact.sweep.spec import MAX_CELLS
+
+    def on_count(n: int, grid) -> None:
+        axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+        if n <= MAX_CELLS or large_grid:
+            if n > MAX_CELLS:
+                click.echo(f"{n:,} cells ({axes}); checking every cell's config ...")
+            return
+        what = f"the grid has {n:,} cells ({axes}), more than {MAX_CELLS:,}"
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            if click.confirm(f"{what}. Go on?", default=False):
+                return
+            raise NanoactError(f"{what}; not run")
+        raise NanoactError(f"{what}: check the grid (a typo in an axis?), or pass --large-grid to run it anyway")
+
+    return on_count
 
 
 class SweepProgress(Progress):
@@ -284,12 +308,15 @@ class SweepProgress(Progress):
         elif e == "cell_failed":
             self.finished_here += 1
             self.line(f"FAILED {ev['key']}: {ev['error']}")
-        elif e in ("recovered", "waiting"):
+        elif e in ("recovered", "waiting", "notice"):
             self.line(ev["detail"])
         elif e == "warning":
             self.line(f"warning: {ev['detail']}")
         elif e == "idle":
             self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
+        elif e == "lease_lost":
+            self.line(f"{ev['key']}: another process holds this cell's lease now (was its lock file deleted?); "
+                      "it may settle this run as dead")
         elif e == "cell_lost":
             self.line(f"{ev['key']}: its trial was settled as dead meanwhile; this run does not count")
         elif e == "worker_died":
@@ -304,10 +331,13 @@ class SweepProgress(Progress):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine; CPU threads are split between them.")
 @click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
+@click.option("--oversubscribe", is_flag=True,
+              help="Allow more --workers than CPU cores (refused otherwise). Workers never outnumber the cells left.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
 @click.option("--dry-run", is_flag=True,
               help="Print the grid, what would run, and each cell's parameters, activation memory and estimated "
                    "time (CPU from finished runs in the store, GPU from a FLOP count); change nothing.")
+@click.option("--large-grid", is_flag=True, help="Run a grid of more than 10,000 cells (refused otherwise).")
 @click.option("--init", "init_only", is_flag=True,
               help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
@@ -315,8 +345,8 @@ class SweepProgress(Progress):
 @click.option("--train-log", type=click.Path(dir_okay=False), default=None,
               help="Append one line per cell a worker starts training to this file (an audit of what ran).")
 @click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in each run (needs psutil).")
-def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, retry_failed,
-                  dry_run, init_only, plugins, train_log, system_metrics) -> None:
+def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, oversubscribe,
+                  retry_failed, dry_run, large_grid, init_only, plugins, train_log, system_metrics) -> None:
     """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
 
     Running the same command again trains only the missing cells, and the cells of workers that died (a worker
@@ -334,21 +364,24 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
     _STORES.extend([storage] if storage else [])
-    spec = _load_spec(experiment, sweep_file, overrides, study)
+    spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid))
     uri = _tracking_uri(tracking_uri)
     opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
                               dry_run=dry_run, init_only=init_only,
                               devices=tuple(devices.split(",")) if devices else None, plugins=plugins,
-                              train_log=train_log, system_metrics=system_metrics)
+                              train_log=train_log, system_metrics=system_metrics, oversubscribe=oversubscribe)
     where = (f"tracking {display_url(uri)}; storage "
              f"{display_url(storage) if storage else sweep.default_storage_path()}")
     if dry_run:
         res = sweep.run(spec, opts)
         click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
                    + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
-        for s in res.states:
-            action = "would run" if s.cell.key in res.planned else str(s.state)
+        planned = set(res.planned)
+        for s in res.states[:DRY_RUN_LISTED]:
+            action = "would run" if s.cell.key in planned else str(s.state)
             click.echo(f"  {s.cell.key:60s} {action}")
+        if len(res.states) > DRY_RUN_LISTED:
+            click.echo(f"  ... and {len(res.states) - DRY_RUN_LISTED:,} more cells (`nanoact status` lists all)")
         click.echo(f"{len(res.planned)} cell(s) would run; {where}")
         from nanoact.planning import describe
 
@@ -373,6 +406,9 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         click.echo(f"next: nanoact report --experiment {exp}    (statistics and plots)\n"
                    f"      nanoact ui --experiment {exp}        (the runs in the MLflow UI)")
     sys.exit(res.exit_code)
+
+
+DRY_RUN_LISTED = 1000  # cells a dry run lists one by one
 
 
 def _print_outcome(res) -> None:
@@ -419,6 +455,12 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
         click.echo(f"{s.cell.key:52s} {str(s.state):11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
     done = sum(s.state == sweep.CellStatus.DONE for s in states)
     click.echo(f"{done}/{len(states)} cells done")
+    holder = sweep.coordinator_holder(spec, storage)
+    if holder:
+        click.echo(f"the coordinator lease (study set-up, enqueueing) is held by {holder}")
+    queued = sum(s.state == sweep.CellStatus.WAITING for s in states)
+    if queued and not any(s.state == sweep.CellStatus.RUNNING for s in states):
+        click.echo(f"{queued} cell(s) queued and none running: no worker is taking them")
     if done < len(states):
         click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, study)}")
 
@@ -460,14 +502,16 @@ def ui_command(tracking_uri, experiment, host, port) -> None:
     base = f"http://{host}:{port}"
     target = base + (tracking.runs_table_path(uri, experiment) if experiment else "/#/?workflowType=machine_learning")
     click.echo(f"starting the MLflow UI for {display_url(uri)} ...")
-    ui = server.ui_process(uri, host, port)
-    try:
-        ui.wait_healthy()
-        click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
-        sys.exit(ui.proc.wait())
-    except KeyboardInterrupt:
-        ui.stop()
-        sys.exit(0)
+    with server.stop_on_hangup():  # kill or a closed terminal stops the UI's process group too, as Ctrl-C does
+        ui = server.ui_process(uri, host, port)
+        try:
+            ui.wait_healthy()
+            click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
+            code = ui.proc.wait()
+        except KeyboardInterrupt:
+            ui.stop()
+            code = 0
+    sys.exit(code)
 
 
 @cli.command("report", short_help="Analyse an experiment's runs and write a report.")

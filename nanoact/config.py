@@ -248,6 +248,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: too large to parse ({len(text):,} characters)") from None
 
 
+MAX_SEED = 2**32 - 1  # seeds are 32-bit unsigned, the range torch, numpy and most tools take
+MAX_LAYERS = 4096
+MAX_LAYER_WEIGHTS = 10**9  # n_layer * n_embd**2 bound: about 1.2e10 parameters, far beyond a small character LM
+
+
 def validate(cfg: RunConfig) -> None:
     """Range checks that a type check cannot make. Names (model, activation) are checked where they resolve."""
     m, t, e, d = cfg.model, cfg.train, cfg.eval, cfg.data
@@ -276,7 +281,17 @@ def validate(cfg: RunConfig) -> None:
     need(t.threads >= 0, "train.threads must be >= 0")
     need(t.log_interval >= 0, "train.log_interval must be >= 0 (0: log only at eval steps)")
     for name in ("init_seed", "data_seed", "dropout_seed"):
-        need(getattr(t, name) >= -1, f"train.{name} must be >= 0, or -1 to use train.seed")
+        need(-1 <= getattr(t, name) <= MAX_SEED, f"train.{name} must be in [0, {MAX_SEED}], or -1 to use train.seed")
+    for name, v in (("train.seed", t.seed), ("train.eval_batch_seed", t.eval_batch_seed), ("eval.seed", e.seed)):
+        need(0 <= v <= MAX_SEED, f"{name} must be in [0, {MAX_SEED}] (got {v})")
+    need(m.n_layer <= MAX_LAYERS,
+         f"model.n_layer must be <= {MAX_LAYERS} (got {m.n_layer}): nanoact trains small models")
+    need(m.n_layer * m.n_embd**2 <= MAX_LAYER_WEIGHTS,
+         f"model.n_layer * model.n_embd**2 = {m.n_layer * m.n_embd**2:.3g} is beyond {MAX_LAYER_WEIGHTS:.0e} (about "
+         f"{12 * MAX_LAYER_WEIGHTS:.0e} parameters): nanoact trains small models; check n_layer ({m.n_layer}) and "
+         f"n_embd ({m.n_embd})")
+    need(m.block_size <= 2**20 and m.n_head <= m.n_embd, "model.block_size must be <= 1048576 and model.n_head <= "
+         "model.n_embd")
     need(e.n_contexts >= 1, "eval.n_contexts must be >= 1")
     need(0.5 <= d.train_fraction < 1.0, "data.train_fraction must be in [0.5, 1)")
     need(bool(d.corpus.strip()), "data.corpus must not be empty")

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,9 +58,67 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            words = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise NanoactError(f"port {port} on {host} {words}; stop whatever listens there or choose another "
-                               "--port") from None
+            if e.errno != errno.EADDRINUSE:
+                raise NanoactError(f"port {port} on {host} cannot be bound ({e.strerror}); choose another --port") \
+                    from None
+            holder = port_holder(port)
+            if holder is not None:
+                pid, cmd, group = holder
+                raise NanoactError(f"port {port} on {host} is already in use by pid {pid} ({cmd}), process group "
+                                   f"{group}; stop it (`kill -- -{group}`) or choose another --port") from None
+            raise NanoactError(f"port {port} on {host} is already in use; stop whatever listens there or choose "
+                               "another --port") from None
+
+
+def port_holder(port: int) -> tuple[int, str, int] | None:
+    """(pid, command line, process group) of the nanoact or mlflow process that listens on TCP ``port`` on this
+    machine (for ``mlflow server``, a uvicorn worker in the server's group), or None: another program, another
+    user's, or not Linux. Read from ``/proc``: the listening socket's inode, then a process holding it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        if "mlflow" in cmd or "nanoact" in cmd:
+            try:
+                group = os.getpgid(int(proc.name))
+            except OSError:
+                continue
+            found.append((int(proc.name), cmd if len(cmd) <= 120 else cmd[:117] + "...", group))
+    return min(found) if found else None
+
+
+@contextmanager
+def stop_on_hangup():
+    """SIGTERM (``kill``) and SIGHUP (the terminal closed) raise KeyboardInterrupt, as Ctrl-C does, so that the
+    caller stops the server's whole process group: it runs in a session of its own, which neither signal reaches."""
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -217,26 +276,22 @@ def start_server(spec: ServerSpec, on_line: Callable[[str], None] | None = None)
 
 def serve(spec: ServerSpec, on_line: Callable[[str], None] | None = None,
           on_ready: Callable[[str], None] | None = None) -> int | None:
-    """Run the server until Ctrl-C or SIGTERM (then stop it, group and all: ``kill`` must not orphan it).
+    """Run the server until Ctrl-C, SIGTERM or SIGHUP (then stop it, group and all: ``kill`` or closing the
+    terminal must not orphan it).
 
     Returns None after a requested stop, else the exit code of a server that stopped by itself.
     """
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    sp = start_server(spec, on_line)
-    try:
-        sp.wait_healthy()
-        if on_ready:
-            on_ready(spec.url)
-        return sp.proc.wait()
-    except KeyboardInterrupt:
-        return None
-    finally:
-        sp.stop()
-        signal.signal(signal.SIGTERM, old)
+    with stop_on_hangup():
+        sp = start_server(spec, on_line)
+        try:
+            sp.wait_healthy()
+            if on_ready:
+                on_ready(spec.url)
+            return sp.proc.wait()
+        except KeyboardInterrupt:
+            return None
+        finally:
+            sp.stop()
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:

@@ -279,8 +279,9 @@ class MlflowTracker:
                 try:
                     return self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, tags)])
                 except Exception as e:  # MLflow creates the experiment's dataset row get-or-create, not atomically:
-                    if "UNIQUE" not in str(e) or attempt == 4:  # two workers logging it at once, one loses; the
-                        raise                                   # row exists now, so the next attempt links it
+                    if "unique" not in str(e).lower() or attempt == 4:  # two workers logging it at once (sqlite:
+                        raise  # "UNIQUE constraint", PostgreSQL: "unique constraint"), one loses; the row exists
+                        # now, so the next attempt links it
                     time.sleep(0.2 * (attempt + 1))
 
         self._submit(log)
@@ -411,6 +412,24 @@ def create_parent_run(tracking_uri: str, experiment_id: str, run_name: str, tags
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
+
+
+def runs_tagged(tracking_uri: str, experiment_id: str, tag: str, value: str) -> list[tuple[str, float]]:
+    """(id, age in seconds) of the runs of an experiment whose tag ``tag`` is ``value`` (the values nanoact
+    writes are hex), oldest first."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(tracking_uri).search_runs([experiment_id], f"tags.`{tag}` = '{value}'",
+                                                  order_by=["attributes.start_time ASC"], max_results=1000)
+    return [(r.info.run_id, time.time() - r.info.start_time / 1000) for r in runs]
+
+
+def delete_run(tracking_uri: str, run_id: str, reason: str) -> None:
+    """End a run as KILLED with ``reason`` and move it to MLflow's trash (``mlflow gc`` removes it for good)."""
+    from mlflow import MlflowClient
+
+    end_run(tracking_uri, run_id, "KILLED", reason)
+    MlflowClient(tracking_uri).delete_run(run_id)
 
 
 def reopen_run(tracking_uri: str, run_id: str) -> None:

@@ -5,7 +5,12 @@
 - ``finished``: after the cell's MLflow run is FINISHED, before its trial is COMPLETE;
 - ``full``: not a kill: from the start of a cell's run on, every MLflow write fails as sqlite does on a full
   disk, so the worker can neither log to its run nor end it (the Optuna journal still takes its short appends).
-``NANOACT_KILL_AFTER`` (default 0) lets that many cells pass first.
+- ``created``: in the coordinator step, right after the study is created, before its attrs are set;
+- ``parent``: in the coordinator step, right after the parent run is created, before the study records it;
+- ``journal_full``: not a kill: an append to the Optuna journal writes half its bytes and fails as on a full disk.
+``NANOACT_RECONNECT_S`` shortens how long a worker waits for a lost database (60 s).
+``NANOACT_COORDINATOR_WAIT_S`` shortens the longest wait for the coordinator lease (60 s).
+``NANOACT_KILL_AFTER`` (default 0) lets that many cells (appends, for ``journal_full``) pass first.
 """
 
 import os
@@ -14,6 +19,14 @@ import signal
 from nanoact.sweep import worker
 
 _STAGE = os.environ.get("NANOACT_KILL_AT", "")
+if os.environ.get("NANOACT_COORDINATOR_WAIT_S"):
+    from nanoact.sweep import recovery
+
+    recovery.COORDINATOR_WAIT_S = float(os.environ["NANOACT_COORDINATOR_WAIT_S"])
+if os.environ.get("NANOACT_RECONNECT_S"):
+    from nanoact.sweep import rdb
+
+    rdb.RECONNECT_S = float(os.environ["NANOACT_RECONNECT_S"])
 _seen = [int(os.environ.get("NANOACT_KILL_AFTER", "0"))]
 
 
@@ -43,7 +56,39 @@ def end_but_die_first(self, trial, key, **kw):
     return _end(self, trial, key, **kw)
 
 
-if _STAGE == "popped":
+def _create_then_die() -> None:
+    import optuna
+
+    create = optuna.create_study
+
+    def create_study(*a, **kw):
+        study = create(*a, **kw)
+        if _due():
+            _die()
+        return study
+
+    optuna.create_study = create_study
+
+
+def _parent_then_die() -> None:
+    from nanoact import tracking
+
+    create = tracking.create_parent_run
+
+    def create_parent_run(*a, **kw):
+        run_id = create(*a, **kw)
+        if _due():
+            _die()
+        return run_id
+
+    tracking.create_parent_run = create_parent_run
+
+
+if _STAGE == "created":
+    _create_then_die()
+elif _STAGE == "parent":
+    _parent_then_die()
+elif _STAGE == "popped":
     worker.pop_trial = pop_then_die
 elif _STAGE == "finished":
     worker.Worker._end = end_but_die_first
@@ -79,3 +124,28 @@ def _fill_the_store() -> None:
 
 if _STAGE == "full":
     _fill_the_store()
+
+
+def _fill_the_journal() -> None:
+    """``journal_full``: after ``NANOACT_KILL_AFTER`` appends, an append to the Optuna journal writes half its
+    bytes and fails as a full disk does (the simulation of a full tmpfs, where one cannot be mounted)."""
+    import errno
+
+    from optuna.storages.journal import JournalFileBackend
+
+    def append_logs(self, logs):
+        if not _due():
+            return _append(self, logs)
+        import json
+
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        with open(self._file_path, "ab") as f:
+            f.write(text[: len(text) // 2].encode())
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _append = JournalFileBackend.append_logs
+    JournalFileBackend.append_logs = append_logs
+
+
+if _STAGE == "journal_full":
+    _fill_the_journal()

@@ -4,7 +4,7 @@ The modules, one job each:
 
 - ``spec``: experiment definitions (base config + grid), validated; no Optuna.
 - ``state``: cell states and the result of a call.
-- ``storage``: opening the Optuna storage; taking a trial off the queue.
+- ``storage``: opening the Optuna storage; taking a trial off the queue; ``journal``: the journal file, repaired.
 - ``recovery``: how a dead worker is noticed (a lease per cell) and what happens to its cell.
 - ``coordinator``: creating the study and parent run, enqueueing cells, ending the parent run.
 - ``worker``: the loop that pops and trains cells; ``pool``: several workers on this machine.
@@ -13,7 +13,7 @@ The modules, one job each:
 Tracking: one MLflow parent run per study, one child run per cell attempt (docs/TRACKING.md).
 """
 
-from nanoact.sweep.api import run, status
+from nanoact.sweep.api import coordinator_holder, run, status
 from nanoact.sweep.options import SweepOptions, WorkerContext, check_devices, worker_contexts
 from nanoact.sweep.spec import (Cell, SweepSpec, builtin_sweeps_dir, experiment_names, experiments, grid_key, is_builtin,
                                 load_sweep, parse_sweep)
@@ -22,6 +22,7 @@ from nanoact.sweep.storage import default_storage_path, open_storage
 
 __all__ = [
     "Cell", "CellState", "CellStatus", "SweepOptions", "SweepResult", "SweepSpec", "WorkerContext",
+    "coordinator_holder",
     "cell_states", "check_devices", "default_storage_path", "experiment_names", "grid_key", "load_sweep",
     "open_storage", "parse_sweep", "run", "status", "builtin_sweeps_dir", "experiments", "is_builtin",
     "worker_contexts",

@@ -38,17 +38,22 @@ def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | 
     emit({"event": "plan", "total": len(result.states), "done": result.count(S.CellStatus.DONE),
           "todo": result.count(S.CellStatus.WAITING), "running": result.count(S.CellStatus.RUNNING),
           "recovered": result.recovered})  # todo: queued now or by an earlier call that was stopped
+    workers = min(opts.workers, max(result.count(S.CellStatus.WAITING), 1))  # no worker without a cell to take
+    if workers < opts.workers:
+        emit({"event": "notice", "detail": f"starting {workers} worker(s), not {opts.workers}: only "
+              f"{result.count(S.CellStatus.WAITING)} cell(s) to run"})
+    devices = opts.devices[:workers] if opts.devices else None
     try:
-        if opts.workers == 1:
+        if workers == 1:
             from nanoact.sweep.worker import Worker
 
             # one worker in this process: its threads stay as configured (train.threads, 0 = torch's default)
-            wctx = replace(ctx, device=opts.devices[0] if opts.devices else None)
+            wctx = replace(ctx, device=devices[0] if devices else None)
             result.trained, result.failed = Worker(wctx, emit).run()
         else:
             from nanoact.sweep.pool import run_pool
 
-            result.trained, result.failed = run_pool(ctx, opts.workers, opts.devices, emit)
+            result.trained, result.failed = run_pool(ctx, workers, devices, emit)
     except KeyboardInterrupt as e:
         result.interrupted, result.interrupt_exit = True, exit_code(e)
     return finish(spec, ctx, result)
@@ -72,3 +77,17 @@ def status(spec: SweepSpec, storage: str | None = None) -> list[S.CellState]:
     """Cell states without changing anything (no study or file is created)."""
     study = load_study(spec, storage)
     return S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
+
+
+def coordinator_holder(spec: SweepSpec, storage: str | None = None) -> str | None:
+    """Who holds the study's coordinator lease right now, or None when it is free (nothing is created)."""
+    from nanoact.sweep.recovery import COORDINATOR, open_leases
+    from nanoact.sweep.storage import storage_exists
+
+    if not storage_exists(storage):
+        return None
+    leases = open_leases(storage, spec.study_name)
+    try:
+        return leases.holder(COORDINATOR)
+    finally:
+        leases.close()

@@ -9,10 +9,14 @@ no cell is running or queued any more.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
 import warnings
 from typing import Any
 
+from nanoact.errors import NanoactError
+from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
 from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, hold, open_leases, recover
@@ -21,6 +25,10 @@ from nanoact.sweep.storage import open_storage, storage_exists
 
 U_PARENT = "mlflow_parent_run_id"
 U_FINGERPRINT = "nanoact.fingerprint"
+U_NONCE = "nanoact.nonce"  # per study, also a tag of its parent run: a parent run orphaned by a kill is found by it
+T_NONCE = "nanoact.study_nonce"
+ORPHAN_AGE_S = 600.0  # a parent run with the nonce but unrecorded this long was left by a creator that died
+REQUEUE_WAIT_S = 5.0  # how long a running worker waits for the coordinator lease to enqueue lost cells
 
 
 def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.SweepResult, WorkerContext | None]:
@@ -40,24 +48,55 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     tracking.open_store(uri)
     storage = open_storage(opts.storage)
     leases = open_leases(opts.storage, spec.study_name)
-    lease = hold(leases, COORDINATOR, on_wait=lambda: events(
-        {"event": "waiting", "detail": f"another nanoact process is setting up study {spec.study_name}; waiting"}))
-    try:
-        study = _load_or_create(spec, storage)
+    try:  # the coordinator lease is held for storage writes only, never across an MLflow call
+        lease = _hold_coordinator(spec, leases, events)
+        stalled = lease is None
+        if lease is not None:
+            try:
+                study = _load_or_create(spec, storage)
+            finally:
+                lease.release()
+        else:  # a stopped or hung holder: a complete study can still be worked on, without enqueueing
+            study = load_study(spec, opts.storage)
+            if study is None or U_NONCE not in study.user_attrs or U_PARENT not in study.user_attrs:
+                raise _stalled(spec, leases)
+            check_fingerprint(spec, study)
         exp_id = tracking.ensure_experiment(uri, spec.name, experiment_tags(spec))
-        parent = _parent_run(spec, study, uri, exp_id)
-        recovered = recover(study, storage, leases, uri)
+        parent = _parent_run(spec, study, uri, exp_id, leases)
+        recovered = recover(study, storage, leases, uri)  # each dead trial under its own cell's lease
         recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
             events({"event": "recovered", "detail": line})
-        planned = enqueue(spec, study, retry_failed=opts.retry_failed)
+        lease = None if stalled else _hold_coordinator(spec, leases, events)
+        if lease is not None:
+            try:
+                planned = enqueue(spec, study, retry_failed=opts.retry_failed)
+            finally:
+                lease.release()
+        else:
+            planned = []
+            events({"event": "waiting", "detail": f"{_stalled(spec, leases)}; training the cells already queued, "
+                    "enqueueing none"})
         states = S.cell_states(spec, study.get_trials(deepcopy=False))
     finally:
-        lease.release()
         leases.close()
     result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered)
     return result, WorkerContext(spec, opts.storage, uri, exp_id, parent, plugins=opts.plugins,
                                  train_log=opts.train_log, system_metrics=opts.system_metrics)
+
+
+def _hold_coordinator(spec: SweepSpec, leases, events: EventFn):
+    """The coordinator lease, or None after ``COORDINATOR_WAIT_S`` (saying once, after a second, who holds it)."""
+    return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events({
+        "event": "waiting", "detail": f"the coordinator lease of study {spec.study_name} is held by "
+        f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s"}))
+
+
+def _stalled(spec: SweepSpec, leases) -> NanoactError:
+    return NanoactError(
+        f"the coordinator lease of study {spec.study_name} has been held for over {recovery.COORDINATOR_WAIT_S:.0f} s "
+        f"by {leases.holder(COORDINATOR) or 'another process'} (a stopped or hung process? resume or end it, then "
+        "run the same command again)")
 
 
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
@@ -83,21 +122,41 @@ def load_study(spec: SweepSpec, storage: str | None):
 
 
 def _load_or_create(spec: SweepSpec, storage):
+    """The study, created with its attrs. Call it holding the coordinator lease: Optuna creates a study and sets
+    its attrs in separate writes, so a creator killed in between (or Ctrl-C) leaves a study without fingerprint,
+    which is completed here, before anything else uses it."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=spec.study_name, storage=storage)
     except KeyError:
         study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="minimize")
-        with warnings.catch_warnings():  # experimental since Optuna 3.2; shown by optuna-dashboard
-            warnings.simplefilter("ignore")
-            study.set_metric_names(["final val loss"])
-        for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
-                     "nanoact.grid": spec.grid, "nanoact.source": spec.source,
-                     U_FINGERPRINT: spec.fingerprint()}.items():
-            study.set_user_attr(k, v)
+    if U_FINGERPRINT not in study.user_attrs:
+        _complete(spec, study)
     check_fingerprint(spec, study)
+    if U_NONCE not in study.user_attrs:  # a study of an older nanoact
+        study.set_user_attr(U_NONCE, uuid.uuid4().hex)
     return study
+
+
+def _complete(spec: SweepSpec, study) -> None:
+    """Set the attrs of a study that has none yet: just created, or half-created by a creator that was killed.
+    Its trials (a half-created study has none; a study of an older nanoact may) must be cells of this grid."""
+    from nanoact.errors import ConfigError
+
+    keys = {c.key for c in spec.cells()}
+    strange = sorted({str(t.user_attrs.get(S.A_GRID_KEY)) for t in study.get_trials(deepcopy=False)} - keys)
+    if strange:
+        raise ConfigError(f"study {spec.study_name!r} holds trials of cells not in this grid ({strange[0]}, ...) "
+                          "and no record of the grid it was made for; start a new study with --study NAME")
+    with warnings.catch_warnings():  # experimental since Optuna 3.2; shown by optuna-dashboard
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["final val loss"])
+    study.set_user_attr(U_NONCE, uuid.uuid4().hex)
+    # the fingerprint last: a study that has it is complete
+    for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
+                 "nanoact.grid": spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():
+        study.set_user_attr(k, v)
 
 
 def check_fingerprint(spec: SweepSpec, study) -> None:
@@ -111,26 +170,54 @@ def check_fingerprint(spec: SweepSpec, study) -> None:
         )
 
 
-def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
+def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str, leases) -> str:
+    """The study's parent run: the recorded one, reopened; else one that a creator killed before recording it
+    left (found by the study's nonce), adopted; else a new one, recorded under the coordinator lease (a racing
+    creator's record wins, and the loser trashes its own run). A run with the nonce that is not the parent and
+    older than ``ORPHAN_AGE_S`` (a second orphan) is ended and moved to MLflow's trash: such runs never have
+    children."""
+    from nanoact import tracking
+
+    nonce = study.user_attrs[U_NONCE]
+    parent = study.user_attrs.get(U_PARENT)
+    mine = None
+    if parent is None:
+        tagged = tracking.runs_tagged(uri, exp_id, T_NONCE, nonce)
+        mine = tagged[0][0] if tagged else _new_parent_run(spec, uri, exp_id, nonce)
+        lease = hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S)
+        if lease is None:
+            raise _stalled(spec, leases)
+        try:
+            parent = study.user_attrs.get(U_PARENT)
+            if parent is None:
+                study.set_user_attr(U_PARENT, mine)
+                parent = mine
+        finally:
+            lease.release()
+    tracking.reopen_run(uri, parent)
+    why = (f"a second parent run of study {spec.study_name} (its creator was stopped before recording it, or lost "
+           f"the race to); the parent run is {parent}")
+    for run_id, age in tracking.runs_tagged(uri, exp_id, T_NONCE, nonce):
+        if run_id != parent and (run_id == mine or age > ORPHAN_AGE_S):
+            with contextlib.suppress(Exception):  # another coordinator step may be ending it right now
+                tracking.delete_run(uri, run_id, why)
+    return parent
+
+
+def _new_parent_run(spec: SweepSpec, uri: str, exp_id: str, nonce: str) -> str:
     from nanoact import tracking
 
     import nanoact
 
-    parent = study.user_attrs.get(U_PARENT)
-    if parent is not None:
-        tracking.reopen_run(uri, parent)
-        return parent
     axes = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
     tags = {"nanoact.role": "parent", "nanoact.study": spec.study_name, "nanoact.version": nanoact.__version__,
             "nanoact.grid": json.dumps(spec.grid), "nanoact.sweep_source": spec.source,
             "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
-            "mlflow.source.type": "LOCAL",
+            "mlflow.source.type": "LOCAL", T_NONCE: nonce,
             "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
                                     f"each. `nanoact report --experiment {spec.name}` logs its report here.")}
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
-    parent = tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
-    study.set_user_attr(U_PARENT, parent)
-    return parent
+    return tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
 
 
 def experiment_tags(spec: SweepSpec) -> dict[str, str]:
@@ -175,15 +262,22 @@ def _deaths(trials, key: str) -> int:
     return sum(bool(t.user_attrs.get(S.A_INTERRUPTED)) for t in trials if t.user_attrs.get(S.A_GRID_KEY) == key)
 
 
-def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: EventFn) -> None:
-    """While a sweep runs: settle dead workers' trials and enqueue their cells again (an idle worker's job)."""
-    lease = hold(leases, COORDINATOR)
+def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: EventFn) -> bool:
+    """While a sweep runs: settle dead workers' trials (each under its cell's lease) and enqueue their cells again
+    (an idle worker's job). The enqueueing needs the coordinator lease, and is skipped this round when another
+    process holds it for more than ``REQUEUE_WAIT_S`` (False): the caller trains on rather than wait on a holder
+    that may be stopped. (A live holder holds it for a few storage writes; waiting that long lets a worker that
+    settled a trial enqueue its cell after a holder that enqueued before the trial was settled.)"""
+    for line in recover(study, storage, leases, uri):
+        events({"event": "recovered", "detail": line})
+    lease = hold(leases, COORDINATOR, timeout=REQUEUE_WAIT_S)
+    if lease is None:
+        return False
     try:
-        for line in recover(study, storage, leases, uri):
-            events({"event": "recovered", "detail": line})
         enqueue(spec, study, max_deaths=MAX_DEATHS)
     finally:
         lease.release()
+    return True
 
 
 def finish(spec: SweepSpec, ctx: WorkerContext, result: S.SweepResult) -> S.SweepResult:
@@ -192,7 +286,8 @@ def finish(spec: SweepSpec, ctx: WorkerContext, result: S.SweepResult) -> S.Swee
 
     study = load_study(spec, ctx.storage)
     result.states = S.cell_states(spec, study.get_trials(deepcopy=False))
-    if result.count(*S.BUSY) == 0:
+    # after Ctrl-C, cells still queued wait for the next call: the parent run ends unless a cell is running
+    if result.count(*S.BUSY) == 0 or (result.interrupted and result.count(S.CellStatus.RUNNING) == 0):
         status = "KILLED" if result.interrupted else ("FINISHED" if result.complete else "FAILED")
         tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, status)
     return result
@@ -202,5 +297,8 @@ def _check_corpora(spec: SweepSpec) -> None:
     """A missing or corrupt corpus is a one-line error before anything is created or trained."""
     from nanoact.data import resolve_corpus
 
+    if not any(k in spec.grid for k in ("data.corpus", "data.cache_dir")):  # one corpus for every cell
+        resolve_corpus(spec.base.data.corpus, spec.base.data.cache_dir or None)
+        return
     for corpus, cache in {(c.data.corpus, c.data.cache_dir) for c in map(spec.cell_config, spec.cells())}:
         resolve_corpus(corpus, cache or None)

@@ -24,6 +24,8 @@ class SweepOptions:
         plugins: modules every worker imports first (custom activations or models).
         train_log: append one line per cell a worker starts training (an audit of what ran).
         system_metrics: record CPU/memory/GPU use in each cell's run (MLflow's System metrics; needs psutil).
+        oversubscribe: allow more ``workers`` than this machine has CPU cores (refused otherwise: each worker is a
+            torch process of its own, and on PostgreSQL holds up to 6 connections).
     """
 
     storage: str | None = None
@@ -36,10 +38,18 @@ class SweepOptions:
     plugins: tuple[str, ...] = ()
     train_log: str | None = None
     system_metrics: bool = False
+    oversubscribe: bool = False
 
     def __post_init__(self) -> None:
+        import os
+
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError("--workers must be >= 1")
+        cores = os.cpu_count() or 1
+        if self.devices is None and self.workers > cores and not self.oversubscribe:
+            raise ConfigError(f"--workers {self.workers} is more than the {cores} CPU cores of this machine (each "
+                              "worker is a torch process of its own; on PostgreSQL each holds up to 6 connections); "
+                              f"use at most {cores}, or add --oversubscribe to start {self.workers} anyway")
         if self.devices is not None:
             object.__setattr__(self, "devices", tuple(check_devices(list(self.devices), self.workers)))
         object.__setattr__(self, "plugins", tuple(self.plugins))

@@ -25,10 +25,10 @@ def run_pool(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None, 
              for i, wctx in enumerate(worker_contexts(ctx, workers, devices, os.cpu_count() or 1))]
     for p in procs:
         p.start()
-    totals = [0, 0]
+    totals, errors = [0, 0], []
     try:
         while any(p.is_alive() for p in procs) or not q.empty():
-            _relay(q, events, totals)
+            _relay(q, events, totals, errors)
             interrupt.check()
     except KeyboardInterrupt as e:
         interrupt.delivered()
@@ -45,17 +45,23 @@ def run_pool(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None, 
         raise
     for p in procs:
         p.join()
-        if p.exitcode not in (0, None):
+        if p.exitcode not in (0, None, 2):
             events({"event": "worker_died", "worker": p.name, "exitcode": p.exitcode})
+    if errors:
+        from nanoact.errors import NanoactError
+
+        raise NanoactError(errors[0])
     return totals[0], totals[1]
 
 
-def _relay(q, events: EventFn, totals: list[int]) -> None:
+def _relay(q, events: EventFn, totals: list[int], errors: list[str]) -> None:
     try:
         ev = q.get(timeout=0.5)
     except queue.Empty:
         return
-    if ev["event"] == "worker_end":
+    if ev["event"] == "worker_error":
+        errors.append(ev["error"])
+    elif ev["event"] == "worker_end":
         totals[0] += ev["trained"]
         totals[1] += ev["failed"]
     else:
@@ -71,9 +77,14 @@ def _worker_main(ctx: WorkerContext, q: Any) -> None:  # pragma: no cover - runs
         if ev["event"] != "iter":  # per-iteration events stay in the worker: the parent shows cells and evals
             q.put(ev)
 
+    from nanoact.errors import NanoactError
+
     try:
         with interruptible():
             trained, failed = Worker(ctx, send).run()
     except KeyboardInterrupt as e:
         sys.exit(exit_code(e))
+    except NanoactError as e:  # e.g. the database stayed away: one line from the parent, not a child's traceback
+        q.put({"event": "worker_error", "worker": ctx.worker_name, "error": str(e)})
+        sys.exit(2)
     q.put({"event": "worker_end", "worker": ctx.worker_name, "trained": trained, "failed": failed})

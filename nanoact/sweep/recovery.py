@@ -37,6 +37,8 @@ from nanoact.sweep import state as S
 from nanoact.sweep.storage import get_trial, is_rdb_url, journal_path, set_trial_attrs
 
 COORDINATOR = "__coordinator__"  # the lease that serialises coordinator steps (study, parent run, enqueueing)
+COORDINATOR_WAIT_S = 60.0  # the longest a process waits for the coordinator lease (it is held for storage writes
+# only, never across MLflow or other network calls: a holder stopped or hung that long is not coming back soon)
 MAX_DEATHS = 3  # a cell interrupted this often is left to the next `nanoact sweep` (e.g. it runs out of memory)
 
 
@@ -45,38 +47,115 @@ def _digest(study: str, name: str) -> bytes:
 
 
 class Lease:
-    def __init__(self, release: Callable[[], None]):
-        self._release = release
+    def __init__(self, release: Callable[[], None], check: Callable[[], bool] | None = None):
+        self._release, self._check = release, check
 
     def release(self) -> None:
         if self._release is not None:
             self._release()
             self._release = None
 
+    def check(self) -> bool:
+        """Still held? A holder calls this now and then while it trains; a file lease whose lock file was deleted
+        (``rm -rf`` of the lease folder) is taken again on a new file, so that no one else can take it there."""
+        return self._check() if self._check is not None and self._release is not None else True
+
 
 class FileLeases:
-    """Leases as ``flock`` locks on files in one folder beside the storage."""
+    """Leases as ``flock`` locks on files in one folder beside the storage.
+
+    A lock on a file that was deleted or replaced (the folder removed by hand) excludes no one: after ``flock``
+    the file's identity is compared with what the path names now (the standard lock-file check), and the folder
+    is made again when it is gone."""
 
     def __init__(self, folder: Path, study: str):
-        self.folder, self.study = folder, study
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.study = folder, study  # the folder is made when the first lease is taken
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{_digest(self.study, name).hex()[:32]}.lock"
+
+    def _open(self, path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _lock(self, path: Path) -> int | None:
+        """A descriptor of the file at ``path`` now, locked by us, or None when someone else holds that lock."""
+        while True:
+            fd = self._open(path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            if _names(path, fd):
+                try:  # who holds it, for `nanoact status` and for those who wait; a full disk does without
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, _whoami().encode(), 0)
+                except OSError:
+                    pass
+                return fd
+            os.close(fd)  # deleted or replaced between open and flock: lock the file the path names now
 
     def try_hold(self, name: str) -> Lease | None:
-        path = self.folder / f"{_digest(self.study, name).hex()[:32]}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        path = self._path(name)
+        fd = self._lock(path)
+        if fd is None:
             return None
+        held = [fd]
 
         def release() -> None:
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
+
+        def check() -> bool:
+            if _names(path, held[0]):
+                return True
+            fd = self._lock(path)  # our file is gone: take the lease on the new one, unless someone has it
+            if fd is None:
+                return False
+            os.close(held[0])
+            held[0] = fd
+            return True
+
+        return Lease(release, check)
+
+    def holder(self, name: str) -> str | None:
+        """Who holds the lease (as its holder wrote it), or None when it is free; creates nothing."""
+        path = self._path(name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
             fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
             os.close(fd)
 
-        return Lease(release)
-
     def close(self) -> None: ...
+
+
+def _whoami() -> str:
+    import socket
+
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+
+
+def _names(path: Path, fd: int) -> bool:
+    """``path`` names the open file ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
 class PgLeases:
@@ -120,11 +199,15 @@ class PgLeases:
     def _key(self, name: str) -> int:
         return int.from_bytes(_digest(self.study, name)[:8], "big", signed=True)
 
-    def _query(self, sql: str, key: int):
+    def _query(self, sql: str, key: int, wait: bool = True):
+        """One statement on the lease connection; a lost connection is opened again (its locks are gone), with
+        backoff while the database is down (``nanoact.sweep.rdb.reconnecting``), or once with ``wait=False``."""
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        for attempt in (1, 2):
+        from nanoact.sweep.rdb import reconnecting
+
+        def once():
             try:
                 if self._conn is None:
                     self._connect()
@@ -132,9 +215,15 @@ class PgLeases:
                 self._conn.commit()
                 return value
             except DBAPIError:
-                self._drop()  # the session and its locks are gone; the second attempt opens a new one
-                if attempt == 2:
-                    raise
+                self._drop()  # the session and its locks are gone; a retry opens a new one
+                raise
+
+        if not wait:
+            return once()
+        try:
+            return once()
+        except DBAPIError:  # a connection dropped since the last use: the database may be back already
+            return reconnecting(once, "the lease database")
 
     def try_hold(self, name: str) -> Lease | None:
         key = self._key(name)
@@ -143,18 +232,51 @@ class PgLeases:
         if not self._query("SELECT pg_try_advisory_lock(:k)", key):
             return None
         self._held.add(key)
-        session = self._conn  # the session that holds the lock
+        session = [self._conn]  # the session that holds the lock
 
         def release() -> None:
-            if self._conn is not session or key not in self._held:
+            if self._conn is not session[0] or key not in self._held:
                 return  # that session is gone, and its locks with it
             self._held.discard(key)
             try:
-                self._query("SELECT pg_advisory_unlock(:k)", key)
+                self._query("SELECT pg_advisory_unlock(:k)", key, wait=False)
             except Exception:
                 pass  # the connection broke: the lock went with it
 
-        return Lease(release)
+        def check() -> bool:
+            """After a lost connection (a database restart), take the lock again on the new session, before a
+            recoverer can; never waits (the caller is training)."""
+            if self._conn is session[0] and key in self._held:
+                return True
+            try:
+                if not self._query("SELECT pg_try_advisory_lock(:k)", key, wait=False):
+                    return False
+            except Exception:
+                return True  # the database is not back yet: no one else can take the lock either
+            self._held.add(key)
+            session[0] = self._conn
+            return True
+
+        return Lease(release, check)
+
+    def holder(self, name: str) -> str | None:
+        """Which database session holds the lease (from ``pg_locks``), or None when it is free."""
+        key = self._key(name)
+        if key in self._held:
+            return f"this process (pid {os.getpid()})"
+        if self._query("SELECT pg_try_advisory_lock(:k)", key):
+            self._query("SELECT pg_advisory_unlock(:k)", key)
+            return None
+        from sqlalchemy import text
+
+        row = self._conn.execute(text(
+            "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = :hi AND l.objid = :lo"),
+            {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).first()
+        self._conn.commit()
+        if row is None:
+            return "another database session"
+        return f"PostgreSQL backend pid {row[0]} (client {row[1] or 'local'}) since {row[2]:%Y-%m-%d %H:%M:%S %Z}"
 
     def close(self) -> None:
         if self._conn is not None:
@@ -170,14 +292,19 @@ def open_leases(storage: str | None, study: str):
     return PgLeases(storage, study)
 
 
-def hold(leases, name: str, on_wait: Callable[[], None] | None = None, poll: float = 0.2) -> Lease:
-    """Wait for a lease (``on_wait`` is called once if that takes more than a second)."""
+def hold(leases, name: str, on_wait: Callable[[], None] | None = None, poll: float = 0.2,
+         timeout: float | None = None) -> Lease | None:
+    """Wait for a lease (``on_wait`` is called once if that takes more than a second); None after ``timeout``
+    seconds."""
     t0, told = time.monotonic(), False
     while True:
         lease = leases.try_hold(name)
         if lease is not None:
             return lease
-        if on_wait and not told and time.monotonic() - t0 > 1.0:
+        waited = time.monotonic() - t0
+        if timeout is not None and waited >= timeout:
+            return None
+        if on_wait and not told and waited > 1.0:
             on_wait()
             told = True
         time.sleep(poll)
@@ -226,12 +353,16 @@ def _settle(study, storage, number: int, key: str, tracking_uri: str) -> str:
         study.tell(number, _value(final["final/val_loss"]), skip_if_finished=True)
         return f"adopted {key}: trial {number}'s run {run.info.run_id} had finished before its worker died"
     reason = "its worker died while training (its lease was released); the cell runs again"
-    if run is not None:
-        tracking.end_run(tracking_uri, run.info.run_id, "KILLED", reason, only_if_running=True)
+    ended = run is not None and tracking.end_run(tracking_uri, run.info.run_id, "KILLED", reason,
+                                                 only_if_running=True)
     set_trial_attrs(storage, study, number, {S.A_INTERRUPTED: True, S.A_ERROR: reason,
                                              **({S.A_RUN_ID: run.info.run_id} if run is not None else {})})
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    return f"interrupted {key}: trial {number}'s worker died" + (f"; run {run.info.run_id} KILLED" if run else "")
+    if run is None:
+        return f"interrupted {key}: trial {number}'s worker died"
+    # a run its worker ended already (FAILED when the database went away) keeps that status
+    return f"interrupted {key}: trial {number}'s worker died; run {run.info.run_id} " + (
+        "KILLED" if ended else f"left {run.info.status}")
 
 
 def _value(v: Any) -> float:

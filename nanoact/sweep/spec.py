@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from nanoact.config import RunConfig, apply_overrides, from_dict, load_toml, set_key, valid_keys
 from nanoact.errors import ConfigError, NanoactError
@@ -38,6 +39,9 @@ class Cell:
 
     key: str
     values: dict[str, Any]
+
+
+MAX_CELLS = 10_000  # a grid larger than this is run only when the user insists (``nanoact sweep --large-grid``)
 
 
 @dataclass(frozen=True)
@@ -134,10 +138,13 @@ def experiment_names() -> list[str]:
 
 
 def load_sweep(name: str | None = None, path: str | Path | None = None,
-               overrides: Iterable[str] | Mapping[str, Any] = (), check_names: bool = True) -> SweepSpec:
+               overrides: Iterable[str] | Mapping[str, Any] = (), check_names: bool = True,
+               on_count: Callable[[int, Mapping[str, list]], None] | None = None) -> SweepSpec:
     """Load experiment ``name`` (``./sweeps/<name>.toml`` if there, else the built-in one) or the file ``path``,
     validate it, and apply ``--set`` overrides to its base. ``check_names=False`` skips resolving model and
-    activation names (which imports PyTorch): enough to list experiments, not to run one."""
+    activation names (which imports PyTorch): enough to list experiments, not to run one. ``on_count`` gets the
+    number of cells and the grid as soon as they are known, before the cells are checked (it may raise to refuse
+    an absurd grid)."""
     if (name is None) == (path is None):
         raise ConfigError("give exactly one of an experiment name or a sweep file")
     if path is None:
@@ -150,12 +157,13 @@ def load_sweep(name: str | None = None, path: str | Path | None = None,
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"sweep file {str(p)!r} does not exist")
-    spec = parse_sweep(load_toml(p), where=str(p), default_name=p.stem, check_names=check_names)
+    spec = parse_sweep(load_toml(p), where=str(p), default_name=p.stem, check_names=check_names, on_count=on_count)
     return spec.with_overrides(overrides) if overrides else spec
 
 
 def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str = "",
-                check_names: bool = True) -> SweepSpec:
+                check_names: bool = True, on_count: Callable[[int, Mapping[str, list]], None] | None = None
+                ) -> SweepSpec:
     """Validate a parsed sweep table; every bad key or value is an error that names the file and the key."""
     unknown = set(raw) - SWEEP_KEYS
     if unknown:
@@ -179,6 +187,8 @@ def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str 
     if not isinstance(grid_raw, Mapping) or not grid_raw:
         raise ConfigError(f"{where}: [grid] must be a table with at least one axis, e.g. \"model.activation\" = [...]")
     grid = {key: _axis(base, key, values, where, check_names) for key, values in _flatten_grid(grid_raw).items()}
+    if on_count is not None:
+        on_count(math.prod(len(v) for v in grid.values()), grid)
     spec = SweepSpec(name=name, base=base, grid=grid, description=description, study=study, source=where)
     if check_names:
         _check_cells(spec, where)
@@ -222,14 +232,28 @@ def _identity(key: str, cfg: RunConfig, canonicalise: bool = True) -> str:
     return repr(value)
 
 
+def _independent(key: str) -> bool:
+    """Seeds constrain no other key: each value is valid or not on its own."""
+    return key.endswith("seed")
+
+
 def _check_cells(spec: SweepSpec, where: str) -> None:
     """Every cell must be a valid config, checked before anything runs (by registry lookup and arithmetic: no
-    model is built, so a 10,000-cell grid is checked in a fraction of a second)."""
+    model is built). A cell whose other values were checked with every one of its seeds already is skipped, so a
+    grid of many seeds costs about as much as one of one seed."""
     from nanoact.models import validate_model_config
 
     seen: set[tuple] = set()
+    rests: set[tuple] = set()
+    seeds: set[tuple] = set()
     for cell in spec.cells():
-        cfg = spec.cell_config(cell)
+        rest = tuple((k, v) for k, v in cell.values.items() if not _independent(k))
+        own = [(k, v) for k, v in cell.values.items() if _independent(k)]
+        if rest in rests and all(s in seeds for s in own):
+            continue
+        rests.add(rest)
+        seeds.update(own)
+        cfg = spec.cell_config(cell)  # validates the whole config
         sig = tuple(sorted(cfg.model.__dict__.items()))
         if sig in seen:
             continue

@@ -42,7 +42,8 @@ def open_storage(storage: str | None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_rdb_url(storage):
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+
+        from nanoact.sweep.journal import Journal, JournalCorrupt, repair_journal
 
         path = journal_path(storage)
         try:  # Optuna's own failure on a read-only or full disk is "AssertionError: Should not reach."
@@ -53,7 +54,12 @@ def open_storage(storage: str | None):
             from nanoact.errors import storage_error
 
             raise (storage_error(e, str(path)) or NanoactError(f"cannot open the Optuna journal {path}: {e}")) from None
-        return JournalStorage(JournalFileBackend(str(path)))
+        repair_journal(path)  # a torn last line: the next append would be glued onto it
+        try:
+            return JournalStorage(Journal(path))
+        except JournalCorrupt:  # a torn line that an append was glued onto already
+            repair_journal(path, force=True)
+            return JournalStorage(Journal(path))
     assert storage is not None
     if storage.startswith("postgresql://"):
         raise ConfigError("write the storage URL as postgresql+psycopg2://... (with SQLAlchemy 2.1 a bare "
@@ -72,8 +78,10 @@ def _new_rdb_storage(url: str, attempts: int = 6):
     import random
     import time
 
-    from optuna.storages import RDBStorage
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    from nanoact.sweep.rdb import ReconnectingRDBStorage
+    from nanoact.tracking_uri import display_url
 
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
@@ -81,7 +89,7 @@ def _new_rdb_storage(url: str, attempts: int = 6):
         engine.update(pool_size=2, max_overflow=3, pool_recycle=600, connect_args={"connect_timeout": 10})
     for i in range(attempts):
         try:
-            return RDBStorage(url, engine_kwargs=engine)
+            return ReconnectingRDBStorage(url, f"the Optuna storage {display_url(url)}", engine_kwargs=engine)
         except (IntegrityError, ProgrammingError, OperationalError) as e:
             # processes opening a fresh database at once race in Optuna's CREATE TABLE (a duplicate pg_type entry,
             # an existing relation, a locked sqlite file); the tables exist now, so try again

@@ -16,12 +16,16 @@ from typing import Any
 from nanoact.cluster import slurm_tags
 from nanoact.errors import interrupt_reason
 from nanoact.sweep import interrupt
+from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import requeue_lost
 from nanoact.sweep.options import EventFn, WorkerContext
 from nanoact.sweep.recovery import open_leases
 from nanoact.sweep.spec import Cell
 from nanoact.sweep.storage import open_storage, pop_trial
+
+
+LEASE_CHECK_S = 0.5  # how often a training worker checks that it still holds its cell's lease
 
 
 class Worker:
@@ -61,14 +65,17 @@ class Worker:
         runs any more."""
         from optuna.trial import TrialState
 
-        told = False
+        told, skipped = False, None  # since when enqueueing was skipped (the coordinator lease held elsewhere)
         while True:
-            self._requeue_lost()
+            if self._requeue_lost():
+                skipped = None
+            elif skipped is None:
+                skipped = time.monotonic()
             busy = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
             if any(t.state == TrialState.WAITING for t in busy):
                 time.sleep(self.poll_s / 5)  # its cell may be held a moment (being trained, or checked)
                 return True
-            if not busy:
+            if not busy and (skipped is None or time.monotonic() - skipped > recovery.COORDINATOR_WAIT_S):
                 return False
             if not told:
                 self._emit("idle", running=len(busy))
@@ -76,8 +83,8 @@ class Worker:
             time.sleep(self.poll_s)
             interrupt.check()
 
-    def _requeue_lost(self) -> None:
-        requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
+    def _requeue_lost(self) -> bool:
+        return requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
                      lambda ev: self.events({**ev, "worker": self.ctx.worker_name}))
 
     def _attempt(self, trial, lease) -> None:
@@ -91,7 +98,7 @@ class Worker:
                 trial.set_user_attr(S.A_DUPLICATE, "the cell was already done when this trial was popped")
                 self.study.tell(trial, state=TrialState.FAIL)
                 return
-            self._train(trial, key)
+            self._train(trial, key, lease)
         finally:
             lease.release()
 
@@ -111,7 +118,7 @@ class Worker:
             self._data[dkey] = CharDataset.from_config(*dkey)
         return self._data[dkey]
 
-    def _train(self, trial, key: str) -> None:
+    def _train(self, trial, key: str, lease) -> None:
         from nanoact.trainer import train
 
         cfg = self._config(trial, key)
@@ -124,8 +131,15 @@ class Worker:
                 f.write(f"{key}\t{trial.number}\t{self.ctx.worker_name}:{os.getpid()}\n")
         self._emit("cell_start", key=key, trial=trial.number)
 
+        checked = [time.monotonic()]
+
         def on_train(ev: dict[str, Any]) -> None:
             interrupt.check()  # a signal whose exception a finalizer swallowed
+            if time.monotonic() - checked[0] > LEASE_CHECK_S:  # a deleted lock file is taken again at once
+                checked[0] = time.monotonic()
+                if not lease.check():  # said once; telling the trial at the end finds out what became of it
+                    self._emit("lease_lost", key=key, trial=trial.number)
+                    checked[0] = math.inf
             if ev["event"] == "eval":
                 trial.report(ev["val/loss"], step=ev["iter"])  # optuna-dashboard's learning curves
             self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
@@ -145,6 +159,10 @@ class Worker:
                     tracking.end_run(self.ctx.tracking_uri, tracker.run_id, "KILLED", reason)
                 self._end(trial, key, error=reason, interrupted=True)
                 interrupt.check()
+            from nanoact.sweep.rdb import StorageUnreachable
+
+            if isinstance(e, StorageUnreachable):  # telling the trial would wait as long again: stop now
+                raise
             full = _storage_failure(e, self.ctx)
             if full is not None:  # every later cell would fail the same way: stop; finished cells are kept
                 with contextlib.suppress(Exception):  # telling the trial may need the same full disk
