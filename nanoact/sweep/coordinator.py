@@ -123,7 +123,7 @@ def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
             "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
             "mlflow.source.type": "LOCAL",
             "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
-                                    f"each. `nanoact report --experiment {spec.name}` logs its report here.")}
+                                    f"each. `nanoact report --experiment {spec.name}{_study_arg(spec)}` logs its report here.")}
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
     parent = tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
     study.set_user_attr(U_PARENT, parent)
@@ -135,12 +135,16 @@ def experiment_tags(spec: SweepSpec) -> dict[str, str]:
     axes = "\n".join(f"- `{k}`: {', '.join(map(str, v))}" for k, v in spec.grid.items())
     note = (f"{spec.description or spec.name}\n\nGrid ({len(spec.cells())} cells, one run each):\n{axes}\n\n"
             f"Defined in `{spec.source}`. Compare activations: group the runs table by `activation`; analyse with "
-            f"`nanoact report --experiment {spec.name}`.")
+            f"`nanoact report --experiment {spec.name}{_study_arg(spec)}`.")
     from nanoact.tracking import runs_table_view
 
-    view_tag, view = runs_table_view(spec.grid)
+    view_tag, view = runs_table_view(spec.grid, spec.study_name)
     return {"mlflow.note.content": note, view_tag: view,
             **{f"nanoact.grid.{k}": json.dumps(v) for k, v in spec.grid.items()}}
+
+
+def _study_arg(spec: SweepSpec) -> str:
+    return f" --study {spec.study_name}" if spec.study_name != spec.name else ""
 
 
 def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: int | None = None) -> list[str]:

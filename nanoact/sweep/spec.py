@@ -118,8 +118,13 @@ def experiments(cwd: str | Path | None = None) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+BUILTIN_EXPERIMENTS = ("cpu", "full", "partial", "smoke", "sources", "zoo")  # the sweep files nanoact ships
+
+
 def is_builtin(path: Path) -> bool:
-    return path.resolve().parent == builtin_sweeps_dir().resolve()
+    """A sweep file nanoact ships: one of ``BUILTIN_EXPERIMENTS`` in the built-in folder (in a checkout that folder
+    is also ``./sweeps/`` of the repository root, where a user's own file is not built-in)."""
+    return path.resolve().parent == builtin_sweeps_dir().resolve() and path.stem in BUILTIN_EXPERIMENTS
 
 
 def experiment_names() -> list[str]:
