@@ -194,8 +194,17 @@ def models_command() -> None:
     from nanoact.models import get_model_class, model_names
 
     for name in model_names():
-        doc = (get_model_class(name).__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{name:16s} {doc}")
+        click.echo(f"{name:16s} {_first_sentence(get_model_class(name).__doc__)}")
+
+
+def _first_sentence(doc: str | None) -> str:
+    """A docstring's first sentence, whole (it may span lines), without reST markup (``code`` -> code)."""
+    import re
+
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    para = re.sub(r"``([^`]*)``", r"\1", para).replace("`", "")
+    m = re.search(r"^.*?[.!?](?=\s|$)", para)
+    return m.group(0) if m else para
 
 
 @cli.command("activations", short_help="List the registered activations.")
@@ -206,7 +215,7 @@ def activations_command() -> None:
     for name in activations.activation_names():
         spec = activations.get_spec(name)
         params = ", ".join(f"{k}={v}" for k, v in spec.params.items())
-        doc = (spec.doc or "").strip().splitlines()[0] if spec.doc else ""
+        doc = _first_sentence(spec.doc)
         click.echo(f"{name + (f'({params})' if params else ''):50s} {doc}")
 
 

@@ -212,3 +212,28 @@ def test_a_user_file_in_the_builtin_folder_is_not_builtin(tmp_path):
 
     assert is_builtin(builtin_sweeps_dir() / "smoke.toml")
     assert not is_builtin(builtin_sweeps_dir() / "mine.toml")
+
+
+def test_near_misses_get_a_suggestion_and_a_set_typo_is_blamed_on_set(tmp_path):
+    from click.testing import CliRunner
+
+    from nanoact.cli import cli
+
+    p = write_sweep(tmp_path)
+    r = CliRunner().invoke(cli, ["sweep", "--file", str(p), "--set", "train.max_iter=3", "--dry-run"])
+    assert r.exit_code != 0 and str(r.exception).startswith("--set: unknown config key 'train.max_iter' (did you "
+                                                            "mean 'train.max_iters'?)")
+    r = CliRunner().invoke(cli, ["params", "--activation", "gleu"])
+    assert "(did you mean 'gelu'?)" in str(r.exception)
+    r = CliRunner().invoke(cli, ["params", "--model", "minigtp"])
+    assert "(did you mean 'minigpt'?)" in str(r.exception)
+
+
+def test_models_lists_whole_first_sentences_without_rst_markup():
+    from click.testing import CliRunner
+
+    from nanoact.cli import cli
+
+    out = CliRunner().invoke(cli, ["models"]).output
+    lines = out.splitlines()
+    assert lines and all(line.rstrip().endswith(".") and "``" not in line for line in lines), out

@@ -85,8 +85,8 @@ class SweepSpec:
                                   "grid instead")
         try:
             base = apply_overrides(self.base, overrides)
-        except NanoactError as e:
-            raise ConfigError(f"{self.source or self.name}: {e}") from None
+        except NanoactError as e:  # the mistake is in --set, not in the sweep file
+            raise ConfigError(f"--set: {e}") from None
         return replace(self, base=base, _cells=[])
 
 
