@@ -237,3 +237,25 @@ def test_models_lists_whole_first_sentences_without_rst_markup():
     out = CliRunner().invoke(cli, ["models"]).output
     lines = out.splitlines()
     assert lines and all(line.rstrip().endswith(".") and "``" not in line for line in lines), out
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_sees_short_numbers_and_a_note_on_seeds(tmp_path):
+    import optuna
+
+    from nanoact import sweep
+    from nanoact.sweep.storage import open_storage
+
+    p = write_sweep(tmp_path, iters=4, grid='"model.activation" = ["relu"]\n"train.seed" = [1, 2]')
+    res = sweep.run(sweep.load_sweep(path=p))
+    assert res.complete
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    for t in study.trials:
+        assert "nanoact.final" not in t.user_attrs
+        assert all(isinstance(t.user_attrs[k], float) for k in ("final_val_loss", "final_val_acc", "wall_s"))
+        assert max(len(str(v)) for v in t.user_attrs.values()) < 80  # one line in the dashboard's trial table
+    storage = open_storage(None)
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("tiny"))
+    assert attrs["dashboard:note_ver"] == 1 and "`train.seed` is a replicate" in attrs["dashboard:note_str:0"]
+    states = sweep.status(sweep.load_sweep(path=p))  # status reads the new attrs
+    assert sorted(s.final_val_loss for s in states) == sorted(t.value for t in study.trials)

@@ -93,8 +93,28 @@ def _load_or_create(spec: SweepSpec, storage):
                      "nanoact.grid": spec.grid, "nanoact.source": spec.source,
                      U_FINGERPRINT: spec.fingerprint()}.items():
             study.set_user_attr(k, v)
+        save_dashboard_note(storage, spec)
     check_fingerprint(spec, study)
     return study
+
+
+def save_dashboard_note(storage, spec: SweepSpec) -> None:
+    """The study's note in optuna-dashboard (its format: study system attrs ``dashboard:note_ver`` and
+    ``dashboard:note_str:0``, as ``optuna_dashboard.save_note`` writes them), saying what the trials are."""
+    axes = ", ".join(f"`{k}`" for k in spec.grid)
+    reps = [k for k in spec.grid if k.endswith("seed")]
+    seeds = ""
+    if reps:
+        seeds = (f"{', '.join(f'`{k}`' for k in reps)} {'is a replicate' if len(reps) == 1 else 'are replicates'} "
+                 "(a block of the design), not a hyperparameter: hyperparameter importance that ranks it, or contour "
+                 "plots that interpolate between seeds, say nothing about activations. ")
+    body = (f"## {spec.study_name}\n\nnanoact sweep of experiment `{spec.name}`: each trial is one cell of the grid "
+            f"({axes}), trained once; its value is the final val loss, its intermediate values the val loss at "
+            f"each eval step. {seeds}The analysis is `nanoact report`; every metric of a cell is in MLflow (the "
+            "trial's `mlflow_run_id`).")
+    study_id = storage.get_study_id_from_name(spec.study_name)
+    storage.set_study_system_attr(study_id, "dashboard:note_ver", 1)
+    storage.set_study_system_attr(study_id, "dashboard:note_str:0", body[:2045])
 
 
 def check_fingerprint(spec: SweepSpec, study) -> None:
@@ -123,7 +143,8 @@ def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str) -> str:
             "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
             "mlflow.source.type": "LOCAL",
             "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
-                                    f"each. `nanoact report --experiment {spec.name}{_study_arg(spec)}` logs its report here.")}
+                                    f"each. `nanoact report --experiment {spec.name}{_study_arg(spec)}` logs its report "
+                                    "here.")}
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
     parent = tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
     study.set_user_attr(U_PARENT, parent)

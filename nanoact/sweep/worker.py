@@ -161,7 +161,8 @@ class Worker:
 
         try:
             if final is not None:
-                trial.set_user_attr(S.A_FINAL, final)
+                for k, v in S.final_attrs(final).items():
+                    trial.set_user_attr(k, v)
                 value = final["final/val_loss"]
                 self.study.tell(trial, value if math.isfinite(value) else float("inf"))
             else:
