@@ -223,6 +223,11 @@ def _md_summary(an, h: str) -> list[str]:
     return L + [""]
 
 
+def _n(n: int, word: str) -> str:
+    """``1 seed``, ``2 seeds``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _md_config(an, h: str) -> list[str]:
     runs = an.runs
     acts = sorted({r.activation for r in runs})
@@ -235,8 +240,8 @@ def _md_config(an, h: str) -> list[str]:
             varying[k] = vals
     n_params = {a: sorted({r.tags.get("nanoact.n_params", "n/a") for r in runs if r.activation == a}) for a in acts}
     L = [f"{h} Configuration", "",
-         f"- experiment `{an.er.name}` (id {an.er.experiment_id}); {len(acts)} activations × "
-         f"{len(an.er.seeds)} seeds = {len(acts) * len(an.er.seeds)} cells, {len(runs)} analysed",
+         f"- experiment `{an.er.name}` (id {an.er.experiment_id}); {_n(len(acts), 'activation')} × "
+         f"{_n(len(an.er.seeds), 'seed')} = {_n(len(acts) * len(an.er.seeds), 'cell')}, {len(runs)} analysed",
          f"- evaluation set for PD: {an.n_contexts} contexts × {an.vocab_size} classes, drawn once from the val "
          f"split and identical for every run (sha256 `{an.eval_sha256 or 'not tagged'}`); checkpoint steps "
          f"{an.steps}, PD tests at the final step {an.final_step}",
@@ -264,8 +269,13 @@ def _md_runs(an, h: str) -> list[str]:
     L = [f"{h} Per-trial results", ""]
     if an.best_equals_final:
         L += ["Best val loss equals final val loss for every run, so it is not shown separately.", ""]
-    L += [table(["run id", "activation", "seed", "final train loss", "final val loss", *best, "final train acc",
-                 "final val acc", "eval-set acc", "train time (s)"], rows), ""]
+    return L + [table(["run id", "activation", "seed", "final train loss", "final val loss", *best, "final train acc",
+                       "final val acc", "eval-set acc", "train time (s)"], rows), ""]
+
+
+def _md_per_activation(an, h: str) -> list[str]:
+    runs = an.runs
+    best = [] if an.best_equals_final else ["best val loss"]
     rows = []
     for a in sorted({r.activation for r in runs}):
         rs = [r for r in runs if r.activation == a]
@@ -273,10 +283,9 @@ def _md_runs(an, h: str) -> list[str]:
                     + ([] if an.best_equals_final else [ms([r.metric("best/val_loss") for r in rs])])
                     + [ms([r.metric("final/train_acc") for r in rs]), ms([r.metric("final/val_acc") for r in rs]),
                        ms([r.metric("time/train_s") for r in rs], 1), ", ".join(f"`{r.run_id[:8]}`" for r in rs)])
-    L += [f"{h} Per-activation results (mean ± s.d. over seeds)", "",
-          table(["activation", "n", "final train loss", "final val loss", *best, "final train acc", "final val acc",
-                 "train time (s)", "runs"], rows), ""]
-    return L
+    return [f"{h} Per-activation results (mean ± s.d. over seeds)", "",
+            table(["activation", "n", "final train loss", "final val loss", *best, "final train acc", "final val acc",
+                   "train time (s)", "runs"], rows), ""]
 
 PD_INTRO = (
     "Metrics on the fixed evaluation set, averaged over its contexts (Shamir et al., \"Smooth activations and "
@@ -462,9 +471,10 @@ def _utc(ms_epoch: int) -> str:
 
 def experiment_md(an, level: str, logging_note: str) -> list[str]:
     fill_text(an.hypotheses)
-    return (_md_summary(an, level) + _md_config(an, level) + _md_runs(an, level) + _md_pd(an, level)
+    # the per-activation table right after the summary; the config dump last
+    return (_md_summary(an, level) + _md_per_activation(an, level) + _md_runs(an, level) + _md_pd(an, level)
             + _md_sources(an, level) + _md_stats(an, level) + _md_compute(an, level)
-            + _md_raw(an, level, logging_note))
+            + _md_raw(an, level, logging_note) + _md_config(an, level))
 
 
 def guard_md(analyses, multi: bool) -> list[str]:
