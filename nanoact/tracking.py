@@ -503,11 +503,14 @@ SUMMARIES = ("best", "final", "time")  # single-point metrics: their chart secti
 
 
 def _chart_view() -> dict[str, Any]:
-    """The chart view opens on learning curves (line charts over steps), summaries collapsed below."""
+    """The chart view opens on learning curves (line charts over steps), summaries collapsed below. Losses get a
+    log y-axis: step 0 (about ln 65 = 4.2 nats) would otherwise squeeze the activations' curves together near the
+    bottom of a linear axis that starts at 0."""
     def line(key: str) -> dict[str, Any]:
         return {"type": "LINE", "uuid": f"nanoact-{key}", "metricSectionId": "nanoact-curves", "isGenerated": True,
                 "deleted": False, "metricKey": key, "selectedMetricKeys": [key], "displayName": key,
-                "runsCountToCompare": 10, "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+                "runsCountToCompare": 10, "lineSmoothness": 0, "xAxisScaleType": "linear",
+                "scaleType": "log" if "loss" in key else "linear",
                 "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric",
                 "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True,
                 "useGlobalLineSmoothing": True}
