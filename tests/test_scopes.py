@@ -259,3 +259,30 @@ def test_optuna_dashboard_sees_short_numbers_and_a_note_on_seeds(tmp_path):
     assert attrs["dashboard:note_ver"] == 1 and "`train.seed` is a replicate" in attrs["dashboard:note_str:0"]
     states = sweep.status(sweep.load_sweep(path=p))  # status reads the new attrs
     assert sorted(s.final_val_loss for s in states) == sorted(t.value for t in study.trials)
+
+
+@pytest.mark.slow
+def test_the_hints_after_ctrl_c_resume_the_same_study(tmp_path):
+    """Ctrl-C, then the resume command that `sweep` prints and the one `status` prints: both keep the --set and
+    --study, so the study (and its fingerprint) is the same one and they exit 0."""
+    p = write_sweep(tmp_path, iters=10, grid='"model.activation" = ["relu"]\n"train.seed" = [1, 2]')
+    opts = ["--file", str(p), "--set", "train.max_iters=400", "--set", "train.lr_decay_iters=400",
+            "--set", "train.eval_interval=200", "--study", "long"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "NANOACT_STORAGE")}
+    proc = subprocess.Popen([sys.executable, "-m", "nanoact.cli", "sweep", *opts], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if "iter " in line:  # training has started
+            proc.send_signal(signal.SIGINT)
+            break
+    out += proc.stdout.readlines()
+    assert proc.wait(timeout=120) != 0
+    (resume,) = hints("".join(out), "resume with:")
+    r = nanoact("status", *opts, cwd=tmp_path)
+    (from_status,) = hints(r.stdout, "resume with:")
+    assert resume == from_status and all(shlex.quote(o) in resume for o in opts)
+    r = run_hint(resume, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 done of 2 cells" in r.stdout
