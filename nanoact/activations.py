@@ -312,6 +312,10 @@ def get_spec(name: str) -> ActivationSpec:
         hint = ""
         if isinstance(name, str) and name.strip().lower() in _REGISTRY and name != name.strip().lower():
             hint = f" (names are case-sensitive: did you mean {name.strip().lower()!r}?)"
+        else:
+            from nanoact.errors import did_you_mean
+
+            hint = did_you_mean(name, _REGISTRY)
         raise ActivationError(f"unknown activation {name!r}{hint}; valid names: {_valid_names()}") from None
 
 

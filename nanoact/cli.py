@@ -198,8 +198,17 @@ def models_command() -> None:
     from nanoact.models import get_model_class, model_names
 
     for name in model_names():
-        doc = (get_model_class(name).__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{name:16s} {doc}")
+        click.echo(f"{name:16s} {_first_sentence(get_model_class(name).__doc__)}")
+
+
+def _first_sentence(doc: str | None) -> str:
+    """A docstring's first sentence, whole (it may span lines), without reST markup (``code`` -> code)."""
+    import re
+
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    para = re.sub(r"``([^`]*)``", r"\1", para).replace("`", "")
+    m = re.search(r"^.*?[.!?](?=\s|$)", para)
+    return m.group(0) if m else para
 
 
 @cli.command("activations", short_help="List the registered activations.")
@@ -210,7 +219,7 @@ def activations_command() -> None:
     for name in activations.activation_names():
         spec = activations.get_spec(name)
         params = ", ".join(f"{k}={v}" for k, v in spec.params.items())
-        doc = (spec.doc or "").strip().splitlines()[0] if spec.doc else ""
+        doc = _first_sentence(spec.doc)
         click.echo(f"{name + (f'({params})' if params else ''):50s} {doc}")
 
 
@@ -393,18 +402,25 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     res = sweep.run(spec, opts, progress)
     if res.interrupted:
         how = "SIGTERM" if res.exit_code == 143 else "Ctrl-C"
-        progress.line(f"interrupted ({how}): the current cell is marked KILLED and runs again; run the same "
-                      "command to resume")
+        progress.line(f"interrupted ({how}): the current cell is marked KILLED and runs again; resume with: "
+                      "nanoact sweep " + _spec_args(experiment, sweep_file, overrides, study, storage)
+                      + _tracking_arg(tracking_uri))
         sys.exit(res.exit_code)
     if init_only:
         click.echo(f"study {res.study} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
                    "command without --init")
         return
+    from nanoact.sweep import CellStatus
+
     _print_outcome(res)
     if res.complete:
-        exp = shlex.quote(spec.name)
-        click.echo(f"next: nanoact report --experiment {exp}    (statistics and plots)\n"
-                   f"      nanoact ui --experiment {exp}        (the runs in the MLflow UI)")
+        args = _mlflow_args(spec, tracking_uri)
+        click.echo(f"next: nanoact report {args}    (statistics and plots)\n"
+                   f"      nanoact ui {args}        (the runs in the MLflow UI)")
+    elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING, CellStatus.FAILED):
+        retry = " --retry-failed" if res.count(CellStatus.FAILED) else ""
+        click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
+                   f"{_tracking_arg(tracking_uri)}{retry}")
     sys.exit(res.exit_code)
 
 
@@ -423,13 +439,14 @@ def _print_outcome(res) -> None:
     for s in failed:
         click.echo(f"  failed {s.cell.key}: {s.error}")
     if failed:
-        click.echo("rerun with --retry-failed to try the failed cells again")
+        click.echo("rerun with --retry-failed to try the failed cells again:")
     elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING):
-        click.echo("some cells were interrupted; run the same command again to train them")
+        click.echo("some cells were interrupted; run the same command again to train them:")
     elif res.count(CellStatus.RUNNING, CellStatus.WAITING):
         # this worker found the queue empty; the rest is taken by other workers (a shared storage)
         click.echo(f"{res.count(CellStatus.RUNNING, CellStatus.WAITING)} cell(s) still running or queued in "
-                   "other workers; `nanoact status` shows progress")
+                   "other workers; `nanoact status` (with the same --experiment/--file, --set, --study and "
+                   "--storage) shows progress")
 
 
 @cli.command("status", short_help="Show the state of every cell of an experiment.")
@@ -440,12 +457,18 @@ def _print_outcome(res) -> None:
 def status_command(experiment, sweep_file, overrides, study, storage) -> None:
     """A table of cells with their state, MLflow run id, final val loss and wall time."""
     from nanoact import sweep
+    from nanoact.sweep.storage import journal_path, is_rdb_url
+    from nanoact.tracking_uri import display_url
 
     spec = _load_spec(experiment, sweep_file, overrides, study)
-    states = sweep.status(spec, storage=storage)
+    read = display_url(storage) if is_rdb_url(storage) else str(journal_path(storage))
+    states = sweep.status(spec, storage=storage)  # creates nothing
+    click.echo(f"study {spec.study_name} in Optuna storage {read}")
+    resume = f"nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
     if all(s.state == sweep.CellStatus.MISSING for s in states):
-        click.echo(f"nothing has run yet for study {spec.study_name} ({len(states)} cells); start it with:\n"
-                   f"  nanoact sweep {_spec_args(experiment, sweep_file, study)}")
+        where = "" if is_rdb_url(storage) or journal_path(storage).exists() else ": that storage does not exist"
+        click.echo(f"nothing has run yet for study {spec.study_name} ({len(states)} cells){where}. If it ran "
+                   f"elsewhere, run this from that folder or pass its --storage; else start it with:\n  {resume}")
         return
     click.echo(f"{'cell':52s} {'state':11s} {'trial':>5s} {'run id':32s} {'val loss':>8s} {'wall s':>7s}")
     for s in states:
@@ -462,51 +485,103 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
     if queued and not any(s.state == sweep.CellStatus.RUNNING for s in states):
         click.echo(f"{queued} cell(s) queued and none running: no worker is taking them")
     if done < len(states):
-        click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, study)}")
+        failed = any(s.state == sweep.CellStatus.FAILED for s in states)
+        click.echo(f"resume with: {resume}" + (" --retry-failed" if failed else ""))
 
 
-def _spec_args(experiment, sweep_file, study) -> str:
+def _spec_args(experiment, sweep_file, overrides=(), study=None, storage=None) -> str:
+    """The options that select a study, as typed again: --experiment/--file, every --set, --study, --storage
+    (a password in a storage URL is masked: keep it in ~/.pgpass, docs/DISTRIBUTED.md)."""
+    from nanoact.tracking_uri import display_url
+
     args = ["--experiment", experiment] if experiment else ["--file", sweep_file]
-    return shlex.join(args + (["--study", study] if study else []))
+    for o in overrides:
+        args += ["--set", o]
+    args += ["--study", study] if study else []
+    args += ["--storage", display_url(storage)] if storage else []
+    return shlex.join(args)
+
+
+def _tracking_arg(tracking_uri) -> str:
+    from nanoact.tracking_uri import display_url
+
+    return f" --tracking-uri {shlex.quote(display_url(tracking_uri))}" if tracking_uri else ""
+
+
+def _mlflow_args(spec, tracking_uri) -> str:
+    """--experiment (the MLflow experiment), --study when it is not the default, and the user's --tracking-uri:
+    what `report` and `ui` need to find a sweep's runs."""
+    args = ["--experiment", spec.name] + (["--study", spec.study_name] if spec.study_name != spec.name else [])
+    return shlex.join(args) + _tracking_arg(tracking_uri)
 
 
 @cli.command("experiments", short_help="List the experiments: built-in, and yours in ./sweeps/.")
 def experiments_command() -> None:
     """List sweep files with their grid sizes and where each comes from (./sweeps/NAME.toml wins over a built-in
-    of the same name)."""
+    of the same name); a file that does not load is listed with its error."""
     from nanoact.sweep import experiments, is_builtin, load_sweep
 
+    broken = 0
     for name, path in experiments().items():
-        spec = load_sweep(path=path, check_names=False)  # listing needs no model or activation (no PyTorch)
+        where = "built-in" if is_builtin(path) else _shown_path(path)
+        try:
+            spec = load_sweep(path=path, check_names=False)  # listing needs no model or activation (no PyTorch)
+        except NanoactError as e:
+            broken += 1
+            click.echo(f"{name:10s} BROKEN [{where}]: {' '.join(str(e).split())}")
+            continue
         axes = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
-        where = "built-in" if is_builtin(path) else f"./sweeps/{path.name}"
         click.echo(f"{name:10s} {len(spec.cells()):4d} cells ({axes}) [{where}]: {spec.description}")
+    if broken:
+        click.echo(f"{broken} sweep file{'s' if broken > 1 else ''} did not load (BROKEN above); fix "
+                   f"{'them' if broken > 1 else 'it'} before running", err=True)
+
+
+def _shown_path(path) -> str:
+    """A user's sweep file as ./relative/path when under the working directory, else its absolute path."""
+    from pathlib import Path
+
+    p = Path(path).resolve()
+    try:
+        return f"./{p.relative_to(Path.cwd().resolve())}"
+    except ValueError:
+        return str(p)
 
 
 @cli.command("ui", short_help="Open the MLflow UI on the same store.")
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
 @click.option("--experiment", "-e", default=None,
-              help="Print the direct URL of this experiment's runs table (activations as groups).")
+              help="Print the direct URL of this experiment's runs table (one study's finished cells, activations "
+                   "as groups).")
+@click.option("--study", default=None, help="The study the linked view shows (default: the newest).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
-def ui_command(tracking_uri, experiment, host, port) -> None:
+@click.option("--server-log", is_flag=True, help="Show the MLflow server's own output (start-up, one line per "
+                                                  "request).")
+def ui_command(tracking_uri, experiment, study, host, port, server_log) -> None:
     """Start the MLflow UI on the store nanoact writes to (one server process, bound to 127.0.0.1 unless told
-    otherwise) and print where to look. Stop it with Ctrl-C."""
+    otherwise) and print where to look. It reads a store, never creates one. Stop it with Ctrl-C."""
     from nanoact import server, tracking
     from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
+    if study is not None and experiment is None:
+        raise click.UsageError("--study needs --experiment (the experiment that holds the study)")
     server.check_port_free(host, port)
     uri = resolve_tracking_uri(tracking_uri)
     _STORES.append(uri)
-    tracking.open_store(uri)  # a fresh sqlite store's schema, made once even when a sweep starts at the same time
+    tracking.require_store(uri)
+    tracking.open_store(uri)  # an old sqlite store's schema is migrated once, even when a sweep starts meanwhile
     base = f"http://{host}:{port}"
-    target = base + (tracking.runs_table_path(uri, experiment) if experiment else "/#/?workflowType=machine_learning")
+    target, shown = (tracking.runs_table_path(uri, experiment, study) if experiment
+                     else ("/#/?workflowType=machine_learning", None))
     click.echo(f"starting the MLflow UI for {display_url(uri)} ...")
     with server.stop_on_hangup():  # kill or a closed terminal stops the UI's process group too, as Ctrl-C does
-        ui = server.ui_process(uri, host, port)
+        ui = server.ui_process(uri, host, port,
+                               on_line=(lambda line: click.echo(line, err=True)) if server_log else None)
         try:
             ui.wait_healthy()
-            click.echo(f"MLflow UI ready: {target}  (Ctrl-C to stop)")
+            what = f" (study {shown}: its finished cells, grouped by activation)" if shown else ""
+            click.echo(f"MLflow UI ready: {base + target}{what}  (Ctrl-C to stop)")
             code = ui.proc.wait()
         except KeyboardInterrupt:
             ui.stop()
@@ -553,8 +628,12 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_
             raise click.BadParameter(f"{w!r}: expected PARAM=VALUE", param_hint="--where")
         filters[k.strip()] = v.strip()
     _STORES.extend([storage] if storage else [])
+    from nanoact.tracking_uri import display_url
+
     progress = Progress()
-    res = run_report(list(experiments), tracking_uri=_tracking_uri(tracking_uri), out_dir=out,
+    uri = _tracking_uri(tracking_uri)
+    click.echo(f"reading MLflow store {display_url(uri)}")
+    res = run_report(list(experiments), tracking_uri=uri, out_dir=out,
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
                      study=study, where=filters or None, margins=Margins(pd_rel=pd_margin, loss=loss_margin),
                      storage=storage, allow_mixed_dtypes=allow_mixed_dtypes)

@@ -180,13 +180,17 @@ def valid_keys() -> list[str]:
 
 def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     """Set ``section.name`` on ``cfg`` in place, with type checking; unknown keys are errors."""
+    from nanoact.errors import did_you_mean
+
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
-        raise ConfigError(f"unknown config key {key!r}; keys look like 'train.lr' (sections: {', '.join(SECTIONS)})")
+        raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, valid_keys())}; keys look like 'train.lr' "
+                          f"(sections: {', '.join(SECTIONS)})")
     fs = _section_fields(cfg, section)
     if name not in fs:
         raise ConfigError(
-            f"unknown config key {key!r}; valid keys in [{section}]: {', '.join(sorted(fs))}"
+            f"unknown config key {key!r}{did_you_mean(key, valid_keys())}; valid keys in [{section}]: "
+            f"{', '.join(sorted(fs))}"
         )
     sub = getattr(cfg, section)
     setattr(sub, name, coerce(key, value, getattr(sub, name)))

@@ -13,6 +13,16 @@ class NanoactError(Exception):
     """A user-facing error: the message is one line that says what is wrong and how to fix it."""
 
 
+def did_you_mean(name: object, choices) -> str:
+    """`` (did you mean 'max_iters'?)`` for a near miss among ``choices`` (difflib), else ''."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class ConfigError(NanoactError, ValueError):
     """A config key, value or sweep file is invalid."""
 

@@ -258,7 +258,12 @@ def start_server(spec: ServerSpec, on_line: Callable[[str], None] | None = None)
     check_port_free(spec.host, spec.port)
     proc = subprocess.Popen(spec.command(), env=spec.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
-    sp = ServerProcess(spec, proc)
+    return _with_pump(ServerProcess(spec, proc), on_line)
+
+
+def _with_pump(sp: ServerProcess, on_line: Callable[[str], None] | None) -> ServerProcess:
+    """Read the server's output on a thread: redacted, the last 200 lines kept, each passed to ``on_line``."""
+    proc, spec = sp.proc, sp.spec
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -309,11 +314,12 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
                            f"within {timeout:.0f} s); start it with `nanoact server` or check --tracking-uri")
 
 
-def ui_process(tracking_uri: str, host: str, port: int) -> ServerProcess:
+def ui_process(tracking_uri: str, host: str, port: int,
+               on_line: Callable[[str], None] | None = None) -> ServerProcess:
     """``mlflow server`` as a UI for one store: one worker process, no job runner (MLflow 3's background jobs
-    serve GenAI features nanoact does not use), in its own process group, its output left on the terminal. The
-    store URI (maybe with a password) goes through the environment, not a command line that ``ps`` shows.
-    Returns at once; ``wait_healthy`` and ``stop`` work as for ``start_server``."""
+    serve GenAI features nanoact does not use), in its own process group, its output kept for errors and passed
+    to ``on_line`` (else not shown). The store URI (maybe with a password) goes through the environment, not a
+    command line that ``ps`` shows. Returns at once; ``wait_healthy`` and ``stop`` work as for ``start_server``."""
     from nanoact.tracking_uri import default_artifact_root
 
     root = default_artifact_root(tracking_uri)
@@ -322,4 +328,6 @@ def ui_process(tracking_uri: str, host: str, port: int) -> ServerProcess:
     if root:
         cmd += ["--default-artifact-root", root]
     env = {**spec.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return ServerProcess(spec, subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", start_new_session=True)
+    return _with_pump(ServerProcess(spec, proc), on_line)

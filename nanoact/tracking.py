@@ -380,6 +380,16 @@ def ensure_experiment(tracking_uri: str, name: str, tags: Mapping[str, str] | No
 # runs the sweep engine creates, ends and looks up (every MLflow call of nanoact.sweep goes through here)
 
 
+def require_store(tracking_uri: str) -> None:
+    """A local sqlite store must exist already (commands that only read never create one); a one-line error that
+    names where it looked."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        from nanoact.errors import NanoactError
+
+        raise NanoactError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} (nothing was created); run "
+                           "nanoact from the folder where the sweep ran, or pass --tracking-uri")
+
+
 def open_store(tracking_uri: str) -> None:
     """Make sure the store exists and its schema is current, one process at a time.
 
@@ -474,25 +484,37 @@ def final_metrics(run) -> dict[str, float]:
     return {k: float(v) for k, v in run.data.metrics.items() if k.startswith(keep)}
 
 
-VIEW_KEY = "nanoact-by-activation"  # the shared view of the runs table that `nanoact ui --experiment` opens
+VIEW_KEY = "nanoact-by-activation"  # the shared views of the runs table that `nanoact ui --experiment` opens
 
 
-def runs_table_view(grid: Mapping[str, list[Any]]) -> tuple[str, str]:
-    """(tag name, tag value) of a shared view of the runs table (the MLflow UI's "share view" state): cells
-    only, grouped by activation, with the grid's axes, final val loss/accuracy and wall time as columns, best
-    first. The UI reads it from the experiment tag ``mlflow.sharedViewState.<key>``."""
+def view_key(study: str) -> str:
+    """The share key of one study's view (study names are plain: letters, digits, '-', '_', '.')."""
+    return f"{VIEW_KEY}.{study}"
+
+
+def runs_table_view(grid: Mapping[str, list[Any]], study: str) -> tuple[str, str]:
+    """(tag name, tag value) of a shared view of the runs table (the MLflow UI's "share view" state): the FINISHED
+    cells of one study only, grouped by activation, with the grid's axes, final val loss/accuracy and wall time as
+    columns, best first. The UI reads it from the experiment tag ``mlflow.sharedViewState.<key>``."""
     axes = ["activation" if k == "model.activation" else "seed" if k == "train.seed" else k for k in grid]
     columns = [f"params.`{a}`" for a in dict.fromkeys(["activation", "seed", *axes])]
     columns += ["metrics.`final/val_loss`", "metrics.`final/val_acc`", "metrics.`time/wall_s`"]
     state = {
-        "searchFilter": "tags.`nanoact.role` = 'cell'",
+        "searchFilter": view_filter(study),
         "orderByKey": "metrics.`final/val_loss`", "orderByAsc": True,
         "selectedColumns": columns,
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "activation"}]},
         "groupsExpanded": {},
         **_chart_view(),
     }
-    return f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state)
+    return f"mlflow.sharedViewState.{view_key(study)}", json.dumps(state)
+
+
+def view_filter(study: str) -> str:
+    """The runs-table filter of a study's view: its cells that trained to the end (no FAILED or KILLED attempt
+    joins an activation's group)."""
+    return (f"tags.`nanoact.study` = '{study}' and tags.`nanoact.role` = 'cell' and "
+            "attributes.status = 'FINISHED'")
 
 
 CURVES = ("val/loss", "train/loss_iter", "val/acc", "lr", "train/loss")
@@ -500,11 +522,14 @@ SUMMARIES = ("best", "final", "time")  # single-point metrics: their chart secti
 
 
 def _chart_view() -> dict[str, Any]:
-    """The chart view opens on learning curves (line charts over steps), summaries collapsed below."""
+    """The chart view opens on learning curves (line charts over steps), summaries collapsed below. Losses get a
+    log y-axis: step 0 (about ln 65 = 4.2 nats) would otherwise squeeze the activations' curves together near the
+    bottom of a linear axis that starts at 0."""
     def line(key: str) -> dict[str, Any]:
         return {"type": "LINE", "uuid": f"nanoact-{key}", "metricSectionId": "nanoact-curves", "isGenerated": True,
                 "deleted": False, "metricKey": key, "selectedMetricKeys": [key], "displayName": key,
-                "runsCountToCompare": 10, "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+                "runsCountToCompare": 10, "lineSmoothness": 0, "xAxisScaleType": "linear",
+                "scaleType": "log" if "loss" in key else "linear",
                 "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric",
                 "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True,
                 "useGlobalLineSmoothing": True}
@@ -519,8 +544,18 @@ def _chart_view() -> dict[str, Any]:
             "isAccordionReordered": True}
 
 
-def runs_table_path(tracking_uri: str, experiment: str) -> str:
-    """The UI path of an experiment's runs table, with nanoact's shared view when the sweep stored one."""
+def studies(tracking_uri: str, experiment_id: str) -> list[str]:
+    """The studies of an experiment, newest parent run first."""
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(tracking_uri).search_runs([experiment_id], "tags.`nanoact.role` = 'parent'",
+                                                  order_by=["attributes.start_time DESC"], max_results=1000)
+    return list(dict.fromkeys(r.data.tags["nanoact.study"] for r in runs if r.data.tags.get("nanoact.study")))
+
+
+def runs_table_path(tracking_uri: str, experiment: str, study: str | None = None) -> tuple[str, str | None]:
+    """(the UI path of an experiment's runs table, the study it shows): nanoact's shared view of ``study`` (default:
+    the newest study) when the sweep stored one, else the plain table (study None)."""
     from mlflow import MlflowClient
 
     from nanoact.errors import NanoactError
@@ -529,7 +564,13 @@ def runs_table_path(tracking_uri: str, experiment: str) -> str:
     if exp is None:
         raise NanoactError(f"no experiment {experiment!r} in this store yet; run `nanoact sweep --experiment "
                            f"{experiment}` (or `nanoact train`) first")
+    known = studies(tracking_uri, exp.experiment_id)
+    if study is not None and study not in known:
+        raise NanoactError(f"experiment {experiment!r} has no study {study!r}; its studies: "
+                           f"{', '.join(known) or 'none'}")
+    chosen = study or next(iter(known), None)
     # workflowType: MLflow 3's UI opens in its GenAI mode (an empty trace overview) unless told otherwise
-    share = f"&viewStateShareKey={VIEW_KEY}" if f"mlflow.sharedViewState.{VIEW_KEY}" in exp.tags else ""
-    return f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning{share}"
-
+    path = f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    if chosen is not None and f"mlflow.sharedViewState.{view_key(chosen)}" in exp.tags:
+        return f"{path}&viewStateShareKey={view_key(chosen)}", chosen
+    return path, None

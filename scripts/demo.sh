@@ -3,6 +3,9 @@
 # Usage: bash scripts/demo.sh [EXPERIMENT]   (default: smoke)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 EXP="${1:-smoke}"
+stage "sweeping: nanoact sweep --experiment $EXP"
 nanoact sweep --experiment "$EXP"
+stage "reporting: nanoact report --experiment $EXP"
 nanoact report --experiment "$EXP"
+stage ""
 echo "report: reports/$EXP/report.md and report.html; browse the runs with: .venv/bin/nanoact ui --experiment $EXP"

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from nanoact import server, sweep
 from nanoact.analysis.report import run_report
 from nanoact.cli import cli
-from nanoact.tracking import VIEW_KEY
+from nanoact.tracking import view_key
 
 from conftest import TEXT
 from test_sweep import child_runs, uri, write_sweep
@@ -49,7 +49,7 @@ def test_experiment_and_runs_explain_themselves(swept):
         "mlflow.note.content"]
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
     assert json.loads(exp.tags["nanoact.grid.train.seed"]) == [1, 2, 3]
-    view = json.loads(exp.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{view_key('tiny')}"])
     assert view["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "activation"}]
     assert {"params.`activation`", "params.`seed`", "metrics.`final/val_loss`"} <= set(view["selectedColumns"])
     assert view["compareRunCharts"][0]["metricKey"] == "val/loss"
@@ -100,7 +100,7 @@ def test_ui_is_one_process_and_prints_the_runs_table_url(swept):
         ready = next(line for line in lines if "ready" in line)
         exp_id = MlflowClient(uri(tmp)).get_experiment_by_name("tiny").experiment_id
         assert (f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning&"
-                f"viewStateShareKey={VIEW_KEY}") in ready
+                f"viewStateShareKey={view_key('tiny')}") in ready
         assert server.health(f"http://127.0.0.1:{port}")
         group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == proc.pid]
         assert len(group) <= 3, group  # nanoact, mlflow's launcher, one uvicorn worker; no job runners

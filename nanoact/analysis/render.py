@@ -426,6 +426,11 @@ def shares_of(an):
     return an.sources.shares if an.sources is not None else None
 
 
+def _n(n: int, word: str) -> str:
+    """``1 seed``, ``2 seeds``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _md_config(an, h: str) -> list[str]:
     runs = an.runs
     acts = sorted({r.activation for r in runs})
@@ -439,7 +444,7 @@ def _md_config(an, h: str) -> list[str]:
     n_params = {a: sorted({r.tags.get("nanoact.n_params", "n/a") for r in runs if r.activation == a}) for a in acts}
     L = [f"{h} Configuration", "",
          f"- experiment `{an.er.name}` (id {an.er.experiment_id}); analysed: {grid_words(an)}; {len(runs)} runs",
-         f"- grid: {len(an.er.activations)} activations × {len(an.er.seeds)} seeds"
+         f"- grid: {_n(len(an.er.activations), 'activation')} × {_n(len(an.er.seeds), 'seed')}"
          + (f", {an.er.grid.source}" if an.er.grid is not None else ""),
          f"- evaluation set for PD: {an.n_contexts} contexts × {an.vocab_size} classes, drawn once from the val "
          f"split and identical for every run (sha256 `{an.eval_sha256 or 'not tagged'}`); checkpoint steps "
@@ -469,8 +474,13 @@ def _md_runs(an, h: str) -> list[str]:
     L = [f"{h} Per-trial results", ""]
     if an.best_equals_final:
         L += ["Best val loss equals final val loss for every run, so it is not shown separately.", ""]
-    L += [table(["run id", "activation", "seed", "final train loss", "final val loss", *best, "final train acc",
-                 "final val acc", "eval-set acc", "train time (s)"], rows), ""]
+    return L + [table(["run id", "activation", "seed", "final train loss", "final val loss", *best, "final train acc",
+                       "final val acc", "eval-set acc", "train time (s)"], rows), ""]
+
+
+def _md_per_activation(an, h: str) -> list[str]:
+    runs = an.runs
+    best = [] if an.best_equals_final else ["best val loss"]
     rows = []
     for a in sorted({r.activation for r in runs}):
         rs = [r for r in runs if r.activation == a]
@@ -478,10 +488,9 @@ def _md_runs(an, h: str) -> list[str]:
                     + ([] if an.best_equals_final else [ms([r.metric("best/val_loss") for r in rs])])
                     + [ms([r.metric("final/train_acc") for r in rs]), ms([r.metric("final/val_acc") for r in rs]),
                        ms([r.metric("time/train_s") for r in rs], 1), ", ".join(f"`{r.run_id[:8]}`" for r in rs)])
-    L += [f"{h} Per-activation results (mean ± s.d. over seeds)", "",
-          table(["activation", "n", "final train loss", "final val loss", *best, "final train acc", "final val acc",
-                 "train time (s)", "runs"], rows), ""]
-    return L
+    return [f"{h} Per-activation results (mean ± s.d. over seeds)", "",
+            table(["activation", "n", "final train loss", "final val loss", *best, "final train acc", "final val acc",
+                   "train time (s)", "runs"], rows), ""]
 
 PD_INTRO = (
     "Metrics on the fixed evaluation set, averaged over its contexts (Shamir et al., \"Smooth activations and "
@@ -674,9 +683,10 @@ def _utc(ms_epoch: int) -> str:
 
 def experiment_md(an, level: str, logging_note: str) -> list[str]:
     fill_text(an.hypotheses)
-    return (_md_summary(an, level) + _md_config(an, level) + _md_runs(an, level) + _md_pd(an, level)
+    # the per-activation table right after the summary; the config dump last
+    return (_md_summary(an, level) + _md_per_activation(an, level) + _md_runs(an, level) + _md_pd(an, level)
             + _md_sources(an, level) + _md_stats(an, level) + _md_compute(an, level)
-            + _md_raw(an, level, logging_note))
+            + _md_raw(an, level, logging_note) + _md_config(an, level))
 
 
 def guard_md(analyses, multi: bool) -> list[str]:

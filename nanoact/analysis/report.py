@@ -48,15 +48,32 @@ def _logging_note(an: ExperimentAnalysis, log_to_parent: bool, art_path: str, st
     if an.parent_run_id is None:
         return ("No sweep parent run was found (no cell has a mlflow.parentRunId tag), so this report is NOT "
                 "logged to MLflow; it exists only in this folder.")
+    slice_note = (" It is a slice (--where), so the parent run's description and `report/*` metrics, which "
+                  "belong to the full report, are left as they are." if art_path.startswith("report-slices/") else "")
     return (f"After writing it, nanoact logs this report as artifacts of parent run `{an.parent_run_id}` under "
             f"`{art_path}/` (report.md, report.html, summary.json, the plots); had that upload failed, this note "
-            "would say so.")
+            f"would say so.{slice_note}")
+
+
+def _title(an: ExperimentAnalysis) -> str:
+    study = _study(an)
+    return f"{an.er.name}, study {study}" if study else an.er.name
+
+
+def _scope(analyses: list[ExperimentAnalysis], where: Mapping[str, str] | None) -> str:
+    """What the headline is about, when the experiment name alone does not say it: the study (when it is not
+    the default one, or the experiment holds several) and the slice."""
+    parts = [f"study {_study(an)}" for an in analyses
+             if _study(an) and (_study(an) != an.er.name or _n_studies(an) > 1)]
+    if where:
+        parts.append(f"slice {_where_label(where)}")
+    return f"[{'; '.join(parts)}] " if parts else ""
 
 
 def _write(out: Path, experiments: list[str], uri: str, analyses: list[ExperimentAnalysis], headline: str,
            anomalies: list[str], allow_anomalies: bool, notes: dict[str, str]) -> tuple[Path, Path]:
     multi = len(experiments) > 1
-    md = [f"# nanoact report: {' + '.join(experiments)}", "",
+    md = [f"# nanoact report: {' + '.join(_title(an) for an in analyses)}", "",
           f"*Generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
           f"`{display_url(uri)}`; every number traces to the MLflow run ids in the tables.*", "",
           f"**Headline:** {headline}", ""]
@@ -85,9 +102,11 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
     return report_md, summary_json
 
 
-def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: str, say) -> dict[str, str]:
-    """Log the outputs to each experiment's parent run, with a description and headline metrics; returns a note
-    per experiment where that failed."""
+def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: str, say,
+                 describe: bool = True) -> dict[str, str]:
+    """Log the outputs to each experiment's parent run, with a description and headline metrics unless
+    ``describe`` is False (a slice report: the full report's description and metrics stay); returns a note per
+    experiment where that failed."""
     failed = {}
     for an in analyses:
         if an.parent_run_id is None:
@@ -96,7 +115,8 @@ def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: s
         try:
             for f in files:
                 client.log_artifact(an.parent_run_id, str(f), art_path)
-            _describe_parent(client, an, art_path, headline)
+            if describe:
+                _describe_parent(client, an, art_path, headline)
         except Exception as e:  # the report on disk is still valid; say so in it instead of failing
             failed[an.er.name] = (f"Logging this report to parent run `{an.parent_run_id}` FAILED "
                                   f"({type(e).__name__}: {e}); it exists only in this folder.")
@@ -104,23 +124,62 @@ def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: s
 
 
 def _describe_parent(client, an: ExperimentAnalysis, art_path: str, headline: str) -> None:
-    """The parent run says what the report found: a description, and per activation the mean final val loss
-    and the within-activation pd_tv at the final step as metrics (``report/<activation>/...``)."""
+    """The parent run says what the report found: a description, and per activation the mean and sample
+    standard deviation over seeds of the final val loss and val accuracy and the within-activation pd_tv at the
+    final step, as metrics ``report/<activation>/...`` (the MLflow UI's group rows show means only).
+
+    MLflow cannot delete a metric. A ``report/*`` metric of an earlier report that this one does not write (an
+    activation no longer in the analysis) gets NaN as its newest value, so the run never shows a stale number as
+    current; its history keeps the earlier values."""
     import time
 
     from mlflow.entities import Metric
 
     ts, step = int(time.time() * 1000), an.final_step
-    metrics = []
+    values: dict[str, float] = {}
     for row in sm.comparison([an]):
-        for key, value in (("final_val_loss_mean", row["mean_final_val_loss"]),
-                           ("within_pd_tv", row["mean_within_pd_tv"])):
-            if value is not None and np.isfinite(value):
-                metrics.append(Metric(f"report/{row['activation']}/{key}", float(value), ts, step))
+        a = row["activation"]
+        values[f"report/{a}/within_pd_tv"] = row["mean_within_pd_tv"]
+        for metric, name in (("final/val_loss", "final_val_loss"), ("final/val_acc", "final_val_acc")):
+            xs = np.array([r.metric(metric) for r in an.runs if r.activation == a], dtype=float)
+            xs = xs[np.isfinite(xs)]
+            if len(xs):
+                values[f"report/{a}/{name}_mean"] = float(xs.mean())
+            if len(xs) > 1:
+                values[f"report/{a}/{name}_sd"] = float(xs.std(ddof=1))
+    metrics = [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and np.isfinite(v)]
+    written = {m.key for m in metrics}
+    stale = [k for k in client.get_run(an.parent_run_id).data.metrics if k.startswith("report/") and k not in written]
+    metrics += [Metric(k, float("nan"), ts, step) for k in sorted(stale)]
     client.log_batch(an.parent_run_id, metrics=metrics)
     client.set_tag(an.parent_run_id, "mlflow.note.content",
                    f"{headline}\n\nThe whole report: `{art_path}/report.html` (or report.md, summary.json) in this "
-                   f"run's artifacts; made by `nanoact report --experiment {an.er.name}`.")
+                   f"run's artifacts; made by `nanoact report {_report_args(an)}`. Per activation, "
+                   "`report/<activation>/final_val_loss_mean` and `_sd` (mean and sd over seeds) are among this "
+                   "run's metrics.")
+
+
+def _study(an: ExperimentAnalysis) -> str | None:
+    """The study whose runs ``an`` analysed (one: the report refuses a mix)."""
+    return next((r.tags["nanoact.study"] for r in an.runs if r.tags.get("nanoact.study")), None)
+
+
+def _n_studies(an: ExperimentAnalysis) -> int:
+    """How many studies the experiment holds (its parent runs and cells of every status)."""
+    runs = [*an.er.parents, *an.er.runs, *an.er.not_finished]
+    return len({r.tags["nanoact.study"] for r in runs if r.tags.get("nanoact.study")})
+
+
+def _report_args(an: ExperimentAnalysis) -> str:
+    import shlex
+
+    study = _study(an)
+    args = ["--experiment", an.er.name] + (["--study", study] if study and study != an.er.name else [])
+    return shlex.join(args)
+
+
+def _where_label(where: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(where.items()))
 
 
 def run_report(
@@ -171,20 +230,26 @@ def run_report(
     analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, storage=storage,
                                    tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
                 for name in experiments]
+    if out_dir is None and not multi and _n_studies(analyses[0]) > 1 and _study(analyses[0]):
+        out = out / safe_dirname(_study(analyses[0]))  # two studies of one experiment never share a folder
+    if out_dir is None and where:
+        out = out / safe_dirname(_where_label(where))  # nor does a slice overwrite the full report
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")
         rd.make_plots(an, out, f"{safe_dirname(an.er.name)}_" if multi else "")
     anomalies = [(f"{an.er.name}: " if multi else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
-    headline = rd.headline(analyses, anomalies)
+    headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
     art_path = "report" if not multi else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
+    if where:  # a slice: its own folder on the parent run, which keeps the full report's
+        art_path = f"report-slices/{safe_dirname(_where_label(where))}"
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
     say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
     report_md, summary_json = _write(*args, notes)
     if log_to_parent:
         files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
-        failed = _log_outputs(client, analyses, files, art_path, headline, say)
+        failed = _log_outputs(client, analyses, files, art_path, headline, say, describe=not where)
         if failed:
             notes.update(failed)
             report_md, summary_json = _write(*args, notes)

@@ -40,7 +40,10 @@ def model_names() -> list[str]:
 def get_model_class(name: str) -> Callable[[ModelConfig, int], CharLM]:
     _ensure_builtins()
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(sorted(_MODELS))}")
+        from nanoact.errors import did_you_mean
+
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, _MODELS)}; valid models: "
+                          f"{', '.join(sorted(_MODELS))}")
     return _MODELS[name]
 
 

@@ -133,6 +133,7 @@ def _load_or_create(spec: SweepSpec, storage):
         study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="minimize")
     if U_FINGERPRINT not in study.user_attrs:
         _complete(spec, study)
+        save_dashboard_note(study._storage, spec)
     check_fingerprint(spec, study)
     if U_NONCE not in study.user_attrs:  # a study of an older nanoact
         study.set_user_attr(U_NONCE, uuid.uuid4().hex)
@@ -157,6 +158,25 @@ def _complete(spec: SweepSpec, study) -> None:
     for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
                  "nanoact.grid": spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():
         study.set_user_attr(k, v)
+
+
+def save_dashboard_note(storage, spec: SweepSpec) -> None:
+    """The study's note in optuna-dashboard (its format: study system attrs ``dashboard:note_ver`` and
+    ``dashboard:note_str:0``, as ``optuna_dashboard.save_note`` writes them), saying what the trials are."""
+    axes = ", ".join(f"`{k}`" for k in spec.grid)
+    reps = [k for k in spec.grid if k.endswith("seed")]
+    seeds = ""
+    if reps:
+        seeds = (f"{', '.join(f'`{k}`' for k in reps)} {'is a replicate' if len(reps) == 1 else 'are replicates'} "
+                 "(a block of the design), not a hyperparameter: hyperparameter importance that ranks it, or contour "
+                 "plots that interpolate between seeds, say nothing about activations. ")
+    body = (f"## {spec.study_name}\n\nnanoact sweep of experiment `{spec.name}`: each trial is one cell of the grid "
+            f"({axes}), trained once; its value is the final val loss, its intermediate values the val loss at "
+            f"each eval step. {seeds}The analysis is `nanoact report`; every metric of a cell is in MLflow (the "
+            "trial's `mlflow_run_id`).")
+    study_id = storage.get_study_id_from_name(spec.study_name)
+    storage.set_study_system_attr(study_id, "dashboard:note_ver", 1)
+    storage.set_study_system_attr(study_id, "dashboard:note_str:0", body[:2045])
 
 
 def check_fingerprint(spec: SweepSpec, study) -> None:
@@ -215,7 +235,8 @@ def _new_parent_run(spec: SweepSpec, uri: str, exp_id: str, nonce: str) -> str:
             "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
             "mlflow.source.type": "LOCAL", T_NONCE: nonce,
             "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
-                                    f"each. `nanoact report --experiment {spec.name}` logs its report here.")}
+                                    f"each. `nanoact report --experiment {spec.name}{_study_arg(spec)}` logs its report "
+                                    "here.")}
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
     return tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
 
@@ -225,12 +246,16 @@ def experiment_tags(spec: SweepSpec) -> dict[str, str]:
     axes = "\n".join(f"- `{k}`: {', '.join(map(str, v))}" for k, v in spec.grid.items())
     note = (f"{spec.description or spec.name}\n\nGrid ({len(spec.cells())} cells, one run each):\n{axes}\n\n"
             f"Defined in `{spec.source}`. Compare activations: group the runs table by `activation`; analyse with "
-            f"`nanoact report --experiment {spec.name}`.")
+            f"`nanoact report --experiment {spec.name}{_study_arg(spec)}`.")
     from nanoact.tracking import runs_table_view
 
-    view_tag, view = runs_table_view(spec.grid)
+    view_tag, view = runs_table_view(spec.grid, spec.study_name)
     return {"mlflow.note.content": note, view_tag: view,
             **{f"nanoact.grid.{k}": json.dumps(v) for k, v in spec.grid.items()}}
+
+
+def _study_arg(spec: SweepSpec) -> str:
+    return f" --study {spec.study_name}" if spec.study_name != spec.name else ""
 
 
 def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: int | None = None) -> list[str]:

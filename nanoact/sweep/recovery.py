@@ -349,7 +349,8 @@ def _settle(study, storage, number: int, key: str, tracking_uri: str) -> str:
     run = tracking.find_trial_run(tracking_uri, study.study_name, number)
     final = tracking.final_metrics(run) if run is not None and run.info.status == "FINISHED" else None
     if final is not None and "final/val_loss" in final:
-        set_trial_attrs(storage, study, number, {S.A_RUN_ID: run.info.run_id, S.A_FINAL: final, S.A_ADOPTED: True})
+        set_trial_attrs(storage, study, number, {S.A_RUN_ID: run.info.run_id, **S.final_attrs(final),
+                                                  S.A_ADOPTED: True})
         study.tell(number, _value(final["final/val_loss"]), skip_if_finished=True)
         return f"adopted {key}: trial {number}'s run {run.info.run_id} had finished before its worker died"
     reason = "its worker died while training (its lease was released); the cell runs again"

@@ -96,8 +96,8 @@ class SweepSpec:
                                   "grid instead")
         try:
             base = apply_overrides(self.base, overrides)
-        except NanoactError as e:
-            raise ConfigError(f"{self.source or self.name}: {e}") from None
+        except NanoactError as e:  # the mistake is in --set, not in the sweep file
+            raise ConfigError(f"--set: {e}") from None
         return replace(self, base=base, _cells=[])
 
 
@@ -129,8 +129,13 @@ def experiments(cwd: str | Path | None = None) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+BUILTIN_EXPERIMENTS = ("cpu", "full", "partial", "smoke", "sources", "zoo")  # the sweep files nanoact ships
+
+
 def is_builtin(path: Path) -> bool:
-    return path.resolve().parent == builtin_sweeps_dir().resolve()
+    """A sweep file nanoact ships: one of ``BUILTIN_EXPERIMENTS`` in the built-in folder (in a checkout that folder
+    is also ``./sweeps/`` of the repository root, where a user's own file is not built-in)."""
+    return path.resolve().parent == builtin_sweeps_dir().resolve() and path.stem in BUILTIN_EXPERIMENTS
 
 
 def experiment_names() -> list[str]:

@@ -4,7 +4,9 @@ Trial user attrs written by nanoact (the study is the record; MLflow holds the r
 
 - ``grid_key`` / ``cell``: the cell a trial trains (its params hold the same values, for Optuna's own tools);
 - ``mlflow_run_id``: the run of this attempt; ``nanoact.worker``: a name for the worker, for people only;
-- ``nanoact.final``: the run's final metrics; ``nanoact.error``: why the attempt failed or was interrupted;
+- ``final_val_loss``, ``final_val_acc``, ``wall_s``: the run's final numbers, as numbers (every metric is in
+  MLflow; studies made before these attrs hold ``nanoact.final``, a dict, which is still read);
+- ``nanoact.error``: why the attempt failed or was interrupted;
 - ``nanoact.interrupted``: the attempt was killed (Ctrl-C, SIGTERM, or its worker died), so the cell runs again;
 - ``nanoact.adopted``: the worker died after its run finished; recovery completed the trial from that run;
 - ``nanoact.retry_of``: the trial number of the attempt this one retries;
@@ -23,7 +25,8 @@ A_GRID_KEY = "grid_key"
 A_CELL = "cell"
 A_RUN_ID = "mlflow_run_id"
 A_WORKER = "nanoact.worker"
-A_FINAL = "nanoact.final"
+A_FINAL = "nanoact.final"  # read only: older studies' dict of final metrics
+FINAL_ATTRS = {"final_val_loss": "final/val_loss", "final_val_acc": "final/val_acc", "wall_s": "time/wall_s"}
 A_ERROR = "nanoact.error"
 A_INTERRUPTED = "nanoact.interrupted"
 A_ADOPTED = "nanoact.adopted"
@@ -107,6 +110,12 @@ def states_of(cells: Iterable[Cell], trials: Iterable[Any] | None) -> list[CellS
     return [_cell_state(cell, sorted(by_key.get(cell.key, []), key=lambda t: t.number)) for cell in cells]
 
 
+def final_attrs(final: dict[str, float]) -> dict[str, float]:
+    """The trial user attrs of a finished run's metrics: a few numbers, short enough for optuna-dashboard's
+    trial table."""
+    return {a: float(final[m]) for a, m in FINAL_ATTRS.items() if m in final}
+
+
 def _cell_state(cell: Cell, trials: list) -> CellState:
     from optuna.trial import TrialState
 
@@ -116,7 +125,8 @@ def _cell_state(cell: Cell, trials: list) -> CellState:
     pick = complete[0] if complete else (active[-1] if active else (trials[-1] if trials else None))
     if pick is None:
         return cs
-    final = pick.user_attrs.get(A_FINAL) or {}
+    final = {**(pick.user_attrs.get(A_FINAL) or {}),
+             **{m: pick.user_attrs[a] for a, m in FINAL_ATTRS.items() if a in pick.user_attrs}}
     cs.trial_number, cs.run_id, cs.error = pick.number, pick.user_attrs.get(A_RUN_ID), pick.user_attrs.get(A_ERROR)
     cs.final_val_loss, cs.wall_s = final.get("final/val_loss"), final.get("time/wall_s")
     if pick.state == TrialState.COMPLETE:

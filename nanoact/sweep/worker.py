@@ -145,7 +145,8 @@ class Worker:
             self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
 
         try:
-            res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train)
+            res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train,
+                        run_name=cell_run_name(cfg, self.ctx.spec))
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (nanoact.sweep.interrupt)
             interrupt.delivered()
             self._end(trial, key, error=interrupt_reason(e), interrupted=True)
@@ -193,7 +194,8 @@ class Worker:
 
         try:
             if final is not None:
-                trial.set_user_attr(S.A_FINAL, final)
+                for k, v in S.final_attrs(final).items():
+                    trial.set_user_attr(k, v)
                 value = final["final/val_loss"]
                 self.study.tell(trial, value if math.isfinite(value) else float("inf"))
             else:
@@ -218,6 +220,15 @@ class Worker:
             tracking.end_run(self.ctx.tracking_uri, run_id, "KILLED", "finished after its trial was settled as "
                              "dead (the worker lost its lease); the cell was handed on, whose run counts")
         self._emit("cell_lost", key=key, trial=trial.number)
+
+
+def cell_run_name(cfg, spec) -> str:
+    """``minigpt-gelu-s2``; a study not named after its experiment adds its name (``minigpt-gelu-s2 (mine-400)``),
+    so the runs of two studies in one experiment are told apart."""
+    from nanoact.trainer import default_run_name
+
+    name = default_run_name(cfg)
+    return name if spec.study_name == spec.name else f"{name} ({spec.study_name})"
 
 
 def _storage_failure(e: BaseException, ctx: WorkerContext):

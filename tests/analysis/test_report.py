@@ -35,6 +35,11 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
         assert (res.out_dir / f).stat().st_size > 5000, f
     md = res.report_md.read_text()
     assert md.index("## Guards") < md.index("## Executive summary")
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections.index("## Per-activation results (mean ± s.d. over seeds)") == sections.index(
+        "## Executive summary") + 1  # the per-activation table near the top
+    assert sections[-1] == "## Configuration"  # the config dump last
+    assert "3 activations × 3 seeds = 9 cells" in md
     assert "All guards passed." in md
     for rid in log.run_ids.values():
         assert rid in md  # every run id is in the tables
