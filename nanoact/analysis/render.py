@@ -444,7 +444,8 @@ def _md_config(an, h: str) -> list[str]:
     n_params = {a: sorted({r.tags.get("nanoact.n_params", "n/a") for r in runs if r.activation == a}) for a in acts}
     L = [f"{h} Configuration", "",
          f"- experiment `{an.er.name}` (id {an.er.experiment_id}); analysed: {grid_words(an)}; {len(runs)} runs",
-         f"- grid: {_n(len(an.er.activations), 'activation')} × {_n(len(an.er.seeds), 'seed')}"
+         f"- grid: {_n(len(an.er.activations), 'activation')} × {_n(len(an.er.seeds), 'seed')} = "
+         f"{_n(len(an.er.activations) * len(an.er.seeds), 'cell')}"
          + (f", {an.er.grid.source}" if an.er.grid is not None else ""),
          f"- evaluation set for PD: {an.n_contexts} contexts × {an.vocab_size} classes, drawn once from the val "
          f"split and identical for every run (sha256 `{an.eval_sha256 or 'not tagged'}`); checkpoint steps "
