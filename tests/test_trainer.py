@@ -211,5 +211,5 @@ def test_each_source_seed_moves_only_its_source(tiny_data):
     # the initial weights depend on init_seed alone: the step-0 eval is unchanged by the other two
     step0 = [r.history[0]["val/loss"] for r in (base, init, data, drop)]
     assert step0[0] == step0[2] == step0[3] != step0[1]
-    with pytest.raises(ConfigError, match="train.data_seed must be >= 0, or -1"):
+    with pytest.raises(ConfigError, match=r"train.data_seed must be in \[0, 4294967295\], or -1"):
         apply_overrides(RunConfig(), {"train.data_seed": -2})
