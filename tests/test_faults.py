@@ -343,6 +343,11 @@ def test_ui_and_server_end_their_process_group_on_hangup_and_term(tmp_path, cmd,
     from nanoact.server import check_port_free, free_port
 
     port = free_port()
+    if cmd == "ui":  # `ui` reads an existing store and never creates one
+        from mlflow import MlflowClient
+
+        (tmp_path / "mlruns").mkdir()
+        MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_experiments()
     proc = subprocess.Popen([sys.executable, "-m", "nanoact.cli", cmd, "--port", str(port)], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
