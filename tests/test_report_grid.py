@@ -45,7 +45,7 @@ def test_report_on_a_sweep_stopped_part_way_exits_non_zero_naming_the_missing_ce
     assert len(anomalies) == 2, r.stderr
     assert "missing cell swish s1: running (trial 4 RUNNING in the Optuna study" in anomalies[0]
     assert "missing cell swish s2: queued (trial 5 WAITING in the Optuna study), never started" in anomalies[1]
-    assert r.stdout.startswith("GUARDS FAILED on tiny (2 anomalies: cells)")
+    assert "\nGUARDS FAILED on tiny (2 anomalies: cells)" in "\n" + r.stdout
     md = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "All guards passed" not in md and "complete grid" not in md
     assert "analysed: 2 of 3 declared activations × 2 seeds, 4 of 6 declared cells" in md
@@ -89,7 +89,7 @@ def test_cell_states_of_a_stopped_sweep_and_where_they_come_from(tmp_path, monke
     got = missing()
     assert sorted(got) == ["gelu s2", "swish s1", "swish s2"]
     assert got["gelu s2"].startswith("gelu s2: failed (trial 3: RuntimeError: boom); `nanoact sweep --retry-failed`")
-    assert got["swish s1"].startswith("swish s1: interrupted (trial 4: interrupted (Ctrl-C))")
+    assert got["swish s1"].startswith("swish s1: interrupted (trial 4: interrupted (Ctrl-C")
     assert got["swish s2"] == "swish s2: queued (trial 5 WAITING in the Optuna study), never started"
 
     # a worker takes swish s2 and is training it (it holds the cell's lease)
