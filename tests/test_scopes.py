@@ -274,11 +274,11 @@ def test_the_hints_after_ctrl_c_resume_the_same_study(tmp_path):
     out = []
     for line in proc.stdout:
         out.append(line)
-        if "iter " in line:  # training has started
+        if "step 0: evaluating" in line or "iter " in line:  # training has started
             proc.send_signal(signal.SIGINT)
             break
     out += proc.stdout.readlines()
-    assert proc.wait(timeout=120) != 0
+    assert proc.wait(timeout=120) != 0, "".join(out)
     (resume,) = hints("".join(out), "resume with:")
     r = nanoact("status", *opts, cwd=tmp_path)
     (from_status,) = hints(r.stdout, "resume with:")
