@@ -133,7 +133,7 @@ def _load_or_create(spec: SweepSpec, storage):
         study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="minimize")
     if U_FINGERPRINT not in study.user_attrs:
         _complete(spec, study)
-        save_dashboard_note(study._storage, spec)
+        save_dashboard_note(storage, spec)
     check_fingerprint(spec, study)
     if U_NONCE not in study.user_attrs:  # a study of an older nanoact
         study.set_user_attr(U_NONCE, uuid.uuid4().hex)
