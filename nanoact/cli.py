@@ -381,21 +381,30 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
                               train_log=train_log, system_metrics=system_metrics, oversubscribe=oversubscribe)
     where = (f"tracking {display_url(uri)}; storage "
              f"{display_url(storage) if storage else sweep.default_storage_path()}")
+    from nanoact.sweep import CellStatus
+
     if dry_run:
         res = sweep.run(spec, opts)
         click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
                    + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
-        planned = set(res.planned)
+        refused = not res.study_check.matches
+        planned = set() if refused else set(res.planned)
         for s in res.states[:DRY_RUN_LISTED]:
-            action = "would run" if s.cell.key in planned else str(s.state)
+            action = "would run" if s.cell.key in planned else "refused" if refused else str(s.state)
             click.echo(f"  {s.cell.key:60s} {action}")
         if len(res.states) > DRY_RUN_LISTED:
             click.echo(f"  ... and {len(res.states) - DRY_RUN_LISTED:,} more cells (`nanoact status` lists all)")
-        click.echo(f"{len(res.planned)} cell(s) would run; {where}")
-        from nanoact.planning import describe
+        click.echo(f"{'no cell would run (the study would be refused, below)' if refused else f'{len(planned)} cell(s) would run'}; {where}")
+        from nanoact.planning import config_lines, describe, study_lines
 
-        for line in describe(spec, uri):
+        file_spec = _load_spec(experiment, sweep_file, (), study) if overrides else spec
+        store = display_url(storage) if storage else str(sweep.default_storage_path())
+        for line in [*config_lines(spec, file_spec), *study_lines(spec, res.study_check, res.count(CellStatus.DONE),
+                                                                  store), *describe(spec, uri, planned)]:
             click.echo(line)
+        if refused:
+            raise NanoactError(f"study {spec.study_name!r} was created from a different config or grid (above); "
+                               "rerun with the same sweep file and --set options, or start a new study with --study NAME")
         return
     click.echo(f"experiment {spec.name}: {where}")
     progress = SweepProgress()
@@ -410,8 +419,6 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         click.echo(f"study {res.study} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
                    "command without --init")
         return
-    from nanoact.sweep import CellStatus
-
     _print_outcome(res)
     if res.complete:
         args = _mlflow_args(spec, tracking_uri)

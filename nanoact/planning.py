@@ -1,4 +1,5 @@
-"""What a sweep's cells will cost, before any runs: parameters, activation memory and time per device class.
+"""What a sweep will do and what its cells will cost, before any runs: the resolved config, the study it would
+use, and parameters, activation memory and time per device class.
 
 Nothing here trains or times anything. ``nanoact sweep --dry-run`` prints it for each distinct config (cells
 that differ only in seeds share one):
@@ -245,9 +246,43 @@ def _vocab_sizes() -> Callable[[RunConfig], int]:
     return size
 
 
-def describe(spec, tracking_uri: str) -> list[str]:
+def config_lines(spec, file_spec) -> list[str]:
+    """The resolved base config, a line per section, and what ``--set`` changed from the sweep file."""
+    flat, from_file = spec.base.flat(), file_spec.base.flat()
+    lines = [f"base config ({spec.source or spec.name}{', with --set' if flat != from_file else ''}; grid axes "
+             "replace their keys):"]
+    sections: dict[str, list[str]] = {}
+    for k, v in flat.items():
+        section, _, name = k.partition(".")
+        if k not in spec.grid:
+            sections.setdefault(section, []).append(f"{name}={v}")
+    lines += [f"  {section}: {' '.join(items)}" for section, items in sections.items()]
+    changed = [k for k in flat if flat[k] != from_file.get(k)]
+    if changed:
+        lines.append("--set changed from the sweep file: "
+                     + "; ".join(f"{k} {from_file.get(k)} -> {flat[k]}" for k in changed))
+    return lines
+
+
+def study_lines(spec, check, n_done: int, storage: str) -> list[str]:
+    """Whether the study exists in ``storage``, and whether the real run would accept this config."""
+    name = f"study {spec.study_name!r} in {storage}"
+    if not check.exists:
+        return [f"{name}: does not exist yet; the sweep would create it"]
+    if check.matches:
+        return [f"{name}: exists ({n_done} of {len(spec.cells())} cells done), created from this config and grid"]
+    lines = [f"{name}: exists, created from a different config or grid; the sweep would refuse it"]
+    if not check.differences:
+        lines.append("  (the study does not record its config, so the keys that differ cannot be named)")
+    lines += [f"  {k}: {old} in the study, {new} here" for k, old, new in check.differences[:20]]
+    if len(check.differences) > 20:
+        lines.append(f"  ... and {len(check.differences) - 20} more")
+    return lines
+
+
+def describe(spec, tracking_uri: str, planned: set[str] | None = None) -> list[str]:
     """Lines for ``--dry-run``: one block per distinct config (cells differing only in seeds share it), and the
-    grid's totals."""
+    grid's totals (and, given the cells that would run, theirs)."""
     vocab_size = _vocab_sizes()
     groups: dict[tuple, list[Any]] = {}
     for cell in spec.cells():
@@ -260,6 +295,7 @@ def describe(spec, tracking_uri: str) -> list[str]:
     lines = [f"estimates per cell ({len(groups)} distinct config(s); cells that differ only in "
              f"{', '.join(seed_axes) or 'seeds'} share one), computed, not measured, except the CPU times:"]
     total_cpu, total_gpu, cpu_cells = 0.0, 0.0, 0
+    left_cpu, left_gpu, left_cells, left_measured = 0.0, 0.0, 0, 0
     for i, members in enumerate(groups.values()):
         if i == MAX_CONFIGS:
             lines.append(f"  ... {len(groups) - MAX_CONFIGS} more distinct config(s) not estimated (at most "
@@ -288,9 +324,19 @@ def describe(spec, tracking_uri: str) -> list[str]:
                      f"{ASSUMED_MFU:.0%} MFU): {_dur(est.gpu_s)} per cell for {(est.train_flops + est.eval_flops) / 1e15:.2f} "
                      f"PFLOP ({est.train_flops / 1e15:.2f} training, {est.eval_flops / 1e15:.2f} evals)")
         total_gpu += est.gpu_s * len(members)
+        n_left = len(members) if planned is None else sum(c.key in planned for c, _ in members)
+        left_cells += n_left
+        if est.cpu is not None:
+            left_cpu += est.cpu_s * n_left
+            left_measured += n_left
+        left_gpu += est.gpu_s * n_left
     if len(groups) <= MAX_CONFIGS:
         n = len(spec.cells())
         cpu_part = (f"cpu {_dur(total_cpu)}" + (f" ({cpu_cells} of {n} cells measured)" if cpu_cells < n else "")
                     if cpu_cells else "cpu unknown")
         lines.append(f"grid total, one worker: {cpu_part}; {GPU_NAME} {_dur(total_gpu)} (assumed MFU)")
+        if planned is not None and 0 < left_cells < n:
+            left = (f"cpu {_dur(left_cpu)}" + (f" ({left_measured} of {left_cells} cells measured)"
+                                              if left_measured < left_cells else "") if left_measured else "cpu unknown")
+            lines.append(f"the {left_cells} cell(s) that would run, one worker: {left}; {GPU_NAME} {_dur(left_gpu)}")
     return lines

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from nanoact import planning, sweep
 from nanoact.cli import cli
 from nanoact.config import RunConfig, apply_overrides
+from nanoact.errors import NanoactError
 from nanoact.models import build_model
 
 from conftest import tiny_overrides
@@ -74,3 +75,37 @@ def test_dry_run_prints_estimates_measured_from_finished_cells(tmp_path):
     assert out.exit_code == 0, out.output
     assert out.output.count("from 2 finished CPU run(s) of this model and batch in the store") == 3
     assert "grid total, one worker: cpu " in out.output and "cpu unknown" not in out.output
+
+
+def _exit(out) -> int:
+    """The exit code ``nanoact`` would give (``main`` maps a NanoactError to 2)."""
+    return 2 if isinstance(out.exception, NanoactError) else out.exit_code
+
+
+def test_dry_run_shows_the_config_its_overrides_and_whether_the_study_would_accept_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = write_sweep(tmp_path, iters=4)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["sweep", "--file", str(p), "--set", "train.lr=0.01", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "base config (" in out.output and "with --set" in out.output
+    assert " max_iters=4 " in out.output and " lr=0.01 " in out.output  # the resolved values, grid axes left out
+    assert "--set changed from the sweep file: train.lr 0.003 -> 0.01" in out.output
+    assert "study 'tiny' in " in out.output and "does not exist yet; the sweep would create it" in out.output
+    assert not (tmp_path / "mlruns").exists()
+    assert runner.invoke(cli, ["sweep", "--file", str(p), "--init"]).exit_code == 0  # the study, no training
+    out = runner.invoke(cli, ["sweep", "--file", str(p), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "--set changed" not in out.output
+    assert "exists (0 of 6 cells done), created from this config and grid" in out.output
+    journal = (tmp_path / "mlruns" / "optuna-journal.log").read_bytes()
+    # another config: named key by key, the cells marked refused, exit 2 as the real run, nothing written
+    out = runner.invoke(cli, ["sweep", "--file", str(p), "--set", "train.max_iters=6", "--dry-run"])
+    assert _exit(out) == 2, out.output
+    assert "exists, created from a different config or grid; the sweep would refuse it" in out.output
+    assert "  train.max_iters: 4 in the study, 6 here" in out.output
+    assert "no cell would run" in out.output and out.output.count(" refused\n") == 6
+    p.write_text(p.read_text().replace('"train.seed" = [1, 2]', '"train.seed" = [1, 2, 3]'))
+    out = runner.invoke(cli, ["sweep", "--file", str(p), "--dry-run"])
+    assert _exit(out) == 2 and "  grid train.seed: [1, 2] in the study, [1, 2, 3] here" in out.output, out.output
+    assert (tmp_path / "mlruns" / "optuna-journal.log").read_bytes() == journal

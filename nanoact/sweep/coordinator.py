@@ -13,6 +13,7 @@ import contextlib
 import json
 import uuid
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from nanoact.errors import NanoactError
@@ -25,6 +26,7 @@ from nanoact.sweep.storage import open_storage, storage_exists
 
 U_PARENT = "mlflow_parent_run_id"
 U_FINGERPRINT = "nanoact.fingerprint"
+S_FINGERPRINTED = "nanoact:fingerprinted"  # study system attr: the config and grid the fingerprint covers
 U_NONCE = "nanoact.nonce"  # per study, also a tag of its parent run: a parent run orphaned by a kill is found by it
 T_NONCE = "nanoact.study_nonce"
 ORPHAN_AGE_S = 600.0  # a parent run with the nonce but unrecorded this long was left by a creator that died
@@ -101,12 +103,39 @@ def _stalled(spec: SweepSpec, leases) -> NanoactError:
 
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
     study = load_study(spec, opts.storage)
-    if study is not None:
-        check_fingerprint(spec, study)
+    check = study_check(spec, study, open_storage(opts.storage) if study is not None else None)
     states = S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
     # WAITING: queued by an earlier call and not yet taken, so it runs too
     todo = [s.cell.key for s in states if s.state == S.CellStatus.WAITING or _to_enqueue(s.state, opts.retry_failed)]
-    return S.SweepResult(spec.study_name, None, None, states, planned=todo)
+    return S.SweepResult(spec.study_name, None, None, states, planned=todo, study_check=check)
+
+
+@dataclass(frozen=True)
+class StudyCheck:
+    """What a dry run says of the study: whether it exists, and whether the real run would accept this config.
+    ``differences`` are ``(key, in the study, here)``, known when the study recorded what its fingerprint covers."""
+
+    exists: bool
+    matches: bool = True
+    differences: tuple[tuple[str, Any, Any], ...] = ()
+
+
+def study_check(spec: SweepSpec, study, storage) -> StudyCheck:
+    if study is None:
+        return StudyCheck(exists=False)
+    fp = study.user_attrs.get(U_FINGERPRINT)
+    if fp is None or fp == spec.fingerprint():  # no fingerprint: a half-created study, completed by the real run
+        return StudyCheck(exists=True)
+    recorded = storage.get_study_system_attrs(storage.get_study_id_from_name(spec.study_name)).get(S_FINGERPRINTED)
+    if not isinstance(recorded, dict):  # made by an older nanoact: the difference cannot be named
+        return StudyCheck(exists=True, matches=False)
+    here = json.loads(json.dumps(spec.fingerprinted(), default=str))
+    diffs = []
+    for part, prefix in (("base", ""), ("grid", "grid ")):
+        old, new = recorded.get(part, {}), here[part]
+        diffs += [(prefix + k, old.get(k, "(not set)"), new.get(k, "(not set)"))
+                  for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return StudyCheck(exists=True, matches=False, differences=tuple(diffs))
 
 
 def load_study(spec: SweepSpec, storage: str | None):
@@ -132,7 +161,7 @@ def _load_or_create(spec: SweepSpec, storage):
     except KeyError:
         study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="minimize")
     if U_FINGERPRINT not in study.user_attrs:
-        _complete(spec, study)
+        _complete(spec, study, storage)
         save_dashboard_note(storage, spec)
     check_fingerprint(spec, study)
     if U_NONCE not in study.user_attrs:  # a study of an older nanoact
@@ -140,7 +169,7 @@ def _load_or_create(spec: SweepSpec, storage):
     return study
 
 
-def _complete(spec: SweepSpec, study) -> None:
+def _complete(spec: SweepSpec, study, storage) -> None:
     """Set the attrs of a study that has none yet: just created, or half-created by a creator that was killed.
     Its trials (a half-created study has none; a study of an older nanoact may) must be cells of this grid."""
     from nanoact.errors import ConfigError
@@ -154,6 +183,10 @@ def _complete(spec: SweepSpec, study) -> None:
         warnings.simplefilter("ignore")
         study.set_metric_names(["final val loss"])
     study.set_user_attr(U_NONCE, uuid.uuid4().hex)
+    # what the fingerprint covers, for a dry run to name what differs (a system attr: optuna-dashboard shows user
+    # attrs, and this one is long)
+    storage.set_study_system_attr(storage.get_study_id_from_name(spec.study_name), S_FINGERPRINTED,
+                                  json.loads(json.dumps(spec.fingerprinted(), default=str)))
     # the fingerprint last: a study that has it is complete
     for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
                  "nanoact.grid": spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():

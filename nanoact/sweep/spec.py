@@ -72,14 +72,19 @@ class SweepSpec:
     def cell_config(self, cell: Cell) -> RunConfig:
         return apply_overrides(self.base, cell.values)
 
-    def fingerprint(self) -> str:
-        """Identifies the base config and grid: a study must not silently mix two different experiments."""
+    def fingerprinted(self) -> dict[str, Any]:
+        """What the fingerprint covers: the base config (less the keys that do not change results) and the grid.
+        A study records it, so that a dry run can say how another config differs."""
         base = {k: v for k, v in self.base.flat().items()
                 if k not in NOT_FINGERPRINTED and not (k in NEUTRAL and v == NEUTRAL[k])}
         for k, (new, old) in FORMER_DEFAULTS.items():
             if base.get(k) == new:
                 base[k] = old
-        payload = json.dumps({"base": base, "grid": self.grid}, sort_keys=True, default=str)
+        return {"base": base, "grid": self.grid}
+
+    def fingerprint(self) -> str:
+        """Identifies the base config and grid: a study must not silently mix two different experiments."""
+        payload = json.dumps(self.fingerprinted(), sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def with_study(self, study: str | None) -> SweepSpec:

@@ -76,6 +76,7 @@ class SweepResult:
     recovered: list[str] = field(default_factory=list)  # what recovery did to dead workers' trials, one line each
     interrupted: bool = False
     interrupt_exit: int = 130  # 128 + the signal that interrupted it: 130 Ctrl-C (SIGINT), 143 SIGTERM
+    study_check: Any = None  # a dry run's ``coordinator.StudyCheck``: does the study exist, would it accept this
 
     def count(self, *states: CellStatus) -> int:
         return sum(s.state in states for s in self.states)
