@@ -95,3 +95,30 @@ def bound(m: int, alpha: float = 0.05) -> float:
 
 def coverage_floor(m: int, level: float = 0.95) -> float:
     return level - 3 * np.sqrt(level * (1 - level) / m)
+
+
+def level_tables(rng: np.random.Generator, m: int, f: int, k: int, n: int, *, loc=0.3, seed: float = 0.4,
+                 level_seed: float = 0.3, scale: float = 0.3, chunk: int = 10) -> np.ndarray:
+    """(m, f, k, n, k, n) pd_tv tables of an activation x seed grid at each of f levels (architectures, say),
+    PD taken between runs of one level only.
+
+    ``loc``: the activation effect's size at each level (a scalar or f values), one fixed effect per activation
+    scaled per level: equal values are the null of "the activation moves predictions equally at every level" (the
+    levels' activation effects are the same fixed effects; drawing them afresh per level would make the levels'
+    true excesses differ). Seeds are crossed with the levels: seed u's effect has
+    a part shared by every level (``seed``) and a part of its own at each level (``level_seed``, a seed x level
+    interaction), so the levels' tables are correlated through their seeds.
+    """
+    loc = np.broadcast_to(np.asarray(loc, dtype=np.float32), (f,))
+    out = np.empty((m, f, k * n, k * n))
+    basis = rng.standard_normal((RANK, N_CTX * V), dtype=np.float32)
+    truth = TEMP * _field(rng, (1, 1, 1), basis)
+    for lo in range(0, m, chunk):
+        mc = min(chunk, m - lo)
+        shared = seed * _field(rng, (mc, 1, n), basis)
+        acts = _field(rng, (mc, k, 1), basis)
+        for g in range(f):
+            z = (truth + loc[g] * acts + shared
+                 + level_seed * _field(rng, (mc, 1, n), basis) + scale * _field(rng, (mc, k, n), basis))
+            out[lo:lo + mc, g] = _tv(z.reshape(mc, k * n, -1))
+    return out.reshape(m, f, k, n, k, n)

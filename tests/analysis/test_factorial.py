@@ -1,0 +1,140 @@
+"""The factorial analysis (activation x another factor x seed): level under the null, power for a planted
+interaction, the error terms that match how seeds are shared, and PD compared between levels.
+
+Loss tables are simulated as y = act + factor + act x factor + seed + seed x factor + seed x act + noise, in the
+units of the committed cpu results (val loss; run noise about 0.006, seed effects of the same order), with heavy
+tailed noise in one scenario. Pass/fail bounds: level at most alpha + 3 Monte Carlo SE (``simulate.bound``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import statsmodels.api as sm  # noqa: F401 - statsmodels is the reference implementation below
+from statsmodels.stats.anova import AnovaRM
+
+from nanoact.analysis import factorial as fa
+from nanoact.analysis import pdtests as pt
+from tests.analysis.simulate import bound, level_tables
+
+M = 4000
+
+
+def _loss(rng, m, a, f, n, *, inter=0.0, act=0.004, fac=0.05, seed=0.006, seed_fac=0.006, seed_act=0.002,
+          noise=0.006, heavy=False):
+    shape = (m, a, f, n)
+    y = (act * rng.standard_normal((m, a, 1, 1)) + fac * rng.standard_normal((m, 1, f, 1))
+         + inter * rng.standard_normal((m, a, f, 1)) + seed * rng.standard_normal((m, 1, 1, n))
+         + seed_fac * rng.standard_normal((m, 1, f, n)) + seed_act * rng.standard_normal((m, a, 1, n)))
+    e = rng.standard_t(3, size=shape) / np.sqrt(3) if heavy else rng.standard_normal(shape)
+    return 1.5 + y + noise * e
+
+
+def test_the_crossed_anova_is_the_repeated_measures_anova():
+    """Seeds crossed with both factors: the two-way within-subject ANOVA, as statsmodels' AnovaRM computes it."""
+    import pandas as pd
+
+    y = _loss(np.random.default_rng(0), 1, 4, 3, 5)[0]
+    rows = [dict(a=i, f=j, s=k, y=y[i, j, k]) for i in range(4) for j in range(3) for k in range(5)]
+    ref = AnovaRM(pd.DataFrame(rows), "y", "s", within=["a", "f"]).fit().anova_table
+    terms = fa.factorial_terms(y)
+    for t, key in zip(terms, ["a", "f", "a:f"]):
+        assert t.f == pytest.approx(ref.loc[key, "F Value"]) and t.p == pytest.approx(ref.loc[key, "Pr > F"])
+        assert (t.df, t.df_error) == (ref.loc[key, "Num DF"], ref.loc[key, "Den DF"])
+    assert [t.error for t in terms] == ["activation x seed", "factor x seed", "activation x factor x seed"]
+
+
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("heavy", [False, True])
+def test_every_test_holds_its_level_when_the_activation_effect_is_the_same_at_every_level(n, heavy):
+    """6 activations x 6 models (the zoo grid), no interaction and no activation or model effect: the three
+    tests reject at most at their level, with shared seed effects, seed x model and seed x activation terms."""
+    y = _loss(np.random.default_rng(n + 10 * heavy), M, 6, 6, n, act=0.0, fac=0.0, heavy=heavy)
+    p = fa.p_values(y)
+    assert np.all(np.mean(p < 0.05, axis=0) <= bound(M)), np.mean(p < 0.05, axis=0)
+    # and the interaction's level with real activation and model main effects present
+    p = fa.p_values(_loss(np.random.default_rng(n + 20), M, 6, 6, n, heavy=heavy))
+    assert np.mean(p[:, 2] < 0.05) <= bound(M)
+
+
+def test_a_shared_seed_gets_the_seed_x_factor_error_term():
+    """A seed that suits one model more than another (seed x model variance) with no model effect: tested against
+    seed x model, the model effect holds its level; against a pooled residual it would reject far too often."""
+    y = _loss(np.random.default_rng(3), M, 6, 6, 3, fac=0.0, seed_fac=0.02, seed_act=0.0)
+    p = fa.p_values(y)
+    assert np.mean(p[:, 1] < 0.05) <= bound(M)
+    ss = fa.sums_of_squares(y)
+    pooled_df = 6 * 6 * 3 - 1 - 5 - 5 - 2 - 25  # everything but the fixed terms and the seed block
+    pooled = (ss["AS"] + ss["FS"] + ss["AFS"]) / pooled_df
+    from scipy import stats
+
+    naive = stats.f.sf(ss["F"] / 5 / pooled, 5, pooled_df)
+    assert np.mean(naive < 0.05) > 0.5  # what the pooled residual would have said
+
+
+def test_nested_seeds_use_the_split_plot_error_terms():
+    """Experiments as the factor: seed j of one experiment is not seed j of another. The factor is tested against
+    seeds within levels; a seed effect that differs per level leaves every test at its level."""
+    y = _loss(np.random.default_rng(4), M, 5, 2, 3, act=0.0, fac=0.0, seed=0.0, seed_fac=0.01, seed_act=0.0)
+    p = fa.p_values(y, fa.NESTED)
+    assert np.all(np.mean(p < 0.05, axis=0) <= bound(M))
+    t = fa.factorial_terms(y[0], fa.NESTED)
+    assert [(x.df, x.df_error) for x in t] == [(4, 16), (1, 4), (4, 16)]
+
+
+@pytest.mark.parametrize("n,inter,floor", [(3, 0.012, 0.75), (5, 0.008, 0.75)])
+def test_a_planted_interaction_is_found(n, inter, floor):
+    """An activation x model interaction of sd 2x the run noise (3 seeds) or 1.3x (5 seeds) is found in most data
+    sets; the power at the shipped 3 seeds for smaller interactions is in docs/REPORT.md."""
+    y = _loss(np.random.default_rng(5 + n), 1000, 6, 6, n, inter=inter)
+    assert np.mean(fa.p_values(y)[:, 2] < 0.05) >= floor
+
+
+def test_the_result_names_its_effect_sizes_and_simple_effects():
+    rng = np.random.default_rng(6)
+    y = _loss(rng, 1, 3, 2, 5, inter=0.0, act=0.0, fac=0.0)[0]
+    y[0, 1] += 0.05  # activation a0 is worse, at level m1 only
+    r = fa.analyse_factorial(y, ["a0", "a1", "a2"], ["m0", "m1"], outcome="final/val_loss", factor="model.name")
+    assert r.interaction.p < 0.05 and r.interaction.eta2_lo > 0
+    assert r.interaction.eta2_lo <= r.interaction.partial_eta2 <= r.interaction.eta2_hi
+    assert 0 <= r.share_lo <= r.share <= r.share_hi <= 1 and r.share > 0.3
+    m1 = [s for s in r.simple if s.level == "m1"][0]
+    assert m1.worst == "a0" and m1.p_holm < 0.05 and m1.gap > 0.03
+    assert r.simple[0].p_holm >= r.simple[0].p  # Holm never lowers a p value
+
+
+def test_eta2_interval_covers_the_population_value():
+    """The noncentral-F interval of partial eta^2 covers the population value at about 95% (one-way check of the
+    inversion: lambda = n sum(effects^2) / sigma^2)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    d1, d2, lam = 4, 20, 8.0
+    true = lam / (lam + d1 + d2 + 1)
+    f = stats.ncf.rvs(d1, d2, lam, size=300, random_state=rng)
+    cover = [lo <= true <= hi for lo, hi in (fa._eta2_ci(x, d1, d2) for x in f)]
+    assert np.mean(cover) >= 0.95 - 3 * np.sqrt(0.95 * 0.05 / 300)
+
+
+STATS = {"cross-vs-within": pt.cross_minus_within, "activation-only": pt.activation_only_overall}
+
+
+@pytest.mark.parametrize("seeds,n", [(fa.CROSSED, 3), (fa.CROSSED, 5), (fa.NESTED, 5)])
+def test_pd_level_contrasts_hold_their_level(seeds, n):
+    """Two architectures where the activation moves predictions equally (same loc), seeds shared across levels
+    with a seed x level part: the level contrast of each PD estimand rejects at most at its level."""
+    m = 300
+    d = level_tables(np.random.default_rng(8 + n), m, 2, 3, n, loc=0.3)
+    for name, stat in STATS.items():
+        rej = [fa.level_contrasts(list(d[i]), ["m0", "m1"], name, stat, seeds)[0].p < 0.05 for i in range(m)]
+        assert np.mean(rej) <= bound(m), (name, np.mean(rej))
+
+
+def test_pd_level_contrasts_find_a_planted_difference():
+    """The activation moves predictions more at one level (loc 0.6 against 0.2): found in most data sets, and the
+    difference's sign is right."""
+    m = 60
+    d = level_tables(np.random.default_rng(9), m, 2, 3, 5, loc=[0.6, 0.2])
+    for name, stat in STATS.items():
+        rows = [fa.level_contrasts(list(d[i]), ["m0", "m1"], name, stat)[0] for i in range(m)]
+        assert np.mean([r.p < 0.05 and r.diff > 0 for r in rows]) >= 0.8, name
