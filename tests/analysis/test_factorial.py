@@ -119,7 +119,8 @@ def test_eta2_interval_covers_the_population_value():
 STATS = {"cross-vs-within": pt.cross_minus_within, "activation-only": pt.activation_only_overall}
 
 
-@pytest.mark.parametrize("seeds,n", [(fa.CROSSED, 3), (fa.CROSSED, 5), (fa.NESTED, 5)])
+@pytest.mark.parametrize("seeds,n", [(fa.CROSSED, 3), pytest.param(fa.CROSSED, 5, marks=pytest.mark.slow),
+                                     pytest.param(fa.NESTED, 5, marks=pytest.mark.slow)])
 def test_pd_level_contrasts_hold_their_level(seeds, n):
     """Two architectures where the activation moves predictions equally (same loc), seeds shared across levels
     with a seed x level part: the level contrast of each PD estimand rejects at most at its level."""

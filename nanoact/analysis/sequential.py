@@ -1,0 +1,144 @@
+"""Seeds on demand: add seeds in rounds until every primary contrast is estimated to a stated precision.
+
+The rule (``SeedRule``): every activation gets ``start`` seeds; after each round the interim analysis computes
+the 95% interval half-width of every primary contrast of each targeted metric; if the widest half-width of every
+targeted metric is at most its target, the sweep stops ("target met"); otherwise ``step`` more seeds are added,
+up to ``max`` ("max seeds reached": the intervals are then as wide as they are, and the report says so).
+
+Only precision stops a sweep, never a test result: the rule looks at interval widths, not at estimates, so it
+cannot stop "when the difference looks significant". That alone is not enough for nominal coverage with few
+seeds: the width is estimated from the same seeds, so a sweep tends to stop when its variance estimate happens
+to be small, and plain t intervals at the stopping time cover less than 95% (about 91% with start 3, step 2 and
+a target near the noise; Chow & Robbins 1965 is the large-sample version of this). nanoact therefore widens
+every interval, at the interim looks and at the end, by a factor ``kappa`` computed for the rule: the smallest
+factor for which the interval covers at least 95% at every ratio of target to noise, under the rule as run
+(normal paired differences, simulated; ``calibrate``). Tests then use those intervals (a contrast is decided
+when its widened interval excludes 0), so their type-I error is at most 5% per contrast under the same rule;
+``tests/analysis/test_sequential.py`` checks coverage and level by simulation for loss and PD contrasts, and
+reports the expected number of seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+METRICS = ("final_val_loss", "pd_tv")  # what a target can name: seed-paired loss differences, the PD estimands
+
+
+@dataclass(frozen=True)
+class SeedRule:
+    start: int
+    step: int
+    max: int
+    targets: Mapping[str, float] = field(default_factory=dict)  # metric -> 95% half-width
+
+    def __post_init__(self) -> None:
+        from nanoact.errors import ConfigError
+
+        if not (isinstance(self.start, int) and self.start >= 3):
+            raise ConfigError(f"seeds.start must be an integer >= 3 (a seed-jackknife needs 3), not {self.start!r}")
+        if not (isinstance(self.step, int) and self.step >= 1):
+            raise ConfigError(f"seeds.step must be a positive integer, not {self.step!r}")
+        if not (isinstance(self.max, int) and self.max >= self.start):
+            raise ConfigError(f"seeds.max must be an integer >= seeds.start ({self.start}), not {self.max!r}")
+        if not self.targets:
+            raise ConfigError(f"seeds.target names no metric; give one or more of {', '.join(METRICS)}")
+        for k, v in self.targets.items():
+            if k not in METRICS:
+                raise ConfigError(f"seeds.target: unknown metric {k!r}; choose from {', '.join(METRICS)}")
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"seeds.target.{k} must be a positive number (a 95% CI half-width), not {v!r}")
+
+    def schedule(self) -> tuple[int, ...]:
+        """The seed counts at which the interim analysis runs: start, start + step, ..., max."""
+        return tuple(sorted({*range(self.start, self.max, self.step), self.max}))
+
+    def describe(self) -> str:
+        t = ", ".join(f"{k} ±{v:g}" for k, v in self.targets.items())
+        return (f"start {self.start} seeds, add {self.step} per round up to {self.max}, until every primary 95% "
+                f"half-width is within {t}")
+
+
+def _coverage(z: np.ndarray, sched: tuple[int, ...], ratios: np.ndarray, kappa: float) -> np.ndarray:
+    """Coverage at each target/noise ratio of the widened t interval at the stopping time (z: (m, max) N(0,1))."""
+    m = z.shape[0]
+    ns = np.array(sched)
+    csum, csq = np.cumsum(z, axis=1), np.cumsum(z**2, axis=1)
+    mean = csum[:, ns - 1] / ns
+    sd = np.sqrt(np.maximum(csq[:, ns - 1] - ns * mean**2, 0) / (ns - 1))
+    half = kappa * stats.t.ppf(0.5 + LEVEL / 2, ns - 1) * sd / np.sqrt(ns)  # (m, looks)
+    covered = np.abs(mean) <= half
+    out = np.empty(len(ratios))
+    for i, r in enumerate(ratios):
+        met = half <= r
+        met[:, -1] = True  # max reached
+        stop = met.argmax(axis=1)
+        out[i] = covered[np.arange(m), stop].mean()
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def calibrate(start: int, step: int, max_seeds: int, m: int = 20000, seed: int = 0) -> float:
+    """The factor ``kappa`` (>= 1) that keeps the widened interval's coverage at or above 95% at every ratio of
+    target to noise (a grid from 0.02 to 20 noise sds), for this schedule. Deterministic (fixed RNG seed)."""
+    sched = SeedRule(start, step, max_seeds, {"final_val_loss": 1.0}).schedule()
+    z = np.random.default_rng(seed).standard_normal((m, sched[-1]))
+    ratios = np.geomspace(0.02, 20, 60)
+    lo, hi = 1.0, 2.0
+    if _coverage(z, sched, ratios, lo).min() >= LEVEL:
+        return 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _coverage(z, sched, ratios, mid).min() >= LEVEL else (mid, hi)
+    return hi
+
+
+@functools.lru_cache(maxsize=256)
+def _t(df: float) -> float:
+    return float(stats.t.ppf(0.5 + LEVEL / 2, df))
+
+
+def half_width(se: float, df: float, kappa: float) -> float:
+    """The widened 95% half-width of an estimate with standard error ``se`` on ``df`` degrees of freedom."""
+    if not (df >= 1 and math.isfinite(se)):
+        return math.inf
+    return kappa * _t(df) * se
+
+
+@dataclass(frozen=True)
+class Interim:
+    """One interim look: what was reached, and what happens next."""
+
+    round: int
+    n_seeds: int
+    widest: Mapping[str, float]  # metric -> widest widened half-width over its primary contrasts
+    met: Mapping[str, bool]
+    stop: bool
+    reason: str  # "target met", "max seeds reached", or "" when going on
+    next_seeds: int  # seeds per activation after the next round (n_seeds when stopping)
+    projected: Mapping[str, int]  # seeds projected to meet each target (half-width ~ 1/sqrt(n)), capped at max
+
+
+def decide(rule: SeedRule, n_seeds: int, half_widths: Mapping[str, Sequence[float]]) -> Interim:
+    """The interim decision after a round with ``n_seeds`` per activation; ``half_widths``: metric -> the
+    widened half-widths (``half_width``) of its primary contrasts."""
+    sched = rule.schedule()
+    if n_seeds not in sched:
+        raise ValueError(f"{n_seeds} seeds is not a look of the schedule {sched}")
+    widest = {k: max(map(float, half_widths.get(k, ())), default=math.inf) for k in rule.targets}
+    met = {k: widest[k] <= t for k, t in rule.targets.items()}
+    projected = {k: min(rule.max, max(n_seeds, math.ceil(n_seeds * (widest[k] / t) ** 2)))
+                 if math.isfinite(widest[k]) else rule.max for k, t in rule.targets.items()}
+    rnd = sched.index(n_seeds) + 1
+    if all(met.values()):
+        return Interim(rnd, n_seeds, widest, met, True, "target met", n_seeds, projected)
+    if n_seeds >= rule.max:
+        return Interim(rnd, n_seeds, widest, met, True, "max seeds reached", n_seeds, projected)
+    return Interim(rnd, n_seeds, widest, met, False, "", sched[rnd], projected)
