@@ -142,3 +142,53 @@ def decide(rule: SeedRule, n_seeds: int, half_widths: Mapping[str, Sequence[floa
     if n_seeds >= rule.max:
         return Interim(rnd, n_seeds, widest, met, True, "max seeds reached", n_seeds, projected)
     return Interim(rnd, n_seeds, widest, met, False, "", sched[rnd], projected)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One primary contrast at an interim look, with its widened interval."""
+
+    metric: str
+    name: str  # e.g. "gelu - relu" or "activation-only gelu vs relu"
+    estimate: float
+    half_width: float
+
+
+def primary_contrasts(rule: SeedRule, loss_y: Sequence[Sequence[float]] | None, activations: Sequence[str],
+                      pd=None) -> list[Contrast]:
+    """The primary contrasts of the targeted metrics, with widened half-widths (``calibrate`` for the rule).
+
+    - ``final_val_loss``: every pair's seed-paired mean difference (``loss_y``: (k activations, n seeds)), t
+      interval on n - 1 df, as the report's paired t tests.
+    - ``pd_tv``: the report's PD estimands at the final step (``pd``: its ``pdtests.PDResult`` for pd_tv): every
+      pair's same-seed activation-only excess and cross-vs-within excess (with 2 activations, the overall ones),
+      seed-jackknife t intervals.
+    """
+    kappa = calibrate(rule.start, rule.step, rule.max)
+    out: list[Contrast] = []
+    if "final_val_loss" in rule.targets and loss_y is not None:
+        y = np.asarray(loss_y, dtype=np.float64)
+        n = y.shape[1]
+        for a in range(len(activations)):
+            for b in range(a + 1, len(activations)):
+                d = y[b] - y[a]
+                se = float(d.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.inf
+                out.append(Contrast("final_val_loss", f"{activations[b]} - {activations[a]}", float(d.mean()),
+                                    half_width(se, n - 1, kappa)))
+    if "pd_tv" in rule.targets and pd is not None:
+        acts = pd.activations
+        only = pd.activation_only_pairs or ([pd.activation_only] if pd.activation_only is not None else [])
+        cross = pd.pair_cross or ([pd.omnibus] if pd.omnibus is not None else [])
+        for what, tests in (("activation-only", only), ("cross-vs-within", cross)):
+            for t in tests:
+                label = f"{acts[t.a]} vs {acts[t.b]}" if t.a >= 0 else "all activations"
+                out.append(Contrast("pd_tv", f"{what} {label}", float(t.estimate), half_width(t.se, t.df, kappa)))
+    return out
+
+
+def decide_on(rule: SeedRule, n_seeds: int, contrasts: Sequence[Contrast]) -> Interim:
+    """``decide`` on the contrasts of an interim look."""
+    by: dict[str, list[float]] = {}
+    for c in contrasts:
+        by.setdefault(c.metric, []).append(c.half_width)
+    return decide(rule, n_seeds, by)

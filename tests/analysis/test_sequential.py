@@ -172,3 +172,30 @@ def test_a_bad_rule_is_refused_with_one_line(kw, msg):
 def test_the_t_quantile_is_the_one_the_report_uses():
     assert sq.half_width(1.0, 4, 1.0) == pytest.approx(stats.t.ppf(0.975, 4))
     assert sq.half_width(1.0, 0, 1.0) == np.inf
+
+
+def test_primary_contrasts_are_the_reports_pairwise_loss_and_pd_estimands():
+    """The interim reads the same estimates as the report: seed-paired loss differences and, from analyse_pd's
+    result, every pair's activation-only and cross-vs-within excess with their jackknife SEs, widened by kappa."""
+    rule = sq.SeedRule(3, 2, 9, {"final_val_loss": 0.005, "pd_tv": 0.04})
+    kappa = sq.calibrate(3, 2, 9)
+    acts = ["gelu", "relu", "swish"]
+    rng = np.random.default_rng(12)
+    y = _loss_data(rng, 1, 3, 5)[0]
+    d = pd_tables(rng, 1, 3, 5, loc=0.1)[0]
+    seeds = [str(s) for s in range(5)]
+    run_acts = [a for a in acts for _ in seeds]
+    run_seeds = [s for _ in acts for s in seeds]
+    pd = pt.analyse_pd(d.reshape(15, 15), run_acts, run_seeds, "pd_tv", 100, np.random.default_rng(0))
+    cs = sq.primary_contrasts(rule, y, acts, pd)
+    loss = [c for c in cs if c.metric == "final_val_loss"]
+    assert [c.name for c in loss] == ["relu - gelu", "swish - gelu", "swish - relu"]
+    diff = y[1] - y[0]
+    assert loss[0].estimate == pytest.approx(diff.mean())
+    assert loss[0].half_width == pytest.approx(kappa * stats.t.ppf(0.975, 4) * diff.std(ddof=1) / np.sqrt(5))
+    pds = [c for c in cs if c.metric == "pd_tv"]
+    assert len(pds) == 6 and pds[0].name == "activation-only gelu vs relu"
+    t = pd.activation_only_pairs[0]
+    assert pds[0].half_width == pytest.approx(kappa * stats.t.ppf(0.975, t.df) * t.se)
+    look = sq.decide_on(rule, 5, cs)
+    assert look.widest["pd_tv"] == max(c.half_width for c in pds)
