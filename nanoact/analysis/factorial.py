@@ -314,3 +314,36 @@ def level_contrasts(tables: Sequence[np.ndarray], levels: Sequence[str], estiman
 
 def any_rejected(contrasts: Sequence[LevelContrast], alpha: float = ALPHA) -> bool:
     return any(c.p_holm < alpha for c in contrasts)
+
+
+@dataclass(frozen=True)
+class PairEffect:
+    """Activation b minus activation a within one level: the seed-paired mean difference, its t interval and
+    test, Holm-adjusted across every (level, pair) cell of the heatmap."""
+
+    level: str
+    a: str
+    b: str
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    p_holm: float
+
+
+def pair_effects(y: np.ndarray, activations: Sequence[str], levels: Sequence[str]) -> list[PairEffect]:
+    y = np.asarray(y, dtype=np.float64)
+    a_n, f_n, n = y.shape
+    rows = []
+    for g in range(f_n):
+        for i in range(a_n):
+            for j in range(i + 1, a_n):
+                d = y[j, g] - y[i, g]
+                se = d.std(ddof=1) / math.sqrt(n)
+                t = d.mean() / se if se > 0 else (math.inf if d.mean() != 0 else math.nan)
+                p = float(2 * stats.t.sf(abs(t), n - 1)) if math.isfinite(t) else (0.0 if math.isinf(t) else math.nan)
+                half = stats.t.ppf(0.975, n - 1) * se
+                rows.append((str(levels[g]), activations[i], activations[j], float(d.mean()),
+                             float(d.mean() - half), float(d.mean() + half), p))
+    adj = holm([r[-1] if math.isfinite(r[-1]) else 1.0 for r in rows])
+    return [PairEffect(*r, ph) for r, ph in zip(rows, adj)]

@@ -191,3 +191,47 @@ def accuracy_vs_pd(
     ax.legend(fontsize=8)
     ax.set_title(title or "Accuracy against prediction difference")
     return fig
+
+
+def interaction_plot(levels: Sequence[str], activations: Sequence[str], means: np.ndarray, half: np.ndarray,
+                     factor: str, outcome: str) -> Figure:
+    """Mean outcome per activation (one line each) across the factor's levels, ± the 95% t interval over seeds.
+    Parallel lines: the activation effect is the same at every level; crossing or diverging lines: it is not."""
+    colors = _colors(list(activations))
+    fig = _figure(max(6.0, 1.3 * len(levels) + 3), 4.2)
+    ax = fig.subplots()
+    x = np.arange(len(levels))
+    width = 0.25 / max(1, len(activations) - 1)
+    for i, a in enumerate(activations):
+        xs = x + (i - (len(activations) - 1) / 2) * width  # dodge, so the intervals do not hide each other
+        ax.errorbar(xs, means[i], yerr=half[i], marker="o", ms=4, capsize=3, lw=1.4, color=colors[a], label=a)
+    ax.set_xticks(x, list(levels), rotation=20 if max(map(len, levels)) > 8 else 0)
+    ax.set_xlabel(factor)
+    ax.set_ylabel(outcome)
+    ax.set_title(f"{outcome} by activation and {factor} (mean ± 95% CI over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def effect_heatmap(levels: Sequence[str], pairs: Sequence[str], diff: np.ndarray, significant: np.ndarray,
+                   factor: str, outcome: str) -> Figure:
+    """The activation effect per level (rows) and pair of activations (columns): the seed-paired mean difference,
+    ``*`` where it survives Holm across every cell."""
+    from matplotlib import colormaps
+
+    fig = _figure(max(6.0, 0.9 * len(pairs) + 2.5), max(3.0, 0.45 * len(levels) + 1.8))
+    ax = fig.subplots()
+    lim = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
+    im = ax.imshow(diff, cmap=colormaps["RdBu_r"], vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(pairs)), list(pairs), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(levels)), list(levels), fontsize=8)
+    for i in range(len(levels)):
+        for j in range(len(pairs)):
+            if np.isfinite(diff[i, j]):
+                ax.text(j, i, f"{diff[i, j]:+.3g}{'*' if significant[i, j] else ''}", ha="center", va="center",
+                        fontsize=7, color="white" if abs(diff[i, j]) > 0.6 * lim else "black")
+    ax.set_ylabel(factor)
+    ax.set_title(f"{outcome}: b − a per {factor} (seed-paired; * Holm-significant)", fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig

@@ -139,3 +139,23 @@ def test_pd_level_contrasts_find_a_planted_difference():
     for name, stat in STATS.items():
         rows = [fa.level_contrasts(list(d[i]), ["m0", "m1"], name, stat)[0] for i in range(m)]
         assert np.mean([r.p < 0.05 and r.diff > 0 for r in rows]) >= 0.8, name
+
+
+def test_pair_effects_and_the_two_plots(tmp_path):
+    from nanoact.analysis import plots
+
+    y = _loss(np.random.default_rng(10), 1, 3, 2, 6, act=0.0, fac=0.0)[0]
+    y[2, 1] += 0.05  # a2 worse at level m1
+    acts, levels = ["a0", "a1", "a2"], ["m0", "m1"]
+    rows = fa.pair_effects(y, acts, levels)
+    assert len(rows) == 6 and all(r.p_holm >= r.p for r in rows)
+    hit = [r for r in rows if r.level == "m1" and r.b == "a2"]
+    assert all(r.p_holm < 0.05 and r.lo > 0 for r in hit)
+    r = fa.analyse_factorial(y, acts, levels, outcome="loss", factor="model.name")
+    diff = np.array([[x.diff for x in rows if x.level == lv] for lv in levels])
+    sig = np.array([[x.p_holm < 0.05 for x in rows if x.level == lv] for lv in levels])
+    for fig, name in ((plots.interaction_plot(levels, acts, np.array(r.means), np.array(r.ci_half), "model.name",
+                                              "loss"), "i.png"),
+                      (plots.effect_heatmap(levels, ["a1 − a0", "a2 − a0", "a2 − a1"], diff, sig, "model.name",
+                                            "loss"), "h.png")):
+        assert plots.save(fig, tmp_path / name).stat().st_size > 10_000
