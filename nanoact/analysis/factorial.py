@@ -81,7 +81,7 @@ class SimpleEffect:
     p_holm: float
     best: str
     worst: str
-    gap: float  # worst mean minus best mean
+    gap: float  # |best mean - worst mean|
 
 
 @dataclass(frozen=True)
@@ -212,21 +212,24 @@ def share_interval(y: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     return est, max(0.0, est - half), min(1.0, est + half)
 
 
-def simple_effects(y: np.ndarray, activations: Sequence[str], levels: Sequence[str]) -> list[SimpleEffect]:
-    """The activation's RCBD F test within each level (blocked by seed), Holm across levels."""
+def simple_effects(y: np.ndarray, activations: Sequence[str], levels: Sequence[str],
+                   lower_is_better: bool = True) -> list[SimpleEffect]:
+    """The activation's RCBD F test within each level (blocked by seed), Holm across levels; ``gap``: the best
+    activation's mean minus the worst's, in the direction where positive means better."""
     out = []
     for g, level in enumerate(levels):
         r = rcbd_anova(y[:, g, :])
         means = np.asarray(r.treatment_means)
-        out.append((level, r.f_a, r.df_a, r.df_e, r.p_a, activations[int(np.argmin(means))],
-                    activations[int(np.argmax(means))], float(means.max() - means.min())))
+        best, worst = (np.argmin(means), np.argmax(means)) if lower_is_better else (np.argmax(means), np.argmin(means))
+        out.append((level, r.f_a, r.df_a, r.df_e, r.p_a, activations[int(best)], activations[int(worst)],
+                    float(means.max() - means.min())))
     adj = holm([o[4] for o in out])
     return [SimpleEffect(lv, float(fv), da, de, p, ph, best, worst, gap)
             for (lv, fv, da, de, p, best, worst, gap), ph in zip(out, adj)]
 
 
 def analyse_factorial(y: np.ndarray, activations: Sequence[str], levels: Sequence[str], *, outcome: str,
-                      factor: str, seeds: str = CROSSED) -> FactorialResult:
+                      factor: str, seeds: str = CROSSED, lower_is_better: bool = True) -> FactorialResult:
     y = np.asarray(y, dtype=np.float64)
     a, f, n = y.shape
     if a < 2 or f < 2 or n < 2:
@@ -240,7 +243,8 @@ def analyse_factorial(y: np.ndarray, activations: Sequence[str], levels: Sequenc
         outcome=outcome, factor=factor, activations=tuple(activations), levels=tuple(map(str, levels)),
         n_seeds=n, seeds=seeds, means=tuple(map(tuple, y.mean(axis=2).tolist())),
         ci_half=tuple(map(tuple, half.tolist())), activation=act, factor_term=fac, interaction=inter,
-        share=share, share_lo=lo, share_hi=hi, simple=tuple(simple_effects(y, activations, levels)))
+        share=share, share_lo=lo, share_hi=hi,
+        simple=tuple(simple_effects(y, activations, levels, lower_is_better)))
 
 
 # ---- PD across levels ------------------------------------------------------------------------------------------

@@ -159,3 +159,42 @@ def test_pair_effects_and_the_two_plots(tmp_path):
                       (plots.effect_heatmap(levels, ["a1 − a0", "a2 − a0", "a2 − a1"], diff, sig, "model.name",
                                             "loss"), "h.png")):
         assert plots.save(fig, tmp_path / name).stat().st_size > 10_000
+
+
+def _levels(rng, f=3, k=3, n=4, planted=0.0, eval_sets=None):
+    from nanoact.analysis.factorial_report import LevelData
+
+    acts = tuple(f"a{i}" for i in range(k))
+    seeds = tuple(str(40 + j) for j in range(n))
+    y = _loss(rng, 1, k, f, n, act=0.0, fac=0.02)[0]
+    y[0, 0] += planted
+    d = level_tables(rng, 1, f, k, n, loc=0.3)[0]
+    return [LevelData(f"m{g}", acts, seeds, {"final_val_loss": y[:, g, :], "final_val_acc": 1 - y[:, g, :] / 3},
+                      d[g], (eval_sets or ["e"] * f)[g]) for g in range(f)]
+
+
+def test_the_section_claims_an_interaction_only_when_its_test_rejects():
+    from nanoact.analysis import factorial_report as fr
+
+    sec = fr.build_section(_levels(np.random.default_rng(20), planted=0.08), "model.name", fa.CROSSED)
+    ids = {h.id for h in sec.hypotheses}
+    assert {"factorial/final_val_loss/interaction", "factorial/final_val_acc/interaction",
+            "factorial/final_val_loss/simple/m0", "factorial/pd_tv/cross-vs-within/m0-m1"} <= ids
+    assert "depends on model.name" in fr.interaction_sentence(sec)
+    assert "Claim 'architecture dominance'" in fr.verdicts(sec)[0] and "contradicted" in fr.verdicts(sec)[0]
+    quiet = fr.build_section(_levels(np.random.default_rng(21)), "model.name", fa.CROSSED)
+    words = fr.interaction_sentence(quiet)
+    if not next(h for h in quiet.hypotheses if h.id == "factorial/final_val_loss/interaction").significant:
+        assert words.startswith("No dependence") and "Not detected is not absent" in words
+    md = "\n".join(fr.render_md(quiet))
+    assert "## Does the activation effect depend on model.name?" in md and "| activation × model.name |" in md
+
+
+def test_pd_is_not_compared_between_levels_with_different_evaluation_sets():
+    from nanoact.analysis import factorial_report as fr
+
+    sec = fr.build_section(_levels(np.random.default_rng(22), f=2, eval_sets=["e1", "e2"]), "experiment", fa.NESTED)
+    assert "different evaluation sets" in sec.pd_refused and not sec.pd_contrasts
+    assert not any(h.id.startswith("factorial/pd_tv") for h in sec.hypotheses)
+    assert "Not compared: the levels were evaluated on different evaluation sets" in "\n".join(fr.render_md(sec))
+    assert "activation insensitivity persists at both scales" in fr.verdicts(sec)[0]
