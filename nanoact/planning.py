@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from nanoact.config import RunConfig
@@ -142,41 +141,42 @@ class StoreRuns:
     could not be read, if it could not; then no run is found."""
 
     def __init__(self, tracking_uri: str):
+        from nanoact.tracking.store import Store
+
         self.uri = tracking_uri
         self.problem: str | None = None
-        self._client = None
+        self._store: Store | None = Store(tracking_uri)
+        self._checked = False
         self._cache: dict[tuple[str, str], list[Any]] = {}
 
     def _open(self):
-        from mlflow import MlflowClient
-
         from nanoact.errors import NanoactError
-        from nanoact.server import check_tracking_server
 
+        self._checked = True
         try:
-            check_tracking_server(self.uri)
+            self._store.check_reachable()
         except NanoactError as e:
             self.problem = str(e)
-            return None
-        return MlflowClient(self.uri)
+            self._store = None
 
     def __call__(self, cfg: RunConfig) -> list[Any]:
-        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists():
+        from nanoact.tracking import schema as S
+
+        if self._store is not None and not self._store.exists():
             return []
         key = (cfg.model.name, str(cfg.train.batch_size))
         if key not in self._cache:
             self._cache[key] = []
-            if self._client is None and self.problem is None:
-                self._client = self._open()
-            if self._client is not None:
+            if not self._checked:
+                self._open()
+            if self._store is not None:
                 flt = (f"attributes.status = 'FINISHED' and params.`model.name` = '{key[0]}' "
-                       f"and params.`train.batch_size` = '{key[1]}' and tags.`nanoact.device` LIKE 'cpu%'")
+                       f"and params.`train.batch_size` = '{key[1]}' and tags.`{S.DEVICE}` LIKE 'cpu%'")
                 try:
-                    ids = [e.experiment_id for e in self._client.search_experiments()]
-                    self._cache[key] = self._client.search_runs(ids, flt, max_results=5000) if ids else []
+                    self._cache[key] = self._store.search_all(flt)
                 except Exception as e:  # any store failure: say so, estimate the rest
                     self.problem = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-                    self._client = None
+                    self._store = None
         want = {k: str(v) for k, v in cfg.flat().items() if k.startswith("model.")}
         return [r for r in self._cache[key] if all(r.data.params.get(k) == v for k, v in want.items())]
 

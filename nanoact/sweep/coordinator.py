@@ -35,7 +35,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     """The coordinator step (see the module docstring). With ``opts.dry_run`` nothing is created or changed."""
     from nanoact import tracking
     from nanoact.cluster import check_stores
-    from nanoact.server import check_tracking_server
+    from nanoact.tracking import check_tracking_server
     from nanoact.tracking_uri import resolve_tracking_uri
 
     _check_corpora(spec)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from nanoact.analysis.report import run_report
-from nanoact.analysis.runs import ArtifactFetcher, load_experiment, make_client
+from nanoact.analysis.predictions import ArtifactFetcher
+from nanoact.analysis.runs import load_experiment
+from nanoact.tracking import Store
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 from nanoact.errors import NanoactError
 
@@ -82,7 +84,7 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
     assert internal not in md and internal not in res.summary_json.read_text()
     assert "js in nats" in md.lower() or "in nats" in md
     # the outputs were logged to the sweep's parent run
-    client = make_client(uri)
+    client = Store(uri).client
     logged = {Path(f.path).name for f in client.list_artifacts(log.parent_run_id, "report")}
     assert {"report.md", "summary.json", *PNGS} <= logged
 
@@ -199,8 +201,9 @@ def test_unknown_experiment_and_no_finished_runs(uri, artifacts, tmp_path):
 def test_missing_retried_and_duplicated_cells(uri, artifacts, tmp_path):
     spec = SyntheticSpec(experiment="gaps", failed=(("gelu", 44),), retried=(("relu", 42),), **REAL)
     log = log_synthetic_runs(uri, spec, artifact_root=artifacts)
-    client = make_client(uri)
-    er = load_experiment(client, "gaps")
+    reader = Store(uri).reader()
+    client = reader.client
+    er = load_experiment(reader, "gaps")
     assert len(er.runs) == 8 and len(er.superseded) == 1
     assert log.run_ids[("relu", 42)] in {r.run_id for r in er.runs}  # the newest attempt is kept
     assert [(m.activation, m.seed) for m in er.missing] == [("gelu", "44")]
@@ -211,7 +214,7 @@ def test_missing_retried_and_duplicated_cells(uri, artifacts, tmp_path):
     for k, v in src.data.params.items():
         client.log_param(dup.info.run_id, k, v)
     client.set_terminated(dup.info.run_id, "FINISHED")
-    er = load_experiment(client, "gaps")
+    er = load_experiment(reader, "gaps")
     assert len(er.duplicates) == 1
 
     res = _report(uri, tmp_path, ["gaps"], log_to_parent=False)
@@ -277,14 +280,14 @@ def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
 def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
     log = log_synthetic_runs(uri, SyntheticSpec(experiment="cache", activations=("relu",), seeds=(1,)),
                              artifact_root=artifacts)
-    client = make_client(uri)
-    run = load_experiment(client, "cache").runs[0]
-    fetcher = ArtifactFetcher(client, cache_dir=tmp_path / "cache", prefer_local=False)
+    reader = Store(uri).reader()
+    run = load_experiment(reader, "cache").runs[0]
+    fetcher = ArtifactFetcher(reader, cache_dir=tmp_path / "cache", prefer_local=False)
     steps = fetcher.steps(run)
     assert steps == [0, 50, 100]
     first = [fetcher.path(run, s) for s in steps]
     assert fetcher.downloads == 3 and all(tmp_path / "cache" in p.parents for p in first)
-    again = ArtifactFetcher(client, cache_dir=tmp_path / "cache", prefer_local=False)
+    again = ArtifactFetcher(reader, cache_dir=tmp_path / "cache", prefer_local=False)
     again.steps(run)
     assert [again.path(run, s) for s in steps] == first and again.downloads == 0
     assert log.run_ids[("relu", 1)] == run.run_id
