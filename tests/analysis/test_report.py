@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nanoact.analysis.report import run_report
 from nanoact.analysis.predictions import ArtifactFetcher
+from nanoact.analysis.report import run_report
 from nanoact.analysis.runs import load_experiment
-from nanoact.tracking import Store
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 from nanoact.errors import NanoactError
+from nanoact.tracking import Store
 
 PNGS = ("loss_curves.png", "final_metrics.png", "pd_heatmap.png", "within_pd_steps.png", "accuracy_vs_pd.png")
 # relu is clearly worse (less sharp) than gelu and swish; the activation offsets dominate the seed offsets
@@ -277,7 +278,23 @@ def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
     assert pd["seeds_needed"] == 6 and "needs at least 6 seeds" in pd["answer"]
 
 
-def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
+class _WatchedEnviron(dict):
+    """os.environ that records every change (a library must not change a process-wide setting other threads read)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.changed: list[str] = []
+
+    def __setitem__(self, k, v):
+        self.changed.append(k)
+        super().__setitem__(k, v)
+
+    def pop(self, k, *a):
+        self.changed.append(k)
+        return super().pop(k, *a)
+
+
+def test_remote_style_download_is_cached(uri, artifacts, tmp_path, monkeypatch, capfd):
     log = log_synthetic_runs(uri, SyntheticSpec(experiment="cache", activations=("relu",), seeds=(1,)),
                              artifact_root=artifacts)
     reader = Store(uri).reader()
@@ -285,7 +302,12 @@ def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
     fetcher = ArtifactFetcher(reader, cache_dir=tmp_path / "cache", prefer_local=False)
     steps = fetcher.steps(run)
     assert steps == [0, 50, 100]
+    env = _WatchedEnviron(os.environ)
+    monkeypatch.setattr(os, "environ", env)
+    capfd.readouterr()
     first = [fetcher.path(run, s) for s in steps]
+    assert env.changed == [] and capfd.readouterr().err == ""  # no environment change, no progress bar
+    monkeypatch.undo()
     assert fetcher.downloads == 3 and all(tmp_path / "cache" in p.parents for p in first)
     again = ArtifactFetcher(reader, cache_dir=tmp_path / "cache", prefer_local=False)
     again.steps(run)
