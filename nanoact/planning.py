@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from nanoact.config import RunConfig
+from nanoact.tracking import schema as S
 
 GPU_NAME = "A100"
 GPU_PEAK_FLOPS = 312e12  # bf16 dense tensor-core peak, NVIDIA A100 datasheet
@@ -160,8 +161,6 @@ class StoreRuns:
             self._store = None
 
     def __call__(self, cfg: RunConfig) -> list[Any]:
-        from nanoact.tracking import schema as S
-
         if self._store is not None and not self._store.exists():
             return []
         key = (cfg.model.name, str(cfg.train.batch_size))
@@ -192,7 +191,7 @@ def cpu_measure(runs: list[Any]) -> CpuMeasure | None:
                 p["train.eval_interval"])
             cfg_like.train.eval_iters, cfg_like.eval.n_contexts = int(p["train.eval_iters"]), int(p["eval.n_contexts"])
             cfg_like.train.predictions = p.get("train.predictions", "True") == "True"
-            times = m["time/train_s"], m["time/loss_evals_s"], m["time/prediction_evals_s"]
+            times = m[S.TIME_TRAIN_S], m[S.TIME_LOSS_EVALS_S], m[S.TIME_PREDICTION_EVALS_S]
         except (KeyError, ValueError):
             continue  # logged before these metrics existed
         iters, loss_batches, contexts = _counts(cfg_like)

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanoact.errors import NanoactError
+from nanoact.tracking import schema
 from nanoact.tracking_uri import sqlite_path
 
-GRID_TAG = "nanoact.grid"  # parent run tag and study user attr: {axis: [values]} as JSON
-STUDY_TAG = "nanoact.study"
+GRID_TAG = schema.GRID  # parent run tag and study user attr: {axis: [values]} as JSON
+STUDY_TAG = schema.STUDY
 STUDY_PARENT_ATTR = "mlflow_parent_run_id"  # nanoact.sweep.coordinator.U_PARENT
 DESIGN_KEYS = {"model.activation", "train.seed", "train.init_seed", "train.data_seed", "train.dropout_seed"}
 

@@ -231,7 +231,8 @@ def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, d
 
 def _cell_tags(spec: SyntheticSpec, world: _World, a: str, s, src: str, grid_key: str, parent_id: str | None,
                trial: int, seed) -> dict[str, str]:
-    tags = {S.RUN_NAME: f"{spec.model}-{a}-s{s}", S.EVAL_SET_SHA256: spec.eval_sha256.get((a, s), world.eval_sha256)}
+    tags = {S.RUN_NAME: f"{spec.model}-{a}-s{s}",
+            S.EVAL_SET_SHA256: spec.eval_sha256.get((a, s), world.eval_sha256)}
     if parent_id:
         tags[S.PARENT_RUN_ID] = parent_id
     if spec.nanoact_tags:

@@ -7,7 +7,7 @@ Pure data: importing this module imports neither MLflow nor PyTorch.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # -- MLflow's limits ---------------------------------------------------------------------------------------------
@@ -119,3 +119,16 @@ def parent_tags(*, study: str, version: str, grid: Mapping[str, Any], sweep_sour
 def experiment_grid_tags(grid: Mapping[str, Any]) -> dict[str, str]:
     """An experiment's tags ``nanoact.grid.<axis>``: each axis's values as JSON."""
     return {f"{GRID_AXIS_PREFIX}{k}": json.dumps(v) for k, v in grid.items()}
+
+
+def training_tags(*, model: str, activation: str, seed: int, init_seed: int, data_seed: int, dropout_seed: int,
+                  eval_set_sha256: str, data_sha256: str, modules_found: Sequence[str],
+                  modules_expected: Sequence[str], wiring_failure: str | None, n_params: int) -> dict[str, str]:
+    """The tags the trainer sets on its run once the model is built: what was trained, on what, and whether the
+    activation is wired where the config says (``wiring_failure``: None when the check passed)."""
+    return {
+        MODEL: model, ACTIVATION: activation, SEED: str(seed), INIT_SEED: str(init_seed), DATA_SEED: str(data_seed),
+        DROPOUT_SEED: str(dropout_seed), EVAL_SET_SHA256: eval_set_sha256, DATA_SHA256: data_sha256,
+        ACTIVATION_MODULES: ";".join(modules_found), ACTIVATION_MODULES_EXPECTED: ";".join(sorted(modules_expected)),
+        WIRING_CHECK: "passed" if wiring_failure is None else f"failed: {wiring_failure}", N_PARAMS: str(n_params),
+    }
