@@ -100,3 +100,14 @@ def test_tracking_does_not_import_the_server_module():
     """Probing a store is the store's job; nanoact/server.py keeps processes and ports."""
     for p in (REPO / "nanoact" / "tracking").glob("*.py"):
         assert "nanoact.server" not in p.read_text() and "from nanoact import server" not in p.read_text(), p.name
+
+
+def test_docs_tracking_names_every_name_of_the_schema():
+    """docs/TRACKING.md explains the names nanoact/tracking/schema.py defines: none is left unexplained (MLflow's
+    own tags that nanoact merely sets are MLflow's to document)."""
+    from nanoact.tracking import schema
+
+    doc = (REPO / "docs" / "TRACKING.md").read_text()
+    assert "nanoact/tracking/schema.py" in doc
+    names = [v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str) and not v.startswith("mlflow.")]
+    assert [n for n in names if n not in doc] == []

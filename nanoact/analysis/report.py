@@ -179,7 +179,21 @@ def _where_label(where: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(where.items()))
 
 
-def run_report(
+def _default_subfolder(out: Path, analyses: list[ExperimentAnalysis], where: Mapping[str, str] | None) -> Path:
+    """Two studies of one experiment never share the default folder, nor does a slice overwrite the full report."""
+    if len(analyses) == 1 and _n_studies(analyses[0]) > 1 and _study(analyses[0]):
+        out = out / safe_dirname(_study(analyses[0]))
+    return out / safe_dirname(_where_label(where)) if where else out
+
+
+def _artifact_path(experiments: list[str], where: Mapping[str, str] | None) -> str:
+    """Where on the parent run the report goes; a slice has its own folder, which keeps the full report's."""
+    if where:
+        return f"report-slices/{safe_dirname(_where_label(where))}"
+    return "report" if len(experiments) == 1 else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
+
+
+def run_report(  # over 60 lines with the docstring of its ten options; the body is about 40
     experiments: list[str],
     *,
     tracking_uri: str | None = None,
@@ -228,19 +242,15 @@ def run_report(
     analyses = [analyse_experiment(reader, name, fetcher, say, study=study, where=where, storage=storage,
                                    tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
                 for name in experiments]
-    if out_dir is None and not multi and _n_studies(analyses[0]) > 1 and _study(analyses[0]):
-        out = out / safe_dirname(_study(analyses[0]))  # two studies of one experiment never share a folder
-    if out_dir is None and where:
-        out = out / safe_dirname(_where_label(where))  # nor does a slice overwrite the full report
+    if out_dir is None:
+        out = _default_subfolder(out, analyses, where)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")
         rd.make_plots(an, out, f"{safe_dirname(an.er.name)}_" if multi else "")
     anomalies = [(f"{an.er.name}: " if multi else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
-    art_path = "report" if not multi else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
-    if where:  # a slice: its own folder on the parent run, which keeps the full report's
-        art_path = f"report-slices/{safe_dirname(_where_label(where))}"
+    art_path = _artifact_path(experiments, where)
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
     say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
