@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping, NamedTuple
 
 from nanoact.errors import ConfigError
+from nanoact.tracking_uri import sqlite_path
 
 # environment variable -> run tag (docs/TRACKING.md)
 SLURM_TAGS = {
@@ -125,12 +126,10 @@ def check_stores(storage: str | None, tracking_uri: str, *, env: Mapping[str, st
     found: list[tuple[bool, str]] = []  # (refused, line)
     if not is_rdb_url(storage):
         found += _check(journal_path(storage), "the Optuna journal", text, hosts, sqlite=False)
-    elif storage and storage.startswith("sqlite:///"):
-        found += _check(Path(storage[len("sqlite:///"):]).resolve(), "the Optuna SQLite storage", text, hosts,
-                        sqlite=True)
-    if tracking_uri.startswith("sqlite:///"):
-        found += _check(Path(tracking_uri[len("sqlite:///"):]).resolve(), "the MLflow SQLite store", text, hosts,
-                        sqlite=True)
+    elif sqlite_path(storage) is not None:
+        found += _check(sqlite_path(storage).resolve(), "the Optuna SQLite storage", text, hosts, sqlite=True)
+    if sqlite_path(tracking_uri) is not None:
+        found += _check(sqlite_path(tracking_uri).resolve(), "the MLflow SQLite store", text, hosts, sqlite=True)
     refusals = [line for refused, line in found if refused]
     if refusals and env.get(ALLOW_UNSAFE) != "1":
         raise ConfigError(f"{refusals[0]} (all tasks on one node? set {ALLOW_UNSAFE}=1)")

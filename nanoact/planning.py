@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from nanoact.config import RunConfig
+from nanoact.tracking import schema as S
 
 GPU_NAME = "A100"
 GPU_PEAK_FLOPS = 312e12  # bf16 dense tensor-core peak, NVIDIA A100 datasheet
@@ -143,41 +143,40 @@ class StoreRuns:
     could not be read, if it could not; then no run is found."""
 
     def __init__(self, tracking_uri: str):
+        from nanoact.tracking.store import Store
+
         self.uri = tracking_uri
         self.problem: str | None = None
-        self._client = None
+        self._store: Store | None = Store(tracking_uri)
+        self._checked = False
         self._cache: dict[tuple[str, str], list[Any]] = {}
 
     def _open(self):
-        from mlflow import MlflowClient
-
         from nanoact.errors import NanoactError
-        from nanoact.server import check_tracking_server
 
+        self._checked = True
         try:
-            check_tracking_server(self.uri)
+            self._store.check_reachable()
         except NanoactError as e:
             self.problem = str(e)
-            return None
-        return MlflowClient(self.uri)
+            self._store = None
 
     def __call__(self, cfg: RunConfig) -> list[Any]:
-        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists():
+        if self._store is not None and not self._store.exists():
             return []
         key = (cfg.model.name, str(cfg.train.batch_size))
         if key not in self._cache:
             self._cache[key] = []
-            if self._client is None and self.problem is None:
-                self._client = self._open()
-            if self._client is not None:
+            if not self._checked:
+                self._open()
+            if self._store is not None:
                 flt = (f"attributes.status = 'FINISHED' and params.`model.name` = '{key[0]}' "
-                       f"and params.`train.batch_size` = '{key[1]}' and tags.`nanoact.device` LIKE 'cpu%'")
+                       f"and params.`train.batch_size` = '{key[1]}' and tags.`{S.DEVICE}` LIKE 'cpu%'")
                 try:
-                    ids = [e.experiment_id for e in self._client.search_experiments()]
-                    self._cache[key] = self._client.search_runs(ids, flt, max_results=5000) if ids else []
+                    self._cache[key] = self._store.search_all(flt)
                 except Exception as e:  # any store failure: say so, estimate the rest
                     self.problem = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-                    self._client = None
+                    self._store = None
         want = {k: str(v) for k, v in cfg.flat().items() if k.startswith("model.")}
         return [r for r in self._cache[key] if all(r.data.params.get(k) == v for k, v in want.items())]
 
@@ -193,7 +192,7 @@ def cpu_measure(runs: list[Any]) -> CpuMeasure | None:
                 p["train.eval_interval"])
             cfg_like.train.eval_iters, cfg_like.eval.n_contexts = int(p["train.eval_iters"]), int(p["eval.n_contexts"])
             cfg_like.train.predictions = p.get("train.predictions", "True") == "True"
-            times = m["time/train_s"], m["time/loss_evals_s"], m["time/prediction_evals_s"]
+            times = m[S.TIME_TRAIN_S], m[S.TIME_LOSS_EVALS_S], m[S.TIME_PREDICTION_EVALS_S]
         except (KeyError, ValueError):
             continue  # logged before these metrics existed
         iters, loss_batches, contexts = _counts(cfg_like)

@@ -1,10 +1,12 @@
-"""Infrastructure for distributed sweeps: an MLflow tracking server, and credential hygiene.
+"""Processes and ports: an MLflow tracking server (``nanoact server``) and the UI's (``nanoact ui``).
 
 - ``start_server`` runs ``mlflow server`` backed by PostgreSQL (or a local sqlite DB) with a served artifact store,
   bound to 127.0.0.1 unless told otherwise. The backend URL goes to the child through its environment, never its
   command line (``ps`` shows every user a command line), and every line the server prints is redacted.
-- ``check_tracking_server`` turns "the server is not there" into one clear line before a sweep starts.
-- ``redact`` removes the password of any given URL from a text (error messages from drivers and servers).
+- ``check_port_free`` and ``port_holder`` say who holds a port before anything starts.
+
+MLflow runs in a child process (``python -m mlflow server``) and is never imported here; probing a store (is it
+reachable, does its database answer) is ``nanoact.tracking.store``'s job.
 
 Library code: nothing here prints; output goes to the callbacks the caller passes.
 """
@@ -19,16 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
 
 from nanoact.errors import NanoactError
-from nanoact.tracking_uri import display_url, redact, store_dir
+from nanoact.tracking.store import health
+from nanoact.tracking_uri import default_artifact_root, redact, store_dir
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HEALTH_TIMEOUT_S = 120.0
@@ -181,32 +181,6 @@ def server_spec(backend_store_uri: str | None = None, artifacts_destination: str
     return ServerSpec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, workers)
 
 
-def check_database(url: str, timeout: int = 10) -> None:
-    """Connect once to a PostgreSQL backend: a wrong password or an unreachable server is one clear line now,
-    not minutes of ``mlflow server`` retrying at start-up. Other URLs pass."""
-    if not url.startswith("postgresql"):
-        return
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": timeout},
-                                          poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect():
-            pass
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise NanoactError(redact(f"cannot connect to the backend store {display_url(url)}: {type(e).__name__}: "
-                                  f"{first}", url)) from None
-
-
-def health(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
-            return r.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
-
-
 @dataclass
 class ServerProcess:
     """A running ``mlflow server``; its output is redacted, kept (last 200 lines) and passed to ``on_line``."""
@@ -299,29 +273,12 @@ def serve(spec: ServerSpec, on_line: Callable[[str], None] | None = None,
             sp.stop()
 
 
-def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """For an ``http(s)://`` tracking URI: one clear line if nothing answers ``/health`` (instead of MLflow's
-    minutes of retries); for a PostgreSQL one, if the database cannot be reached. Other URIs pass."""
-    if uri.startswith("postgresql"):
-        check_database(uri, timeout=max(1, int(timeout)))
-        return
-    if not uri.startswith(("http://", "https://")):
-        return
-    parts = urlsplit(uri)
-    bare = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
-    if not health(bare, timeout):
-        raise NanoactError(f"cannot reach the MLflow tracking server at {display_url(uri)} (no answer on /health "
-                           f"within {timeout:.0f} s); start it with `nanoact server` or check --tracking-uri")
-
-
 def ui_process(tracking_uri: str, host: str, port: int,
                on_line: Callable[[str], None] | None = None) -> ServerProcess:
     """``mlflow server`` as a UI for one store: one worker process, no job runner (MLflow 3's background jobs
     serve GenAI features nanoact does not use), in its own process group, its output kept for errors and passed
     to ``on_line`` (else not shown). The store URI (maybe with a password) goes through the environment, not a
     command line that ``ps`` shows. Returns at once; ``wait_healthy`` and ``stop`` work as for ``start_server``."""
-    from nanoact.tracking_uri import default_artifact_root
-
     root = default_artifact_root(tracking_uri)
     spec = ServerSpec(tracking_uri, root or "", host, port, workers=1)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]

@@ -1,6 +1,6 @@
 """Where runs and studies are stored by default: everything under ``./mlruns`` of the working directory.
 
-Kept apart from ``tracking.py`` so that resolving a URI never imports MLflow.
+Kept apart from ``nanoact.tracking`` so that resolving a URI never imports MLflow.
 """
 
 from __future__ import annotations
@@ -33,11 +33,19 @@ def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) 
     return uri
 
 
+def sqlite_path(url: str | None) -> Path | None:
+    """The database file of a ``sqlite:///PATH[?query]`` URL (an MLflow store or an Optuna storage), else None
+    (another kind of URL, or an in-memory database). The one place such a URL is taken apart."""
+    if not url or not url.startswith("sqlite:///"):
+        return None
+    db = url[len("sqlite:///"):].split("?", 1)[0]
+    return Path(db) if db and db != ":memory:" else None
+
+
 def default_artifact_root(tracking_uri: str, cwd: str | Path | None = None) -> str | None:
     """For a local sqlite store, artifacts live beside the DB (``mlruns/``); servers choose their own."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent.as_uri()
-    return None
+    db = sqlite_path(tracking_uri)
+    return db.parent.as_uri() if db is not None else None
 
 
 def _mask_urls_in_text(url: str) -> str:

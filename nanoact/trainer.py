@@ -24,6 +24,7 @@ from nanoact.data import CharDataset, EvalSet, corpus_source
 from nanoact.errors import ConfigError, DivergenceError, interrupt_reason
 from nanoact.models import CharLM, build_model
 from nanoact.tracking import NullTracker, Tracker, provenance_tags
+from nanoact.tracking import schema
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -236,32 +237,23 @@ def _train(
         model = build_model(m, data.vocab.size, seed=init_seed).to(device)
         check = wiring.check_model(model, m, data.vocab.size, init_seed)
         n_params = model.num_params()
-        run_tags = {
-            **provenance_tags(device),
-            "nanoact.model": m.name,
-            "nanoact.activation": m.activation,
-            "nanoact.seed": str(t.seed),
-            "nanoact.init_seed": str(init_seed),
-            "nanoact.data_seed": str(data_seed),
-            "nanoact.dropout_seed": str(dropout_seed),
-            "nanoact.eval_set_sha256": eval_set.sha256,
-            "nanoact.data_sha256": data.sha256,
-            "nanoact.activation_modules": ";".join(check.found),
-            "nanoact.activation_modules_expected": ";".join(sorted(check.expected)),
-            "nanoact.wiring_check": "passed" if check.ok else f"failed: {check.reason}",
-            "nanoact.n_params": str(n_params),
-        }
+        run_tags = {**provenance_tags(device), **schema.training_tags(
+            model=m.name, activation=m.activation, seed=t.seed, init_seed=init_seed, data_seed=data_seed,
+            dropout_seed=dropout_seed, eval_set_sha256=eval_set.sha256, data_sha256=data.sha256,
+            modules_found=check.found, modules_expected=check.expected,
+            wiring_failure=None if check.ok else str(check.reason), n_params=n_params)}
         tracker.set_tags(run_tags)
-        tracker.log_params({**cfg.flat(), "train.dtype_resolved": dtype, "activation": m.activation, "seed": t.seed})
-        tracker.log_dict(cfg.to_dict(), "config.json")
+        tracker.log_params({**cfg.flat(), schema.P_DTYPE_RESOLVED: dtype, schema.P_ACTIVATION: m.activation,
+                            schema.P_SEED: t.seed})
+        tracker.log_dict(cfg.to_dict(), schema.CONFIG_FILE)
         corpus_name, corpus_from = corpus_source(cfg.data.corpus)
         tracker.log_dataset(corpus_name, data.sha256, corpus_from)
         if not check.ok:
             raise wiring.WiringError(f"activation wiring check failed for {m.name}/{m.activation}: {check.reason}")
 
         metrics, history = _loop(cfg, model, data, eval_set, device, autocast_for(dtype, device), tracker, progress)
-        metrics["time/wall_s"] = time.perf_counter() - t_start
-        tracker.log_metrics({"time/wall_s": metrics["time/wall_s"]}, step=t.max_iters)
+        metrics[schema.TIME_WALL_S] = time.perf_counter() - t_start
+        tracker.log_metrics({schema.TIME_WALL_S: metrics[schema.TIME_WALL_S]}, step=t.max_iters)
         result = TrainResult(metrics, history, n_params, eval_set.sha256, data.sha256, check.found, str(device),
                              t.max_iters, run_tags, dtype)
         if t.checkpoint:

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from nanoact import server, sweep
+from nanoact import server, sweep, tracking_uri
 from nanoact.cli import cli
 from nanoact.errors import ConfigError, NanoactError
 from nanoact.sweep import state as S
@@ -52,12 +52,12 @@ def test_redact_hides_passwords_in_any_form():
         "http://alice:Tr-pw-123@127.0.0.1:5000": "Tr-pw-123",
     }
     for url, pw in urls.items():
-        shown = server.display_url(url)
+        shown = tracking_uri.display_url(url)
         assert pw not in shown and "***" in shown, shown
-        msg = server.redact(f"FATAL for {url}: password {pw!r} / {pw.replace('@', '%40')}", url)
+        msg = tracking_uri.redact(f"FATAL for {url}: password {pw!r} / {pw.replace('@', '%40')}", url)
         assert pw not in msg and pw.replace("@", "%40") not in msg, msg
-    assert server.display_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
-    assert server.redact("no secrets here", None, "sqlite:///a.db") == "no secrets here"
+    assert tracking_uri.display_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert tracking_uri.redact("no secrets here", None, "sqlite:///a.db") == "no secrets here"
 
 
 def test_server_spec_defaults_to_loopback_and_keeps_the_url_off_the_command_line(tmp_path):

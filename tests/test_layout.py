@@ -62,3 +62,52 @@ def test_listing_experiments_imports_no_pytorch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert {line.split()[0] for line in r.stdout.splitlines()} >= BUILTINS
+
+
+def _mlflow_uses(path: Path) -> list[str]:
+    """Where a module imports MLflow or makes its own MlflowClient (a command line that runs ``mlflow server`` in
+    a child process, as nanoact/server.py does, is neither)."""
+    import ast
+
+    text = path.read_text()
+    found = [f"line {text[:i].count(chr(10)) + 1}: MlflowClient(" for i in range(len(text))
+             if text.startswith("MlflowClient(", i)]
+    for node in ast.walk(ast.parse(text)):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        found += [f"line {node.lineno}: import {n}" for n in names if n == "mlflow" or n.startswith("mlflow.")]
+    return found
+
+
+def test_only_the_tracking_package_talks_to_mlflow():
+    """One door to the store: no module outside nanoact/tracking/ imports MLflow or makes an MlflowClient."""
+    package = REPO / "nanoact"
+    inside = package / "tracking"
+    outside = {str(p.relative_to(REPO)): _mlflow_uses(p) for p in sorted(package.rglob("*.py"))
+               if inside not in p.parents}
+    assert {p: uses for p, uses in outside.items() if uses} == {}
+    assert any(_mlflow_uses(p) for p in inside.glob("*.py"))  # the check sees imports where they are
+    assert "mlflow" in (package / "server.py").read_text()  # server.py runs `python -m mlflow server`, a child
+
+
+def test_the_layout_check_finds_an_import_and_a_client(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f(uri):\n    from mlflow.entities import Metric\n    import mlflow\n    return MlflowClient(uri)\n")
+    assert _mlflow_uses(f) == ["line 4: MlflowClient(", "line 2: import mlflow.entities", "line 3: import mlflow"]
+
+
+def test_tracking_does_not_import_the_server_module():
+    """Probing a store is the store's job; nanoact/server.py keeps processes and ports."""
+    for p in (REPO / "nanoact" / "tracking").glob("*.py"):
+        assert "nanoact.server" not in p.read_text() and "from nanoact import server" not in p.read_text(), p.name
+
+
+def test_docs_tracking_names_every_name_of_the_schema():
+    """docs/TRACKING.md explains the names nanoact/tracking/schema.py defines: none is left unexplained (MLflow's
+    own tags that nanoact merely sets are MLflow's to document)."""
+    from nanoact.tracking import schema
+
+    doc = (REPO / "docs" / "TRACKING.md").read_text()
+    assert "nanoact/tracking/schema.py" in doc
+    names = [v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str) and not v.startswith("mlflow.")]
+    assert [n for n in names if n not in doc] == []

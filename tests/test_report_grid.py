@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from nanoact import sweep
 from nanoact.analysis import guards as gd
-from nanoact.analysis.runs import load_experiment, make_client
+from nanoact.analysis.runs import load_experiment
+from nanoact.tracking import Store
 from nanoact.errors import NanoactError
 from nanoact.sweep.recovery import open_leases
 from nanoact.sweep.storage import pop_trial
@@ -78,7 +79,7 @@ def test_cell_states_of_a_stopped_sweep_and_where_they_come_from(tmp_path, monke
     monkeypatch.setattr(nanoact.trainer, "train", train)
     res = sweep.run(sweep.load_sweep(path=p))
     assert res.interrupted
-    client = make_client(uri(tmp_path))
+    client = Store(uri(tmp_path)).reader()
 
     def missing(**kw) -> dict[str, str]:
         er = load_experiment(client, "tiny", tracking_uri=uri(tmp_path), **kw)

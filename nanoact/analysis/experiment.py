@@ -21,17 +21,18 @@ from nanoact.analysis import guards as gd
 from nanoact.analysis import pdtests as pt
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.hypotheses import Hypothesis, build_hypotheses
-from nanoact.analysis.runs import ArtifactFetcher, ExperimentRuns, RunRecord, load_experiment, load_histories
-from nanoact.analysis.runs import prediction_steps, read_predictions
+from nanoact.analysis.predictions import ArtifactFetcher, prediction_steps, read_predictions
+from nanoact.analysis.runs import ExperimentRuns, RunRecord, load_experiment, load_histories
 from nanoact.analysis.sources import SourcesAnalysis, analyse_sources, is_sources_grid
 from nanoact.analysis.stats import OutcomeStats, analyse_outcome
 from nanoact.errors import NanoactError
+from nanoact.tracking import schema
 
 # (key in summary.json, words, logged metric, lower is better); the first is the primary outcome
 OUTCOMES: tuple[tuple[str, str, str, bool], ...] = (
-    ("final_val_loss", "final val loss", "final/val_loss", True),
-    ("final_val_acc", "final val acc", "final/val_acc", False),
-    ("best_val_loss", "best val loss", "best/val_loss", True),
+    ("final_val_loss", "final val loss", schema.FINAL_VAL_LOSS, True),
+    ("final_val_acc", "final val acc", schema.FINAL_VAL_ACC, False),
+    ("best_val_loss", "best val loss", schema.BEST_VAL_LOSS, True),
 )
 PD_TEST_METRIC = "pd_tv"  # the PD metric the tests are run on (the others are descriptive)
 _SYMMETRY_SAMPLE = 64  # reversed pairs re-computed at the final step for the symmetry self-check
@@ -99,7 +100,7 @@ def _check_eval_hashes(er: ExperimentRuns, notes: list[str]) -> str | None:
     groups: dict[str, list[RunRecord]] = defaultdict(list)
     untagged = []
     for r in er.runs:
-        h = r.tags.get("nanoact.eval_set_sha256")
+        h = r.tags.get(schema.EVAL_SET_SHA256)
         (groups[h] if h else untagged).append(r)
     if len(groups) > 1:
         parts = []
@@ -291,7 +292,7 @@ def _outcomes(er: ExperimentRuns, seed_units) -> tuple[list[OutcomeStats], bool]
     """The per-run outcomes; best val loss is left out when it equals final val loss for every run."""
     seeds = [s for s in er.seeds if any(r.seed == s for r in er.runs)]
     acts = [a for a in er.activations if any(r.activation == a for r in er.runs)]
-    same = all(r.metric("best/val_loss") == r.metric("final/val_loss") for r in er.runs)
+    same = all(r.metric(schema.BEST_VAL_LOSS) == r.metric(schema.FINAL_VAL_LOSS) for r in er.runs)
     res = []
     for key, label, metric, lower in OUTCOMES:
         if key == "best_val_loss" and same:

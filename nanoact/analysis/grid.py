@@ -27,13 +27,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nanoact.errors import NanoactError
+from nanoact.tracking import schema
+from nanoact.tracking_uri import sqlite_path
 
-GRID_TAG = "nanoact.grid"  # parent run tag and study user attr: {axis: [values]} as JSON
-STUDY_TAG = "nanoact.study"
+GRID_TAG = schema.GRID  # parent run tag and study user attr: {axis: [values]} as JSON
+STUDY_TAG = schema.STUDY
 STUDY_PARENT_ATTR = "mlflow_parent_run_id"  # nanoact.sweep.coordinator.U_PARENT
 DESIGN_KEYS = {"model.activation", "train.seed", "train.init_seed", "train.data_seed", "train.dropout_seed"}
 
@@ -68,10 +69,9 @@ def storage_candidates(tracking_uri: str | None, storage: str | None) -> list[st
     from nanoact.sweep.storage import default_storage_path
 
     paths = []
-    if tracking_uri and tracking_uri.startswith("sqlite:///"):
-        db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-        if db and db != ":memory:":
-            paths.append(Path(db).resolve().parent / "optuna-journal.log")
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        paths.append(db.resolve().parent / "optuna-journal.log")
     paths.append(default_storage_path())
     return [str(p) for p in dict.fromkeys(paths) if p.is_file()]
 

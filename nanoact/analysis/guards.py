@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from nanoact.analysis.grid import Grid
 from nanoact.analysis.runs import MissingCell, RunRecord
+from nanoact.tracking import schema
 
-IDENTICAL_OUTCOMES = ("final/val_loss", "best/val_loss", "final/train_loss")  # continuous: ties mean duplication
+IDENTICAL_OUTCOMES = (schema.FINAL_VAL_LOSS, schema.BEST_VAL_LOSS, schema.FINAL_TRAIN_LOSS)  # continuous: ties mean duplication
 
 
 @dataclass
@@ -174,9 +175,9 @@ def check_activation_modules(runs: Sequence[RunRecord]) -> GuardResult:
     details, notes = [], []
     by_act: dict[str, set[frozenset[str]]] = defaultdict(set)
     for r in runs:
-        found = _modules(r.tags.get("nanoact.activation_modules"))
-        expected = _modules(r.tags.get("nanoact.activation_modules_expected"))
-        wiring = r.tags.get("nanoact.wiring_check", "")
+        found = _modules(r.tags.get(schema.ACTIVATION_MODULES))
+        expected = _modules(r.tags.get(schema.ACTIVATION_MODULES_EXPECTED))
+        wiring = r.tags.get(schema.WIRING_CHECK, "")
         if wiring.startswith("failed"):
             details.append(f"{r.label()}: wiring check {wiring}")
         if found is None:

@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from nanoact.tracking import schema
+
 Curve = tuple[Sequence[int], Sequence[float]]  # (steps, values)
 
 
@@ -57,7 +59,7 @@ def loss_curves(curves: Mapping[str, Mapping[str, Mapping[str, Curve]]], title: 
     colors = _colors(acts)
     fig = _figure(11, 4.2)
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, metric in zip(axes, ("train/loss", "val/loss")):
+    for ax, metric in zip(axes, (schema.TRAIN_LOSS, schema.VAL_LOSS)):
         for a in acts:
             per_seed = [c for c in curves[a].get(metric, {}).values() if len(c[0])]
             for s, v in per_seed:

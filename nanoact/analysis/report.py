@@ -22,9 +22,11 @@ from nanoact.analysis import summary as sm
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.experiment import ExperimentAnalysis, analyse_experiment
 from nanoact.analysis.html import write_html
-from nanoact.analysis.runs import ArtifactFetcher, make_client
+from nanoact.analysis.predictions import ArtifactFetcher
 from nanoact.errors import NanoactError
 from nanoact.paths import report_dir, safe_dirname
+from nanoact.tracking import schema as S
+from nanoact.tracking.store import Store
 from nanoact.tracking_uri import display_url, resolve_tracking_uri
 
 SCHEMA_VERSION = sm.SCHEMA_VERSION
@@ -102,7 +104,7 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
     return report_md, summary_json
 
 
-def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: str, say,
+def _log_outputs(store: Store, analyses, files: list[Path], art_path: str, headline: str, say,
                  describe: bool = True) -> dict[str, str]:
     """Log the outputs to each experiment's parent run, with a description and headline metrics unless
     ``describe`` is False (a slice report: the full report's description and metrics stay); returns a note per
@@ -113,61 +115,56 @@ def _log_outputs(client, analyses, files: list[Path], art_path: str, headline: s
             continue
         say(f"{an.er.name}: logging the report to parent run {an.parent_run_id}")
         try:
-            for f in files:
-                client.log_artifact(an.parent_run_id, str(f), art_path)
             if describe:
-                _describe_parent(client, an, art_path, headline)
+                store.log_report(an.parent_run_id, files, art_path, metrics=_parent_metrics(an), step=an.final_step,
+                                 replace_prefix=S.REPORT_PREFIX, note=_parent_note(an, art_path, headline))
+            else:
+                store.log_report(an.parent_run_id, files, art_path)
         except Exception as e:  # the report on disk is still valid; say so in it instead of failing
             failed[an.er.name] = (f"Logging this report to parent run `{an.parent_run_id}` FAILED "
                                   f"({type(e).__name__}: {e}); it exists only in this folder.")
     return failed
 
 
-def _describe_parent(client, an: ExperimentAnalysis, art_path: str, headline: str) -> None:
-    """The parent run says what the report found: a description, and per activation the mean and sample
-    standard deviation over seeds of the final val loss and val accuracy and the within-activation pd_tv at the
-    final step, as metrics ``report/<activation>/...`` (the MLflow UI's group rows show means only).
+def _parent_metrics(an: ExperimentAnalysis) -> dict[str, float]:
+    """What the parent run's metrics say the report found: per activation the mean and sample standard deviation
+    over seeds of the final val loss and val accuracy and the within-activation pd_tv at the final step, as
+    ``report/<activation>/...`` (the MLflow UI's group rows show means only).
 
-    MLflow cannot delete a metric. A ``report/*`` metric of an earlier report that this one does not write (an
-    activation no longer in the analysis) gets NaN as its newest value, so the run never shows a stale number as
-    current; its history keeps the earlier values."""
-    import time
-
-    from mlflow.entities import Metric
-
-    ts, step = int(time.time() * 1000), an.final_step
+    MLflow cannot delete a metric: ``Store.log_report`` gives a ``report/*`` metric of an earlier report that this
+    one does not write (an activation no longer in the analysis) NaN as its newest value, so the run never shows a
+    stale number as current; its history keeps the earlier values."""
     values: dict[str, float] = {}
     for row in sm.comparison([an]):
         a = row["activation"]
-        values[f"report/{a}/within_pd_tv"] = row["mean_within_pd_tv"]
-        for metric, name in (("final/val_loss", "final_val_loss"), ("final/val_acc", "final_val_acc")):
+        values[f"{S.REPORT_PREFIX}{a}/within_pd_tv"] = row["mean_within_pd_tv"]
+        for metric, name in ((S.FINAL_VAL_LOSS, "final_val_loss"), (S.FINAL_VAL_ACC, "final_val_acc")):
             xs = np.array([r.metric(metric) for r in an.runs if r.activation == a], dtype=float)
             xs = xs[np.isfinite(xs)]
             if len(xs):
-                values[f"report/{a}/{name}_mean"] = float(xs.mean())
+                values[f"{S.REPORT_PREFIX}{a}/{name}_mean"] = float(xs.mean())
             if len(xs) > 1:
-                values[f"report/{a}/{name}_sd"] = float(xs.std(ddof=1))
-    metrics = [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and np.isfinite(v)]
-    written = {m.key for m in metrics}
-    stale = [k for k in client.get_run(an.parent_run_id).data.metrics if k.startswith("report/") and k not in written]
-    metrics += [Metric(k, float("nan"), ts, step) for k in sorted(stale)]
-    client.log_batch(an.parent_run_id, metrics=metrics)
-    client.set_tag(an.parent_run_id, "mlflow.note.content",
-                   f"{headline}\n\nThe whole report: `{art_path}/report.html` (or report.md, summary.json) in this "
-                   f"run's artifacts; made by `nanoact report {_report_args(an)}`. Per activation, "
-                   "`report/<activation>/final_val_loss_mean` and `_sd` (mean and sd over seeds) are among this "
-                   "run's metrics.")
+                values[f"{S.REPORT_PREFIX}{a}/{name}_sd"] = float(xs.std(ddof=1))
+    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+
+def _parent_note(an: ExperimentAnalysis, art_path: str, headline: str) -> str:
+    """The parent run's description: the headline and where the whole report is."""
+    return (f"{headline}\n\nThe whole report: `{art_path}/report.html` (or report.md, summary.json) in this "
+            f"run's artifacts; made by `nanoact report {_report_args(an)}`. Per activation, "
+            f"`{S.REPORT_PREFIX}<activation>/final_val_loss_mean` and `_sd` (mean and sd over seeds) are among this "
+            "run's metrics.")
 
 
 def _study(an: ExperimentAnalysis) -> str | None:
     """The study whose runs ``an`` analysed (one: the report refuses a mix)."""
-    return next((r.tags["nanoact.study"] for r in an.runs if r.tags.get("nanoact.study")), None)
+    return next((r.tags[S.STUDY] for r in an.runs if r.tags.get(S.STUDY)), None)
 
 
 def _n_studies(an: ExperimentAnalysis) -> int:
     """How many studies the experiment holds (its parent runs and cells of every status)."""
     runs = [*an.er.parents, *an.er.runs, *an.er.not_finished]
-    return len({r.tags["nanoact.study"] for r in runs if r.tags.get("nanoact.study")})
+    return len({r.tags[S.STUDY] for r in runs if r.tags.get(S.STUDY)})
 
 
 def _report_args(an: ExperimentAnalysis) -> str:
@@ -182,7 +179,21 @@ def _where_label(where: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(where.items()))
 
 
-def run_report(
+def _default_subfolder(out: Path, analyses: list[ExperimentAnalysis], where: Mapping[str, str] | None) -> Path:
+    """Two studies of one experiment never share the default folder, nor does a slice overwrite the full report."""
+    if len(analyses) == 1 and _n_studies(analyses[0]) > 1 and _study(analyses[0]):
+        out = out / safe_dirname(_study(analyses[0]))
+    return out / safe_dirname(_where_label(where)) if where else out
+
+
+def _artifact_path(experiments: list[str], where: Mapping[str, str] | None) -> str:
+    """Where on the parent run the report goes; a slice has its own folder, which keeps the full report's."""
+    if where:
+        return f"report-slices/{safe_dirname(_where_label(where))}"
+    return "report" if len(experiments) == 1 else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
+
+
+def run_report(  # over 60 lines with the docstring of its ten options; the body is about 40
     experiments: list[str],
     *,
     tracking_uri: str | None = None,
@@ -223,33 +234,30 @@ def run_report(
         raise NanoactError(f"experiment listed twice: {experiments}")
     say = progress or (lambda _msg: None)
     uri = resolve_tracking_uri(tracking_uri)
-    client = make_client(uri)
-    fetcher = ArtifactFetcher(client)
+    store = Store(uri)
+    reader = store.reader()
+    fetcher = ArtifactFetcher(reader)
     out = report_dir(experiments, out_dir)
     multi = len(experiments) > 1
-    analyses = [analyse_experiment(client, name, fetcher, say, study=study, where=where, storage=storage,
+    analyses = [analyse_experiment(reader, name, fetcher, say, study=study, where=where, storage=storage,
                                    tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
                 for name in experiments]
-    if out_dir is None and not multi and _n_studies(analyses[0]) > 1 and _study(analyses[0]):
-        out = out / safe_dirname(_study(analyses[0]))  # two studies of one experiment never share a folder
-    if out_dir is None and where:
-        out = out / safe_dirname(_where_label(where))  # nor does a slice overwrite the full report
+    if out_dir is None:
+        out = _default_subfolder(out, analyses, where)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
     for an in analyses:
         say(f"{an.er.name}: plotting")
         rd.make_plots(an, out, f"{safe_dirname(an.er.name)}_" if multi else "")
     anomalies = [(f"{an.er.name}: " if multi else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
-    art_path = "report" if not multi else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
-    if where:  # a slice: its own folder on the parent run, which keeps the full report's
-        art_path = f"report-slices/{safe_dirname(_where_label(where))}"
+    art_path = _artifact_path(experiments, where)
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
     say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
     report_md, summary_json = _write(*args, notes)
     if log_to_parent:
         files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
-        failed = _log_outputs(client, analyses, files, art_path, headline, say, describe=not where)
+        failed = _log_outputs(store, analyses, files, art_path, headline, say, describe=not where)
         if failed:
             notes.update(failed)
             report_md, summary_json = _write(*args, notes)

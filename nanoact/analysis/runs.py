@@ -1,4 +1,6 @@
-"""Read the cells of an experiment from MLflow (docs/TRACKING.md schema) and fetch their prediction artifacts.
+"""Read the cells of an experiment from MLflow (docs/TRACKING.md schema), through
+``nanoact.tracking.store.RunReader`` (``Store(uri).reader()``); their prediction artifacts are
+``nanoact.analysis.predictions``'.
 
 Works on any runs logged in that schema, not only nanoact's: a run counts as a grid cell when it has the tag
 ``nanoact.role = cell``, or has the params ``activation`` and ``seed`` (and is not a parent run).
@@ -7,29 +9,23 @@ Works on any runs logged in that schema, not only nanoact's: a run counts as a g
 from __future__ import annotations
 
 import math
-import os
-import re
-import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
-
-import numpy as np
 
 from nanoact.errors import NanoactError
-from nanoact.paths import safe_dirname
+from nanoact.tracking import schema as S
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
     from nanoact.analysis.grid import Grid
+    from nanoact.tracking.store import RunReader
 
-PRED_DIR = "predictions"
-_STEP_RE = re.compile(r"^step_(\d+)\.npz$")
-HISTORY_KEYS = ("train/loss", "val/loss")  # curves for the plots; everything else comes from final metrics
+HISTORY_KEYS = (S.TRAIN_LOSS, S.VAL_LOSS)  # curves for the plots; everything else comes from final metrics
+# a final metric a run lacks, from its step curve: (curve, which value)
+CURVE_OF = {S.FINAL_VAL_LOSS: (S.VAL_LOSS, "last"), S.FINAL_TRAIN_LOSS: (S.TRAIN_LOSS, "last"),
+            S.BEST_VAL_LOSS: (S.VAL_LOSS, "min"), S.FINAL_VAL_ACC: (S.VAL_ACC, "last"),
+            S.FINAL_TRAIN_ACC: (S.TRAIN_ACC, "last"), S.BEST_VAL_ACC: (S.VAL_ACC, "max")}
 
 
 @dataclass
@@ -65,9 +61,7 @@ class RunRecord:
         """A logged final metric, falling back to the step curves for runs that log only those."""
         if key in self.metrics:
             return float(self.metrics[key])
-        curve = {"final/val_loss": ("val/loss", "last"), "final/train_loss": ("train/loss", "last"),
-                 "best/val_loss": ("val/loss", "min"), "final/val_acc": ("val/acc", "last"),
-                 "final/train_acc": ("train/acc", "last"), "best/val_acc": ("val/acc", "max")}.get(key)
+        curve = CURVE_OF.get(key)
         if curve and self.history.get(curve[0]):
             vals = [v for _, v in sorted(self.history[curve[0]])]
             return float({"last": vals[-1], "min": min(vals), "max": max(vals)}[curve[1]])
@@ -86,7 +80,7 @@ class MissingCell:
 
     def describe(self) -> str:
         head = f"{self.activation} s{self.seed}" + "".join(f" {k}={v}" for k, v in self.axes)
-        runs = [f"{r.run_id} {r.status}" + (f" ({r.tags['nanoact.error']})" if r.tags.get("nanoact.error") else "")
+        runs = [f"{r.run_id} {r.status}" + (f" ({r.tags[S.ERROR]})" if r.tags.get(S.ERROR) else "")
                 for r in self.attempts]
         state = self.state_text or ("" if runs else "no run at all")
         return f"{head}: " + "; ".join(([state] if state else []) + (["runs " + ", ".join(runs)] if state and runs
@@ -136,33 +130,12 @@ def sort_seeds(seeds: set[str] | list[str]) -> list[str]:
     return sorted(set(seeds), key=_seed_key)
 
 
-def make_client(tracking_uri: str) -> MlflowClient:
-    """An MlflowClient on an explicit URI (never the global ``mlflow.set_tracking_uri``), for reading.
-
-    Reading never creates a store: a sqlite file that does not exist is an error (MLflow would create an empty
-    database there), and an ``http(s)`` server that does not answer is one within seconds (MLflow would retry
-    for minutes).
-    """
-    from mlflow import MlflowClient
-
-    from nanoact.server import check_tracking_server
-    from nanoact.tracking_uri import display_url
-
-    if tracking_uri.startswith("sqlite:///"):
-        db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-        if db and db != ":memory:" and not Path(db).is_file():
-            raise NanoactError(f"no tracking store at {display_url(tracking_uri)} (the file does not exist); run a "
-                               "sweep first, or point --tracking-uri at the store that holds the runs")
-    check_tracking_server(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 SOURCE_SEEDS = ("train.init_seed", "train.data_seed", "train.dropout_seed")  # -1 (or absent): train.seed
 
 
 def _seed_label(params: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, str, str]:
     """(block label, init seed, data seed). The block is the run's seed, or every explicit source seed."""
-    seed = params.get("seed") or tags.get("nanoact.seed") or params.get("train.seed", "")
+    seed = params.get(S.P_SEED) or tags.get(S.SEED) or params.get(S.P_TRAIN_SEED, "")
     explicit = {k: params[k] for k in SOURCE_SEEDS if params.get(k, "-1") != "-1"}
     init = explicit.get("train.init_seed", seed)
     data = explicit.get("train.data_seed", seed)
@@ -174,26 +147,26 @@ def _seed_label(params: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str
 
 def _record(run, experiment: str) -> RunRecord:
     params, tags = dict(run.data.params), dict(run.data.tags)
-    activation = params.get("activation") or tags.get("nanoact.activation") or params.get("model.activation", "")
+    activation = params.get(S.P_ACTIVATION) or tags.get(S.ACTIVATION) or params.get(S.P_MODEL_ACTIVATION, "")
     seed, init, data = _seed_label(params, tags)
-    grid_key = tags.get("nanoact.grid_key") or f"activation={activation}|seed={seed}"
+    grid_key = tags.get(S.GRID_KEY) or f"activation={activation}|seed={seed}"
     return RunRecord(
         run_id=run.info.run_id, run_name=run.info.run_name or "", experiment=experiment,
         activation=str(activation), seed=str(seed), grid_key=grid_key, status=run.info.status,
-        start_time=int(run.info.start_time or 0), end_time=run.info.end_time, parent_id=tags.get("mlflow.parentRunId"),
+        start_time=int(run.info.start_time or 0), end_time=run.info.end_time, parent_id=tags.get(S.PARENT_RUN_ID),
         artifact_uri=run.info.artifact_uri, params=params, tags=tags, metrics=dict(run.data.metrics),
         init_seed=init, data_seed=data,
     )
 
 
 def _is_cell(rec: RunRecord) -> bool:
-    role = rec.tags.get("nanoact.role")
-    if role == "parent":
+    role = rec.tags.get(S.ROLE)
+    if role == S.ROLE_PARENT:
         return False
-    return role == "cell" or ("activation" in rec.params and "seed" in rec.params)
+    return role == S.ROLE_CELL or (S.P_ACTIVATION in rec.params and S.P_SEED in rec.params)
 
 
-DESIGN_AXES = {"model.activation", "train.seed", "activation", "seed", *SOURCE_SEEDS}
+DESIGN_AXES = {S.P_MODEL_ACTIVATION, S.P_TRAIN_SEED, S.P_ACTIVATION, S.P_SEED, *SOURCE_SEEDS}
 
 
 def _other_axes(rec: RunRecord) -> tuple[tuple[str, str], ...]:
@@ -215,9 +188,9 @@ def _slice(name: str, children: list[RunRecord], study: str | None,
         children = [r for r in children if r.params.get(key) == str(value)]
         if not children:
             raise NanoactError(f"--where {key}={value}: no run of experiment {name!r} matches")
-    studies = sorted({r.tags["nanoact.study"] for r in children if r.tags.get("nanoact.study")})
+    studies = sorted({r.tags[S.STUDY] for r in children if r.tags.get(S.STUDY)})
     if study is not None:
-        children = [r for r in children if r.tags.get("nanoact.study") == study]
+        children = [r for r in children if r.tags.get(S.STUDY) == study]
         if not children:
             raise NanoactError(f"experiment {name!r} has no runs of study {study!r}; studies: {', '.join(studies)}")
     elif len(studies) > 1:
@@ -231,16 +204,6 @@ def _slice(name: str, children: list[RunRecord], study: str | None,
         raise NanoactError(f"experiment {name!r} varies {', '.join(axes)} besides activation and seed ({hint}); "
                            f"report one slice at a time, e.g. --where {axes[0]}={values[axes[0]][0]}")
     return children
-
-
-def _all_runs(client: MlflowClient, experiment_id: str) -> list:
-    raw, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], "", max_results=1000, page_token=token)
-        raw.extend(page)
-        token = page.token
-        if not token:
-            return raw
 
 
 def _newest_per(runs: list[RunRecord], key) -> tuple[list[RunRecord], list[tuple[RunRecord, RunRecord]]]:
@@ -257,7 +220,7 @@ def _newest_per(runs: list[RunRecord], key) -> tuple[list[RunRecord], list[tuple
 
 
 def load_experiment(
-    client: MlflowClient, name: str, progress: Callable[[str], None] | None = None,
+    reader: RunReader, name: str, progress: Callable[[str], None] | None = None,
     study: str | None = None, where: Mapping[str, str] | None = None, *,
     storage: str | None = None, tracking_uri: str | None = None,
 ) -> ExperimentRuns:
@@ -270,12 +233,12 @@ def load_experiment(
     """
     from nanoact.analysis.grid import find_grid
 
-    exp = client.get_experiment_by_name(name)
+    exp = reader.experiment(name)
     if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
+        names = reader.experiment_names()
         raise NanoactError(f"no experiment named {name!r} in the tracking store; it has: {', '.join(names) or 'none'}")
-    records = [_record(r, name) for r in _all_runs(client, exp.experiment_id)]
-    parents = [r for r in records if r.tags.get("nanoact.role") == "parent"]
+    records = [_record(r, name) for r in reader.all_runs(exp.experiment_id)]
+    parents = [r for r in records if r.tags.get(S.ROLE) == S.ROLE_PARENT]
     children = _slice(name, [r for r in records if _is_cell(r)], study, where)
     if progress:
         progress(f"{name}: {len(children)} cell runs, {len(parents)} parent runs")
@@ -324,7 +287,7 @@ def _against_declared(grid, kept, not_finished):
     from nanoact.analysis.grid import state_of
 
     def matches(r: RunRecord, c) -> bool:  # runs without nanoact's grid key tag match by their cell
-        return r.grid_key == c.key if "nanoact.grid_key" in r.tags else r.cell == (c.activation, c.seed)
+        return r.grid_key == c.key if S.GRID_KEY in r.tags else r.cell == (c.activation, c.seed)
 
     missing, matched = [], set()
     for c in grid.cells:
@@ -340,184 +303,18 @@ def _against_declared(grid, kept, not_finished):
     return activations, seeds, missing, [r for r in kept if r.run_id not in matched]
 
 
-def load_histories(client: MlflowClient, runs: list[RunRecord], keys: tuple[str, ...] = HISTORY_KEYS) -> None:
+def load_histories(reader: RunReader, runs: list[RunRecord], keys: tuple[str, ...] = HISTORY_KEYS) -> None:
     """Fill ``run.history`` with (step, value) curves; ``val/acc`` too when a run lacks final metrics."""
     for r in runs:
         wanted = list(keys)
-        if "final/val_acc" not in r.metrics:
-            wanted.append("val/acc")
-        if "final/train_acc" not in r.metrics:
-            wanted.append("train/acc")
+        if S.FINAL_VAL_ACC not in r.metrics:
+            wanted.append(S.VAL_ACC)
+        if S.FINAL_TRAIN_ACC not in r.metrics:
+            wanted.append(S.TRAIN_ACC)
         for key in wanted:
-            hist = client.get_metric_history(r.run_id, key)
+            hist = reader.metric_history(r.run_id, key)
             if hist:
                 by_step = {}
                 for m in sorted(hist, key=lambda m: (m.step, m.timestamp)):
                     by_step[int(m.step)] = float(m.value)  # a re-logged step keeps its latest value
                 r.history[key] = sorted(by_step.items())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# prediction artifacts
-
-
-def prediction_steps(name: str, runs: list[RunRecord], step_sets: Mapping[str, list[int]]
-                     ) -> tuple[list[int], list[str]]:
-    """The steps PD is computed at, and notes on steps left out.
-
-    Every run must have its final step (its ``train.max_iters`` param, else the newest step any run has): a
-    missing final file is an error naming the run and the step, never a quiet fall-back to an earlier step,
-    which would change every PD number. An intermediate step some runs lack is left out, and the note names
-    the runs lacking it.
-    """
-    empty = [r.run_id for r in runs if not step_sets[r.run_id]]
-    if empty:
-        raise NanoactError(f"experiment {name!r}: run(s) {', '.join(empty)} have no predictions/step_<N>.npz "
-                           "artifacts; PD needs them (rerun or delete those runs)")
-    newest = max(max(step_sets[r.run_id]) for r in runs)
-    lacking = []
-    for r in runs:
-        try:
-            final = int(r.params.get("train.max_iters", newest))
-        except ValueError:
-            final = newest
-        if final not in step_sets[r.run_id]:
-            lacking.append(f"run {r.run_id} ({r.activation} s{r.seed}) lacks predictions/step_{final}.npz, its "
-                           f"final step (it has steps {', '.join(map(str, step_sets[r.run_id]))})")
-    finals = {int(r.params["train.max_iters"]) for r in runs if str(r.params.get("train.max_iters", "")).isdigit()}
-    if lacking or len(finals) > 1:
-        detail = "; ".join(lacking) if lacking else f"runs end at different steps {sorted(finals)}"
-        raise NanoactError(f"experiment {name!r}: {detail}; PD at an earlier step would silently change the "
-                           "numbers: restore the file, or rerun or delete the run")
-    steps = sorted(set.intersection(*(set(step_sets[r.run_id]) for r in runs)))
-    notes = []
-    partial = sorted(set.union(*(set(step_sets[r.run_id]) for r in runs)) - set(steps))
-    if partial:
-        who = [f"{r.run_id} lacks {[s for s in partial if s not in step_sets[r.run_id]]}"
-               for r in runs if not set(partial) <= set(step_sets[r.run_id])]
-        notes.append(f"steps {partial} have predictions for only some runs and are left out of PD "
-                     f"({'; '.join(who[:10])}{'; ...' if len(who) > 10 else ''})")
-    return steps, notes
-
-
-def default_cache_dir() -> Path:
-    """Where downloaded artifacts are kept: ``$NANOACT_CACHE_DIR``, else ``$XDG_CACHE_HOME/nanoact/artifacts``."""
-    if os.environ.get("NANOACT_CACHE_DIR"):
-        return Path(os.environ["NANOACT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nanoact" / "artifacts"
-
-
-def local_artifact_dir(artifact_uri: str) -> Path | None:
-    """The local folder of a ``file:`` or plain-path artifact URI; None for remote stores."""
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" and artifact_uri.startswith("/"):
-        return Path(artifact_uri)
-    return None
-
-
-class ArtifactFetcher:
-    """Finds ``predictions/step_<N>.npz`` of runs; reads local stores in place, caches remote downloads.
-
-    The cache is keyed by run id: artifacts of a FINISHED run do not change, and a file whose size differs from
-    the store's listing is fetched again.
-    """
-
-    def __init__(self, client: MlflowClient, cache_dir: str | Path | None = None, prefer_local: bool = True):
-        self.client = client
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.prefer_local = prefer_local
-        self.downloads = 0  # number of files actually downloaded (the rest came from the cache or in place)
-        self._sizes: dict[tuple[str, int], int | None] = {}
-
-    def steps(self, run: RunRecord) -> list[int]:
-        """Checkpoint steps with a prediction file, ascending."""
-        local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
-        steps = []
-        if local is not None:
-            d = local / PRED_DIR
-            names = [(p.name, None) for p in d.iterdir()] if d.is_dir() else []
-        else:
-            names = [(Path(f.path).name, f.file_size) for f in self.client.list_artifacts(run.run_id, PRED_DIR)]
-        for name, size in names:
-            m = _STEP_RE.match(name)
-            if m:
-                steps.append(int(m.group(1)))
-                self._sizes[(run.run_id, int(m.group(1)))] = size
-        return sorted(steps)
-
-    def path(self, run: RunRecord, step: int) -> Path:
-        """Local path of one prediction file, downloading it into the cache when needed."""
-        rel = f"{PRED_DIR}/step_{step}.npz"
-        local = local_artifact_dir(run.artifact_uri) if self.prefer_local else None
-        if local is not None:
-            return local / rel
-        dst = self.cache_dir / safe_dirname(run.run_id) / PRED_DIR  # a store's run id is not a trusted path
-        target = dst / f"step_{step}.npz"
-        size = self._sizes.get((run.run_id, step))
-        if target.is_file() and (size is None or target.stat().st_size == size):
-            return target
-        dst.mkdir(parents=True, exist_ok=True)
-        # MLflow draws a tqdm bar per download unless told not to; the library must not write to the terminal
-        quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
-        if quiet:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        try:
-            got = Path(self.client.download_artifacts(run.run_id, rel, str(dst)))
-        except Exception as e:  # any store error is a missing artifact from the user's point of view
-            raise NanoactError(f"run {run.run_id}: cannot download {rel} ({type(e).__name__}: {e})") from e
-        finally:
-            if quiet:
-                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        self.downloads += 1
-        return got
-
-
-@dataclass
-class Predictions:
-    """One ``predictions/step_<N>.npz`` (docs/TRACKING.md)."""
-
-    probs: np.ndarray  # (N, V) float16 as stored
-    targets: np.ndarray  # (N,) int64
-    top1: np.ndarray  # (N,) int64
-    label_prob: np.ndarray  # (N,) float32
-    step: int
-
-
-def read_predictions(path: Path, run_id: str, step: int) -> Predictions:
-    """Load and validate one prediction file; a broken file is a NanoactError naming the run and the file."""
-    where = f"run {run_id}: predictions/step_{step}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names = set(z.files)
-            if "probs" not in names or "targets" not in names:
-                raise NanoactError(f"{where} lacks 'probs' or 'targets' (has {sorted(names)}); it is not in the schema")
-            probs = z["probs"]
-            targets = z["targets"].astype(np.int64, copy=False)
-            top1 = z["top1"].astype(np.int64, copy=False) if "top1" in names else None
-            label_prob = z["label_prob"].astype(np.float32, copy=False) if "label_prob" in names else None
-            got_step = int(z["step"]) if "step" in names else step
-    except NanoactError:
-        raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise NanoactError(f"{where} is unreadable or corrupted ({type(e).__name__}: {e}); re-log or delete it") from e
-    if probs.ndim != 2 or targets.shape != (probs.shape[0],):
-        raise NanoactError(f"{where} has probs {probs.shape} and targets {targets.shape}; expected (N, V) and (N,)")
-    n, v = probs.shape
-    if targets.size and (targets.min() < 0 or targets.max() >= v):
-        raise NanoactError(f"{where} has targets outside [0, {v}); the file is corrupted")
-    sums = probs.sum(axis=1, dtype=np.float32)
-    if not np.all(np.isfinite(sums)) or np.abs(sums - 1).max(initial=0) > 1e-2:
-        raise NanoactError(f"{where}: probability rows do not sum to 1 (worst {sums.min():.4g}..{sums.max():.4g}); "
-                           "the file is corrupted or not softmax output")
-    if got_step != step:
-        raise NanoactError(f"{where} says it is step {got_step}; the file is misnamed or corrupted")
-    if top1 is None:
-        top1 = probs.astype(np.float32).argmax(axis=1)
-    if label_prob is None:
-        label_prob = probs[np.arange(n), targets].astype(np.float32)
-    if top1.shape != (n,) or label_prob.shape != (n,):
-        raise NanoactError(f"{where} has top1/label_prob of the wrong shape; the file is corrupted")
-    return Predictions(probs=probs, targets=targets, top1=top1, label_prob=label_prob, step=step)

@@ -12,10 +12,11 @@ from nanoact.analysis import divergence as dv
 from nanoact.analysis.experiment import ExperimentAnalysis
 from nanoact.analysis.hypotheses import PRIMARY_OUTCOME
 from nanoact.analysis.render import executive_summary, fill_text, shares_of
+from nanoact.tracking import schema as S
 
 SCHEMA_VERSION = 3
-RUN_METRICS = ("final/train_loss", "final/val_loss", "best/val_loss", "final/train_acc", "final/val_acc",
-               "best/val_acc", "time/train_s", "time/wall_s", "tokens_per_s_mean")
+RUN_METRICS = (S.FINAL_TRAIN_LOSS, S.FINAL_VAL_LOSS, S.BEST_VAL_LOSS, S.FINAL_TRAIN_ACC, S.FINAL_VAL_ACC,
+               S.BEST_VAL_ACC, S.TIME_TRAIN_S, S.TIME_WALL_S, S.TOKENS_PER_S_MEAN)
 
 
 def jsonable(x: Any) -> Any:
@@ -40,9 +41,9 @@ def _runs(an: ExperimentAnalysis) -> list[dict[str, Any]]:
         "init_seed": r.init_seed, "data_seed": r.data_seed, "grid_key": r.grid_key, "parent_run_id": r.parent_id,
         "final": {k.split("/", 1)[1]: r.metric(k) for k in RUN_METRICS if k.startswith("final/")},
         "best": {k.split("/", 1)[1]: r.metric(k) for k in RUN_METRICS if k.startswith("best/")},
-        "time": {"train_s": r.metric("time/train_s"), "wall_s": r.metric("time/wall_s")},
-        "tokens_per_s_mean": r.metric("tokens_per_s_mean"), "n_params": r.tags.get("nanoact.n_params"),
-        "device": r.tags.get("nanoact.device"), "eval_acc": an.eval_acc.get(r.run_id),
+        "time": {"train_s": r.metric(S.TIME_TRAIN_S), "wall_s": r.metric(S.TIME_WALL_S)},
+        "tokens_per_s_mean": r.metric(S.TOKENS_PER_S_MEAN), "n_params": r.tags.get(S.N_PARAMS),
+        "device": r.tags.get(S.DEVICE), "eval_acc": an.eval_acc.get(r.run_id),
         "loo_pd_tv": float(an.pd_score[i]), "prediction_sha256": an.fingerprints.get(r.run_id),
     } for i, r in enumerate(an.runs)]
 
@@ -115,7 +116,7 @@ def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
         "missing_cells": [{"activation": m.activation, "seed": m.seed, "axes": dict(m.axes),
                            "grid_key": m.grid_key or None, "state": m.state or None, "state_text": m.state_text or None,
                            "text": m.describe(),
-                           "attempts": [{"run_id": r.run_id, "status": r.status, "error": r.tags.get("nanoact.error")}
+                           "attempts": [{"run_id": r.run_id, "status": r.status, "error": r.tags.get(S.ERROR)}
                                         for r in m.attempts]} for m in an.er.missing],
         "outside_grid_run_ids": [r.run_id for r in an.er.outside_grid],
         "duplicates": [{"older": o.run_id, "newer": n.run_id, "activation": n.activation, "seed": n.seed}
@@ -133,9 +134,9 @@ def comparison(analyses: list[ExperimentAnalysis]) -> list[dict[str, Any]]:
         for a in sorted({r.activation for r in an.runs}):
             rs = [r for r in an.runs if r.activation == a]
             rows.append({"experiment": an.er.name, "activation": a, "n_runs": len(rs),
-                         "mean_final_val_loss": float(np.nanmean([r.metric("final/val_loss") for r in rs])),
+                         "mean_final_val_loss": float(np.nanmean([r.metric(S.FINAL_VAL_LOSS) for r in rs])),
                          "mean_within_pd_tv": an.within[a]["pd_tv"]["mean"][-1],
                          "mean_within_pd_top1": an.within[a]["pd_top1"]["mean"][-1],
-                         "mean_wall_s": float(np.nanmean([r.metric("time/wall_s") for r in rs])),
+                         "mean_wall_s": float(np.nanmean([r.metric(S.TIME_WALL_S) for r in rs])),
                          "run_ids": [r.run_id for r in rs]})
     return rows

@@ -1,4 +1,4 @@
-"""Log synthetic runs in the docs/TRACKING.md schema into any MLflow store, through ``MlflowClient`` only.
+"""Log synthetic runs in the docs/TRACKING.md schema into any MLflow store, through ``nanoact.tracking.Store``.
 
 Used by the tests, by ``benchmarks/report_speed.py``, and to show that the report reads runs nanoact did not
 produce. Nothing here is hard-coded output: every "model" is a fixed random function of the context whose
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nanoact.tracking import schema as S
 
 MODULE_NAMES = {"relu": "ReLU()", "gelu": "GELU(approximate='none')", "gelu_tanh": "GELU(approximate='tanh')",
                 "swish": "SiLU()", "silu": "SiLU()"}
@@ -131,16 +133,6 @@ def _metrics_for(probs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
     return float(-np.log(np.maximum(p, 1e-12)).mean()), float((probs.argmax(axis=1) == targets).mean())
 
 
-def _experiment(client, name: str, artifact_root: str | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    from nanoact.paths import experiment_artifact_location
-
-    location = experiment_artifact_location(artifact_root, name) if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
-
-
 def log_synthetic_runs(
     tracking_uri: str, spec: SyntheticSpec | None = None, *, artifact_root: str | Path | None = None
 ) -> SyntheticLog:
@@ -149,18 +141,14 @@ def log_synthetic_runs(
     ``artifact_root`` (a folder or URI) holds the experiment's artifacts; by default the folder next to a
     sqlite DB (``nanoact.tracking_uri.default_artifact_root``).
     """
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
-    from nanoact.tracking_uri import default_artifact_root
+    from nanoact.tracking.store import Store
 
     spec = spec or SyntheticSpec()
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if artifact_root is None:
-        root = default_artifact_root(tracking_uri)
-    else:
+    store = Store(tracking_uri)
+    root = None  # the store's default
+    if artifact_root is not None:
         root = str(artifact_root) if "://" in str(artifact_root) else Path(artifact_root).resolve().as_uri()
-    exp_id = _experiment(client, spec.experiment, root)
+    exp_id = store.ensure_experiment(spec.experiment, artifact_root=root)
     world = _World(spec)
     t0 = int(time.time() * 1000)
     clock = [0]
@@ -171,10 +159,10 @@ def log_synthetic_runs(
 
     parent_id = None
     if spec.parent:
-        tags = {"nanoact.role": "parent", "nanoact.study": spec.experiment} if spec.nanoact_tags else {}
+        tags = {S.ROLE: S.ROLE_PARENT, S.STUDY: spec.experiment} if spec.nanoact_tags else {}
         if spec.declared_grid is not None:
-            tags["nanoact.grid"] = json.dumps({k: list(v) for k, v in spec.declared_grid.items()})
-        parent_id = client.create_run(exp_id, start_time=tick(), tags=tags, run_name=f"{spec.experiment}-sweep").info.run_id
+            tags[S.GRID] = json.dumps({k: list(v) for k, v in spec.declared_grid.items()})
+        parent_id = store.create_run(exp_id, f"{spec.experiment}-sweep", tags, start_time=tick())
 
     max_step = max(spec.steps)
     run_ids: dict[tuple[str, int], str] = {}
@@ -183,13 +171,10 @@ def log_synthetic_runs(
         src = spec.copy_of.get(a, a)  # the model that really "ran"
         config, flat, grid_key = _cell_config(spec, a, s, max_step)
         tags = _cell_tags(spec, world, a, s, src, grid_key, parent_id, trial, config["train"]["seed"])
-        run = client.create_run(exp_id, start_time=tick(), tags=tags, run_name=f"{spec.model}-{a}-s{s}")
-        rid = run.info.run_id
+        rid = store.create_run(exp_id, f"{spec.model}-{a}-s{s}", tags, flat, start_time=tick())
         all_ids.append(rid)
-        client.log_batch(rid, params=[Param(k, v) for k, v in flat.items()])
         if status != "FINISHED":
-            client.set_tag(rid, "nanoact.error", "synthetic failure: CUDA out of memory")
-            client.set_terminated(rid, status)
+            store.end_run(rid, status, "synthetic failure: CUDA out of memory")
             continue
 
         # copies share the source's predictions exactly, as the flawed report's runs did
@@ -197,16 +182,15 @@ def log_synthetic_runs(
         if src != a and spec.copy_jitter:
             logits = logits + spec.copy_jitter * _rng("jitter", a, s).standard_normal(logits.shape, dtype=np.float32)
         g = _rng("timing", a, s, attempt)
-        metrics = _log_steps(client, rid, spec, world, logits, init, g, t0 + clock[0])
-        client.log_batch(rid, metrics=metrics)
+        store.log_metrics(rid, _log_steps(store, rid, spec, world, logits, init, g, t0 + clock[0]))
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1))
-            client.log_artifact(rid, str(Path(tmp) / "config.json"))
-        client.set_terminated(rid, "FINISHED", end_time=tick())
+            (Path(tmp) / S.CONFIG_FILE).write_text(json.dumps(config, indent=1))
+            store.log_artifacts(rid, Path(tmp) / S.CONFIG_FILE)
+        store.end_run(rid, "FINISHED", end_time=tick())
         run_ids[(a, s)] = rid
 
     if parent_id:
-        client.set_terminated(parent_id, "FINISHED", end_time=tick())
+        store.end_run(parent_id, "FINISHED", end_time=tick())
     return SyntheticLog(experiment_id=exp_id, parent_run_id=parent_id, run_ids=run_ids, all_run_ids=all_ids)
 
 
@@ -235,9 +219,9 @@ def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, d
     if isinstance(s, tuple):
         config["train"].update({"seed": 1337, "init_seed": s[0], "data_seed": s[1]})
     flat = {f"{sec}.{k}": str(v) for sec, d in config.items() for k, v in d.items()}
-    flat.update({"activation": a, "seed": str(config["train"]["seed"])})
+    flat.update({S.P_ACTIVATION: a, S.P_SEED: str(config["train"]["seed"])})
     if (a, s) in spec.dtypes:
-        flat["train.dtype_resolved"] = spec.dtypes[(a, s)]
+        flat[S.P_DTYPE_RESOLVED] = spec.dtypes[(a, s)]
     grid_key = (f"model.activation={a}|train.data_seed={s[1]}|train.init_seed={s[0]}" if isinstance(s, tuple)
                 else f"model.activation={a}|train.seed={s}")
     if spec.declared_grid is not None:  # the key of a sweep over the declared axes
@@ -247,30 +231,28 @@ def _cell_config(spec: SyntheticSpec, a: str, s, max_step: int) -> tuple[dict, d
 
 def _cell_tags(spec: SyntheticSpec, world: _World, a: str, s, src: str, grid_key: str, parent_id: str | None,
                trial: int, seed) -> dict[str, str]:
-    tags = {"mlflow.runName": f"{spec.model}-{a}-s{s}",
-            "nanoact.eval_set_sha256": spec.eval_sha256.get((a, s), world.eval_sha256)}
+    tags = {S.RUN_NAME: f"{spec.model}-{a}-s{s}",
+            S.EVAL_SET_SHA256: spec.eval_sha256.get((a, s), world.eval_sha256)}
     if parent_id:
-        tags["mlflow.parentRunId"] = parent_id
+        tags[S.PARENT_RUN_ID] = parent_id
     if spec.nanoact_tags:
         tags.update({
-            "nanoact.role": "cell", "nanoact.study": spec.experiment, "nanoact.grid_key": grid_key,
-            "optuna.trial_number": str(trial), "nanoact.activation": a, "nanoact.seed": str(seed),
-            "nanoact.model": spec.model, "nanoact.data_sha256": "0" * 64,
-            "nanoact.activation_modules": MODULE_NAMES.get(src, f"{src}()"),
-            "nanoact.activation_modules_expected": MODULE_NAMES.get(a, f"{a}()"),
-            "nanoact.wiring_check": "passed", "nanoact.n_params": str(100_000 + 1000 * len(a)),
-            "nanoact.device": spec.device, "nanoact.version": "synthetic",
+            S.ROLE: S.ROLE_CELL, S.STUDY: spec.experiment, S.GRID_KEY: grid_key, S.TRIAL_NUMBER: str(trial),
+            S.ACTIVATION: a, S.SEED: str(seed), S.MODEL: spec.model, S.DATA_SHA256: "0" * 64,
+            S.ACTIVATION_MODULES: MODULE_NAMES.get(src, f"{src}()"),
+            S.ACTIVATION_MODULES_EXPECTED: MODULE_NAMES.get(a, f"{a}()"),
+            S.WIRING_CHECK: "passed", S.N_PARAMS: str(100_000 + 1000 * len(a)),
+            S.DEVICE: spec.device, S.VERSION: "synthetic",
         })
     return tags
 
 
-def _log_steps(client, rid: str, spec: SyntheticSpec, world: _World, logits, init, g, ts: int) -> list:
-    """Logs the prediction files of every step; returns the step and final metrics, computed from them."""
-    from mlflow.entities import Metric
-
+def _log_steps(store, rid: str, spec: SyntheticSpec, world: _World, logits, init, g, ts: int) -> list:
+    """Logs the prediction files of every step; returns the step and final metrics, computed from them, as
+    (key, value, timestamp, step)."""
     max_step = max(spec.steps)
     tps = 5000.0 * (1 + 0.02 * g.standard_normal(len(spec.steps)))
-    metrics: list[Metric] = []
+    metrics: list[tuple[str, float, int, int]] = []
     val_losses = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, step in enumerate(spec.steps):
@@ -279,18 +261,18 @@ def _log_steps(client, rid: str, spec: SyntheticSpec, world: _World, logits, ini
             vl, va = _metrics_for(probs32, world.targets)
             tl, ta = vl - 0.05 * f, min(1.0, va + 0.01 * f)
             val_losses.append(vl)
-            for key, val in (("val/loss", vl), ("val/acc", va), ("train/loss", tl), ("train/acc", ta),
-                             ("lr", 3e-4 * (1 - 0.9 * f)), ("tokens_per_s", float(tps[i]))):
-                metrics.append(Metric(key, val, ts + i, step))
+            for key, val in ((S.VAL_LOSS, vl), (S.VAL_ACC, va), (S.TRAIN_LOSS, tl), (S.TRAIN_ACC, ta),
+                             (S.LR, 3e-4 * (1 - 0.9 * f)), (S.TOKENS_PER_S, float(tps[i]))):
+                metrics.append((key, val, ts + i, step))
             np.savez(
                 Path(tmp) / f"step_{step}.npz",
                 probs=probs32.astype(np.float16), targets=world.targets, step=np.asarray(step, dtype=np.int64),
                 top1=probs32.argmax(axis=1).astype(np.int64),
                 label_prob=probs32[np.arange(spec.n_contexts), world.targets].astype(np.float32),
             )
-        client.log_artifacts(rid, tmp, "predictions")
+        store.log_artifacts(rid, tmp, S.PREDICTIONS_DIR)
     train_s = 10.0 + g.random()
-    final = {"final/train_loss": tl, "final/val_loss": vl, "final/train_acc": ta, "final/val_acc": va,
-             "best/val_loss": min(val_losses), "best/val_acc": va, "time/train_s": train_s,
-             "time/wall_s": train_s + 2.0, "tokens_per_s_mean": float(tps.mean())}
-    return metrics + [Metric(k, v, ts + len(spec.steps), max_step) for k, v in final.items()]
+    final = {S.FINAL_TRAIN_LOSS: tl, S.FINAL_VAL_LOSS: vl, S.FINAL_TRAIN_ACC: ta, S.FINAL_VAL_ACC: va,
+             S.BEST_VAL_LOSS: min(val_losses), S.BEST_VAL_ACC: va, S.TIME_TRAIN_S: train_s,
+             S.TIME_WALL_S: train_s + 2.0, S.TOKENS_PER_S_MEAN: float(tps.mean())}
+    return metrics + [(k, v, ts + len(spec.steps), max_step) for k, v in final.items()]

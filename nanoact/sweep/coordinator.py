@@ -23,12 +23,13 @@ from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
 from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, hold, open_leases, recover
 from nanoact.sweep.spec import SweepSpec
 from nanoact.sweep.storage import open_storage, storage_exists
+from nanoact.tracking import schema
 
 U_PARENT = "mlflow_parent_run_id"
 U_FINGERPRINT = "nanoact.fingerprint"
 S_FINGERPRINTED = "nanoact:fingerprinted"  # study system attr: the config and grid the fingerprint covers
 U_NONCE = "nanoact.nonce"  # per study, also a tag of its parent run: a parent run orphaned by a kill is found by it
-T_NONCE = "nanoact.study_nonce"
+T_NONCE = schema.STUDY_NONCE
 ORPHAN_AGE_S = 600.0  # a parent run with the nonce but unrecorded this long was left by a creator that died
 REQUEUE_WAIT_S = 5.0  # how long a running worker waits for the coordinator lease to enqueue lost cells
 
@@ -37,7 +38,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     """The coordinator step (see the module docstring). With ``opts.dry_run`` nothing is created or changed."""
     from nanoact import tracking
     from nanoact.cluster import check_stores
-    from nanoact.server import check_tracking_server
+    from nanoact.tracking import check_tracking_server
     from nanoact.tracking_uri import resolve_tracking_uri
 
     _check_corpora(spec)
@@ -263,13 +264,10 @@ def _new_parent_run(spec: SweepSpec, uri: str, exp_id: str, nonce: str) -> str:
     import nanoact
 
     axes = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
-    tags = {"nanoact.role": "parent", "nanoact.study": spec.study_name, "nanoact.version": nanoact.__version__,
-            "nanoact.grid": json.dumps(spec.grid), "nanoact.sweep_source": spec.source,
-            "nanoact.n_cells": str(len(spec.cells())), "mlflow.source.name": "nanoact sweep",
-            "mlflow.source.type": "LOCAL", T_NONCE: nonce,
-            "mlflow.note.content": (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run "
-                                    f"each. `nanoact report --experiment {spec.name}{_study_arg(spec)}` logs its report "
-                                    "here.")}
+    note = (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run each. "
+            f"`nanoact report --experiment {spec.name}{_study_arg(spec)}` logs its report here.")
+    tags = schema.parent_tags(study=spec.study_name, version=nanoact.__version__, grid=spec.grid,
+                              sweep_source=spec.source, n_cells=len(spec.cells()), nonce=nonce, note=note)
     params = {k: v for k, v in spec.base.flat().items() if k not in spec.grid}
     return tracking.create_parent_run(uri, exp_id, f"sweep-{spec.study_name}", tags, params)
 
@@ -283,8 +281,7 @@ def experiment_tags(spec: SweepSpec) -> dict[str, str]:
     from nanoact.tracking import runs_table_view
 
     view_tag, view = runs_table_view(spec.grid, spec.study_name)
-    return {"mlflow.note.content": note, view_tag: view,
-            **{f"nanoact.grid.{k}": json.dumps(v) for k, v in spec.grid.items()}}
+    return {schema.NOTE: note, view_tag: view, **schema.experiment_grid_tags(spec.grid)}
 
 
 def _study_arg(spec: SweepSpec) -> str:

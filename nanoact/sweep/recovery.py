@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from nanoact.sweep import state as S
 from nanoact.sweep.storage import get_trial, is_rdb_url, journal_path, set_trial_attrs
+from nanoact.tracking import schema
 
 COORDINATOR = "__coordinator__"  # the lease that serialises coordinator steps (study, parent run, enqueueing)
 COORDINATOR_WAIT_S = 60.0  # the longest a process waits for the coordinator lease (it is held for storage writes
@@ -348,10 +349,10 @@ def _settle(study, storage, number: int, key: str, tracking_uri: str) -> str:
 
     run = tracking.find_trial_run(tracking_uri, study.study_name, number)
     final = tracking.final_metrics(run) if run is not None and run.info.status == "FINISHED" else None
-    if final is not None and "final/val_loss" in final:
+    if final is not None and schema.FINAL_VAL_LOSS in final:
         set_trial_attrs(storage, study, number, {S.A_RUN_ID: run.info.run_id, **S.final_attrs(final),
                                                   S.A_ADOPTED: True})
-        study.tell(number, _value(final["final/val_loss"]), skip_if_finished=True)
+        study.tell(number, _value(final[schema.FINAL_VAL_LOSS]), skip_if_finished=True)
         return f"adopted {key}: trial {number}'s run {run.info.run_id} had finished before its worker died"
     reason = "its worker died while training (its lease was released); the cell runs again"
     ended = run is not None and tracking.end_run(tracking_uri, run.info.run_id, "KILLED", reason,

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from nanoact.sweep.spec import Cell, SweepSpec
+from nanoact.tracking import schema
 
 A_GRID_KEY = "grid_key"
 A_CELL = "cell"
 A_RUN_ID = "mlflow_run_id"
 A_WORKER = "nanoact.worker"
 A_FINAL = "nanoact.final"  # read only: older studies' dict of final metrics
-FINAL_ATTRS = {"final_val_loss": "final/val_loss", "final_val_acc": "final/val_acc", "wall_s": "time/wall_s"}
+FINAL_ATTRS = {"final_val_loss": schema.FINAL_VAL_LOSS, "final_val_acc": schema.FINAL_VAL_ACC,
+               "wall_s": schema.TIME_WALL_S}
 A_ERROR = "nanoact.error"
 A_INTERRUPTED = "nanoact.interrupted"
 A_ADOPTED = "nanoact.adopted"
@@ -129,7 +131,7 @@ def _cell_state(cell: Cell, trials: list) -> CellState:
     final = {**(pick.user_attrs.get(A_FINAL) or {}),
              **{m: pick.user_attrs[a] for a, m in FINAL_ATTRS.items() if a in pick.user_attrs}}
     cs.trial_number, cs.run_id, cs.error = pick.number, pick.user_attrs.get(A_RUN_ID), pick.user_attrs.get(A_ERROR)
-    cs.final_val_loss, cs.wall_s = final.get("final/val_loss"), final.get("time/wall_s")
+    cs.final_val_loss, cs.wall_s = final.get(schema.FINAL_VAL_LOSS), final.get(schema.TIME_WALL_S)
     if pick.state == TrialState.COMPLETE:
         cs.state = CellStatus.DONE
     elif pick.state == TrialState.RUNNING:

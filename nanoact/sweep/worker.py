@@ -23,6 +23,7 @@ from nanoact.sweep.options import EventFn, WorkerContext
 from nanoact.sweep.recovery import open_leases
 from nanoact.sweep.spec import Cell
 from nanoact.sweep.storage import open_storage, pop_trial
+from nanoact.tracking import schema
 
 
 LEASE_CHECK_S = 0.5  # how often a training worker checks that it still holds its cell's lease
@@ -178,12 +179,11 @@ class Worker:
 
         note = (f"{cfg.model.name} with {cfg.model.activation}, seed {cfg.train.seed}: cell {key} of sweep "
                 f"{self.ctx.spec.study_name} (Optuna trial {trial.number})")
-        return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={
-            "mlflow.parentRunId": self.ctx.parent_run_id, "nanoact.role": "cell", "nanoact.grid_key": key,
-            "nanoact.study": self.ctx.spec.study_name, "optuna.trial_number": str(trial.number),
-            "mlflow.note.content": note, **slurm_tags(),
-        }, on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id), source="nanoact sweep",
-            system_metrics=self.ctx.system_metrics)
+        tags = schema.cell_tags(parent_run_id=self.ctx.parent_run_id, study=self.ctx.spec.study_name, grid_key=key,
+                                trial_number=trial.number, note=note)
+        return MlflowTracker(self.ctx.tracking_uri, self.ctx.experiment_id, tags={**tags, **slurm_tags()},
+                             on_start=lambda run_id: trial.set_user_attr(S.A_RUN_ID, run_id), source="nanoact sweep",
+                             system_metrics=self.ctx.system_metrics)
 
     def _end(self, trial, key: str, *, final: dict[str, float] | None = None, error: str | None = None,
              interrupted: bool = False, run_id: str | None = None) -> None:
@@ -196,7 +196,7 @@ class Worker:
             if final is not None:
                 for k, v in S.final_attrs(final).items():
                     trial.set_user_attr(k, v)
-                value = final["final/val_loss"]
+                value = final[schema.FINAL_VAL_LOSS]
                 self.study.tell(trial, value if math.isfinite(value) else float("inf"))
             else:
                 trial.set_user_attr(S.A_ERROR, error)

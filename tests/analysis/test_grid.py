@@ -11,7 +11,8 @@ import pytest
 
 from nanoact.analysis import guards as gd
 from nanoact.analysis.report import run_report
-from nanoact.analysis.runs import load_experiment, make_client
+from nanoact.analysis.runs import load_experiment
+from nanoact.tracking import Store
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 from nanoact.errors import NanoactError
 
@@ -65,12 +66,12 @@ def test_runs_without_a_declared_grid_keep_the_inferred_rule_and_say_so(uri, art
     assert "inferred from the runs found" in guard["title"]
     # a parent run that declares no grid (another tool's, or a tag lost): the same rule, and the reason
     log_synthetic_runs(uri, SyntheticSpec(experiment="untagged", **SMALL), artifact_root=artifacts)
-    er = load_experiment(make_client(uri), "untagged", tracking_uri=uri)
+    er = load_experiment(Store(uri).reader(), "untagged", tracking_uri=uri)
     g = _cells_guard(er)
     assert g.passed and not er.grid.declared and "does not declare its grid" in g.title
     # the inferred rule still names a missing cell among the activations and seeds it saw
     log_synthetic_runs(uri, SyntheticSpec(experiment="gap", failed=(("gelu", 43),), **SMALL), artifact_root=artifacts)
-    g = _cells_guard(load_experiment(make_client(uri), "gap", tracking_uri=uri))
+    g = _cells_guard(load_experiment(Store(uri).reader(), "gap", tracking_uri=uri))
     assert not g.passed and g.details[0].startswith("missing cell gelu s43: failed (newest run FAILED); runs ")
 
 
@@ -78,7 +79,7 @@ def test_the_declared_grid_is_sliced_like_the_runs(uri, artifacts):
     # the zoo's shape: a model axis besides activation and seed; these runs are the charlm slice only
     declared = {"model.name": ["charlm", "minigpt"], "model.activation": ["relu", "gelu"], "train.seed": [42, 43]}
     log_synthetic_runs(uri, SyntheticSpec(experiment="zoo", declared_grid=declared, **SMALL), artifact_root=artifacts)
-    client = make_client(uri)
+    client = Store(uri).reader()
     with pytest.raises(NanoactError, match=r"declared grid varies model.name .*--where model.name=charlm"):
         load_experiment(client, "zoo")
     er = load_experiment(client, "zoo", where={"model.name": "charlm"})
@@ -91,7 +92,7 @@ def test_the_declared_grid_is_sliced_like_the_runs(uri, artifacts):
 def test_a_run_outside_the_declared_grid_fails_the_cells_guard(uri, artifacts):
     declared = {"model.activation": ["relu", "gelu"], "train.seed": [42]}
     log_synthetic_runs(uri, SyntheticSpec(experiment="extra", declared_grid=declared, **SMALL), artifact_root=artifacts)
-    er = load_experiment(make_client(uri), "extra")
+    er = load_experiment(Store(uri).reader(), "extra")
     g = _cells_guard(er)
     assert er.missing == [] and len(er.outside_grid) == 2
     assert not g.passed and all("is no cell of the declared grid" in d for d in g.details)
@@ -101,4 +102,4 @@ def test_an_explicit_storage_without_the_study_is_an_error(uri, artifacts, tmp_p
     declared = {"model.activation": ["relu", "gelu"], "train.seed": [42, 43]}
     log_synthetic_runs(uri, SyntheticSpec(experiment="st", declared_grid=declared, **SMALL), artifact_root=artifacts)
     with pytest.raises(NanoactError, match="--storage: the Optuna journal .*nope.log does not exist"):
-        load_experiment(make_client(uri), "st", storage=str(tmp_path / "nope.log"))
+        load_experiment(Store(uri).reader(), "st", storage=str(tmp_path / "nope.log"))

@@ -16,7 +16,7 @@ import pytest
 from nanoact import cli
 from nanoact.analysis import report as report_mod
 from nanoact.analysis.report import run_report
-from nanoact.analysis.runs import make_client
+from nanoact.tracking import Store
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 
 SMALL = dict(activations=("relu", "gelu"), seeds=(1, 2, 3), n_contexts=64, steps=(0, 50, 100))
@@ -101,7 +101,7 @@ def test_report_without_a_store_creates_nothing(monkeypatch, capsys, tmp_path):
     work.mkdir()
     monkeypatch.chdir(work)
     code, out, err = run_main(monkeypatch, capsys, "report", "--experiment", "cpu")
-    assert code == 2 and "no tracking store" in one_error_line(err)
+    assert code == 2 and "no MLflow store at" in one_error_line(err)
     assert list(work.rglob("*")) == []  # no reports/cpu/, no mlruns/mlflow.db
 
 
@@ -119,12 +119,12 @@ PIECES = ("s3:cr", "cr/et", "et@x", "x y", "y%41", "yA", "s3:cr/et@x")
 def test_no_password_reaches_report_summary_artifacts_or_tags(monkeypatch, uri, artifacts, tmp_path):
     log = log_synthetic_runs(uri, SyntheticSpec(experiment="pw", **SMALL), artifact_root=artifacts)
     secret_uri = f"postgresql+psycopg2://nanoact:{PASSWORD}@db.example:5432/mlflow"
-    monkeypatch.setattr(report_mod, "make_client", lambda _u: make_client(uri))  # the store behind that URL
+    monkeypatch.setattr(report_mod, "Store", lambda _u: Store(uri))  # the store behind that URL
     res = run_report(["pw"], tracking_uri=secret_uri, out_dir=tmp_path / "out")
     texts = {"report.md": res.report_md.read_text(), "summary.json": res.summary_json.read_text()}
     shown = "postgresql+psycopg2://nanoact:***@db.example:5432/mlflow"
     assert shown in texts["report.md"] and json.loads(texts["summary.json"])["tracking_uri"] == shown
-    client = make_client(uri)
+    client = Store(uri).client
     for f in ("report.md", "summary.json"):  # the copies logged to the parent run
         texts["logged " + f] = Path(client.download_artifacts(log.parent_run_id, f"report/{f}",
                                                                str(tmp_path / "dl"))).read_text()
@@ -151,7 +151,7 @@ def test_an_experiment_named_dotdot_keeps_its_artifacts_in_the_store(uri, tmp_pa
     from nanoact.tracking import ensure_experiment
 
     root = tmp_path.resolve()  # the store's artifact root: the folder of mlflow.db
-    client = make_client(uri)
+    client = Store(uri).client
     for name in ("..", "../../x", str(tmp_path.parent / "elsewhere")):
         loc = client.get_experiment(ensure_experiment(uri, name)).artifact_location
         assert root in Path(loc.removeprefix("file://")).resolve().parents, (name, loc)
@@ -209,7 +209,7 @@ def test_no_password_in_the_error_tag_of_a_failed_run(uri):
     tracker.start("cell", {})
     tracker.finish("FAILED", f"OperationalError: could not translate host name \"et@x y%41@db.example\" "
                              f"for {secret_uri}")
-    tag = make_client(uri).get_run(tracker.run_id).data.tags["nanoact.error"]
+    tag = Store(uri).client.get_run(tracker.run_id).data.tags["nanoact.error"]
     assert "nanoact:***@db.example" in tag
     for piece in PIECES:
         assert piece not in tag, piece

@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from nanoact.analysis.predictions import ArtifactFetcher
 from nanoact.analysis.report import run_report
-from nanoact.analysis.runs import ArtifactFetcher, load_experiment, make_client
+from nanoact.analysis.runs import load_experiment
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 from nanoact.errors import NanoactError
+from nanoact.tracking import Store
 
 PNGS = ("loss_curves.png", "final_metrics.png", "pd_heatmap.png", "within_pd_steps.png", "accuracy_vs_pd.png")
 # relu is clearly worse (less sharp) than gelu and swish; the activation offsets dominate the seed offsets
@@ -82,7 +85,7 @@ def test_end_to_end_3x3(uri, artifacts, tmp_path):
     assert internal not in md and internal not in res.summary_json.read_text()
     assert "js in nats" in md.lower() or "in nats" in md
     # the outputs were logged to the sweep's parent run
-    client = make_client(uri)
+    client = Store(uri).client
     logged = {Path(f.path).name for f in client.list_artifacts(log.parent_run_id, "report")}
     assert {"report.md", "summary.json", *PNGS} <= logged
 
@@ -199,8 +202,9 @@ def test_unknown_experiment_and_no_finished_runs(uri, artifacts, tmp_path):
 def test_missing_retried_and_duplicated_cells(uri, artifacts, tmp_path):
     spec = SyntheticSpec(experiment="gaps", failed=(("gelu", 44),), retried=(("relu", 42),), **REAL)
     log = log_synthetic_runs(uri, spec, artifact_root=artifacts)
-    client = make_client(uri)
-    er = load_experiment(client, "gaps")
+    reader = Store(uri).reader()
+    client = reader.client
+    er = load_experiment(reader, "gaps")
     assert len(er.runs) == 8 and len(er.superseded) == 1
     assert log.run_ids[("relu", 42)] in {r.run_id for r in er.runs}  # the newest attempt is kept
     assert [(m.activation, m.seed) for m in er.missing] == [("gelu", "44")]
@@ -211,7 +215,7 @@ def test_missing_retried_and_duplicated_cells(uri, artifacts, tmp_path):
     for k, v in src.data.params.items():
         client.log_param(dup.info.run_id, k, v)
     client.set_terminated(dup.info.run_id, "FINISHED")
-    er = load_experiment(client, "gaps")
+    er = load_experiment(reader, "gaps")
     assert len(er.duplicates) == 1
 
     res = _report(uri, tmp_path, ["gaps"], log_to_parent=False)
@@ -274,17 +278,38 @@ def test_default_out_dir(uri, artifacts, tmp_path, monkeypatch):
     assert pd["seeds_needed"] == 6 and "needs at least 6 seeds" in pd["answer"]
 
 
-def test_remote_style_download_is_cached(uri, artifacts, tmp_path):
+class _WatchedEnviron(dict):
+    """os.environ that records every change (a library must not change a process-wide setting other threads read)."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.changed: list[str] = []
+
+    def __setitem__(self, k, v):
+        self.changed.append(k)
+        super().__setitem__(k, v)
+
+    def pop(self, k, *a):
+        self.changed.append(k)
+        return super().pop(k, *a)
+
+
+def test_remote_style_download_is_cached(uri, artifacts, tmp_path, monkeypatch, capfd):
     log = log_synthetic_runs(uri, SyntheticSpec(experiment="cache", activations=("relu",), seeds=(1,)),
                              artifact_root=artifacts)
-    client = make_client(uri)
-    run = load_experiment(client, "cache").runs[0]
-    fetcher = ArtifactFetcher(client, cache_dir=tmp_path / "cache", prefer_local=False)
+    reader = Store(uri).reader()
+    run = load_experiment(reader, "cache").runs[0]
+    fetcher = ArtifactFetcher(reader, cache_dir=tmp_path / "cache", prefer_local=False)
     steps = fetcher.steps(run)
     assert steps == [0, 50, 100]
+    env = _WatchedEnviron(os.environ)
+    monkeypatch.setattr(os, "environ", env)
+    capfd.readouterr()
     first = [fetcher.path(run, s) for s in steps]
+    assert env.changed == [] and capfd.readouterr().err == ""  # no environment change, no progress bar
+    monkeypatch.undo()
     assert fetcher.downloads == 3 and all(tmp_path / "cache" in p.parents for p in first)
-    again = ArtifactFetcher(client, cache_dir=tmp_path / "cache", prefer_local=False)
+    again = ArtifactFetcher(reader, cache_dir=tmp_path / "cache", prefer_local=False)
     again.steps(run)
     assert [again.path(run, s) for s in steps] == first and again.downloads == 0
     assert log.run_ids[("relu", 1)] == run.run_id
