@@ -13,6 +13,15 @@ class NanoactError(Exception):
     """A user-facing error: the message is one line that says what is wrong and how to fix it."""
 
 
+class GridVariesError(NanoactError):
+    """An experiment's runs vary grid axes besides activation and seed (``axes``: axis -> its values), so one
+    activation x seed analysis cannot hold them: the report analyses each level and the factorial design instead."""
+
+    def __init__(self, message: str, axes: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.axes = axes
+
+
 def did_you_mean(name: object, choices) -> str:
     """`` (did you mean 'max_iters'?)`` for a near miss among ``choices`` (difflib), else ''."""
     import difflib

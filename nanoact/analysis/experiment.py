@@ -72,6 +72,12 @@ class ExperimentAnalysis:
     margins: Margins = field(default_factory=Margins)
     dtypes: str | None = None  # compute dtype(s) of the runs (train.dtype_resolved, else train.dtype)
     plots: dict[str, str] = field(default_factory=dict)  # name -> file name
+    label: str = ""  # one level of a factorial grid ("model.name=charlm"); empty for a whole experiment
+
+    @property
+    def key(self) -> str:
+        """What names this analysis in the report and summary.json: the experiment, or experiment[level]."""
+        return f"{self.er.name}[{self.label}]" if self.label else self.er.name
 
     @property
     def runs(self) -> list[RunRecord]:

@@ -275,3 +275,82 @@ def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> lis
                   f"{_p(h.p_adjusted)} |")
     md.append("")
     return md
+
+
+def level_data(an, level: str) -> LevelData | None:
+    """One level's data from its ``ExperimentAnalysis``: the outcome tables on its complete seeds, and the PD table
+    at the final step (None when the level has no outcomes)."""
+    outs = {o.outcome: o for o in an.outcomes if o.rcbd is not None}
+    base = outs.get("final_val_loss")
+    if base is None:
+        return None
+    acts, seeds = tuple(base.activations), tuple(base.seeds)
+    tables = {k: np.asarray(o.y, dtype=np.float64) for k, o in outs.items()
+              if list(o.activations) == list(acts) and list(o.seeds) == list(seeds)}
+    pos = {(r.activation, r.seed): i for i, r in enumerate(an.runs)}
+    pd = None
+    if an.heatmap is not None and all((a, s) in pos for a in acts for s in seeds):
+        rows = [pos[(a, s)] for a in acts for s in seeds]
+        pd = np.asarray(an.heatmap, dtype=np.float64)[np.ix_(rows, rows)].reshape(len(acts), len(seeds),
+                                                                                len(acts), len(seeds))
+    eval_set = f"{an.eval_sha256}|{an.vocab_size}" if an.eval_sha256 else None
+    return LevelData(level, acts, seeds, tables, pd, eval_set, tuple(r.run_id for r in an.runs))
+
+
+def from_analyses(analyses, levels: Sequence[str], factor: str, seeds: str) -> FactorialSection | None:
+    """The section for per-level analyses, or None when they do not make a factorial design (fewer than 2 levels
+    with outcomes, or fewer than 2 activations in common)."""
+    data = [d for d in (level_data(an, lv) for an, lv in zip(analyses, levels)) if d is not None]
+    try:
+        return build_section(data, factor, seeds) if len(data) >= 2 else None
+    except ValueError:
+        return None
+
+
+def headline(sec: FactorialSection) -> str:
+    """The factorial finding in one sentence for the report's headline (its interaction test on final val loss)."""
+    r = sec.results.get("final_val_loss")
+    if r is None:
+        return ""
+    h = next(x for x in sec.hypotheses if x.id == "factorial/final_val_loss/interaction")
+    t = r.interaction
+    stat = f"F({t.df}, {t.df_error}) = {_f(t.f, 2)}, Holm p {_p(h.p_adjusted)}"
+    if h.significant:
+        return f"the activation's effect on final val loss depends on {sec.factor} ({stat})"
+    return (f"a dependence of the activation's effect on final val loss on {sec.factor} was not detected ({stat}; "
+            f"partial η² up to {_f(t.eta2_hi, 2)} not excluded)")
+
+
+def make_plots(sec: FactorialSection, out, prefix: str = "") -> dict[str, str]:
+    """The interaction plot and the effect heatmap per outcome, as PNGs in ``out``; name -> file name."""
+    from nanoact.analysis import plots as pl
+
+    files = {}
+    for key, r in sec.results.items():
+        figs = {f"interaction_{key}": pl.interaction_plot(sec.levels, sec.activations, np.asarray(r.means),
+                                                          np.asarray(r.ci_half), sec.factor, r.outcome)}
+        rows = sec.pairs[key]
+        pairs = list(dict.fromkeys(f"{p.b} − {p.a}" for p in rows))
+        diff = np.array([[p.diff for p in rows if p.level == lv] for lv in sec.levels])
+        sig = np.array([[p.p_holm < ALPHA for p in rows if p.level == lv] for lv in sec.levels])
+        figs[f"effects_{key}"] = pl.effect_heatmap(sec.levels, pairs, diff, sig, sec.factor, r.outcome)
+        for name, fig in figs.items():
+            files[name] = f"{prefix}factorial_{name}.png"
+            pl.save(fig, out / files[name])
+    return files
+
+
+def summary(sec: FactorialSection) -> dict:
+    """summary.json's ``factorial``: the design, each test as a hypothesis with its id, and the tables."""
+    from dataclasses import asdict
+
+    return {
+        "factor": sec.factor, "levels": sec.levels, "activations": sec.activations, "seeds": sec.seeds,
+        "n_seeds": sec.n_seeds, "notes": sec.notes, "pd_refused": sec.pd_refused or None,
+        "hypotheses": [asdict(h) for h in sec.hypotheses],
+        "anova": {k: {"terms": [asdict(t) for t in r.terms()], "share": [r.share, r.share_lo, r.share_hi],
+                      "means": r.means, "ci_half": r.ci_half} for k, r in sec.results.items()},
+        "pair_effects": {k: [asdict(p) for p in v] for k, v in sec.pairs.items()},
+        "pd_levels": {k: [list(row) for row in v] for k, v in sec.pd_levels.items()},
+        "verdicts": verdicts(sec),
+    }

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanoact.errors import NanoactError
+from nanoact.errors import GridVariesError, NanoactError
 from nanoact.tracking import schema
 from nanoact.tracking_uri import sqlite_path
 
@@ -175,8 +175,9 @@ def find_grid(parent, where: Mapping[str, str] | None, storage: str | None = Non
     if varying:
         values = {k: sorted({dict(c.axes)[k] for c in cells}) for k in varying}
         hint = "; ".join(f"{k} in {values[k]}" for k in varying)
-        raise NanoactError(f"the declared grid varies {', '.join(varying)} besides activation and seed ({hint}); "
-                           f"report one slice at a time, e.g. --where {varying[0]}={values[varying[0]][0]}")
+        raise GridVariesError(f"the declared grid varies {', '.join(varying)} besides activation and seed ({hint}); "
+                              f"report one slice at a time, e.g. --where {varying[0]}={values[varying[0]][0]}",
+                              {k: [str(v) for v in vs] for k, vs in values.items()})
     grid = Grid(True, source, cells, len(every))
     if study is not None:
         from nanoact.sweep.spec import Cell

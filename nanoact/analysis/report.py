@@ -10,6 +10,7 @@ self-contained page, ``summary`` writes summary.json (schema in docs/REPORT.md).
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from nanoact.analysis import render as rd
+from nanoact.analysis import factorial as fa
+from nanoact.analysis import factorial_report as fr
 from nanoact.analysis import summary as sm
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.experiment import ExperimentAnalysis, analyse_experiment
 from nanoact.analysis.html import write_html
 from nanoact.analysis.predictions import ArtifactFetcher
-from nanoact.errors import NanoactError
+from nanoact.errors import GridVariesError, NanoactError
 from nanoact.paths import report_dir, safe_dirname
 from nanoact.tracking import schema as S
 from nanoact.tracking.store import Store
@@ -73,20 +76,24 @@ def _scope(analyses: list[ExperimentAnalysis], where: Mapping[str, str] | None) 
 
 
 def _write(out: Path, experiments: list[str], uri: str, analyses: list[ExperimentAnalysis], headline: str,
-           anomalies: list[str], allow_anomalies: bool, notes: dict[str, str]) -> tuple[Path, Path]:
-    multi = len(experiments) > 1
-    md = [f"# nanoact report: {' + '.join(_title(an) for an in analyses)}", "",
+           anomalies: list[str], allow_anomalies: bool, notes: dict[str, str],
+           factorial: tuple[fr.FactorialSection, dict[str, str]] | None = None) -> tuple[Path, Path]:
+    multi = len(analyses) > 1
+    title = " + ".join(dict.fromkeys(_title(an) for an in analyses))
+    md = [f"# nanoact report: {title}", "",
           f"*Generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
           f"`{display_url(uri)}`; every number traces to the MLflow run ids in the tables.*", "",
           f"**Headline:** {headline}", ""]
     md += rd.guard_md(analyses, multi)
     if anomalies and allow_anomalies:
         md += ["Anomalies were allowed (--allow-anomalies).", ""]
+    if factorial is not None:
+        md += fr.render_md(*factorial)
     if multi:
         md += rd.comparison_md(sm.comparison(analyses))
     for an in analyses:
         if multi:
-            md += [f"## Experiment `{an.er.name}`", ""]
+            md += [f"## {'Level' if an.label else 'Experiment'} `{an.label or an.er.name}`", ""]
         md += rd.experiment_md(an, "###" if multi else "##", notes[an.er.name])
     report_md = out / "report.md"
     report_md.write_text("\n".join(md) + "\n")
@@ -95,8 +102,9 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
         "schema_version": SCHEMA_VERSION, "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "tracking_uri": display_url(uri), "experiments": experiments, "headline": headline,
         "anomalies": anomalies, "allow_anomalies": allow_anomalies,
-        "per_experiment": {an.er.name: sm.experiment_summary(an) for an in analyses},
+        "per_experiment": {an.key: sm.experiment_summary(an) for an in analyses},
         "comparison": sm.comparison(analyses) if multi else [],
+        "factorial": fr.summary(factorial[0]) if factorial is not None else None,
         "logged_to": notes,
     }
     summary_json = out / "summary.json"
@@ -105,18 +113,21 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
 
 
 def _log_outputs(store: Store, analyses, files: list[Path], art_path: str, headline: str, say,
-                 describe: bool = True) -> dict[str, str]:
-    """Log the outputs to each experiment's parent run, with a description and headline metrics unless
-    ``describe`` is False (a slice report: the full report's description and metrics stay); returns a note per
-    experiment where that failed."""
-    failed = {}
+                 describe: bool = True, per_activation: bool = True) -> dict[str, str]:
+    """Log the outputs to each experiment's parent run (once per run: the levels of one grid share it), with a
+    description and headline metrics unless ``describe`` is False (a slice report: the full report's description
+    and metrics stay); ``per_activation`` False (levels of a factorial grid): no ``report/<activation>/*`` metrics,
+    which would mix levels, and earlier ones are marked stale. Returns a note per experiment where that failed."""
+    failed, done = {}, set()
     for an in analyses:
-        if an.parent_run_id is None:
+        if an.parent_run_id is None or an.parent_run_id in done:
             continue
+        done.add(an.parent_run_id)
         say(f"{an.er.name}: logging the report to parent run {an.parent_run_id}")
         try:
             if describe:
-                store.log_report(an.parent_run_id, files, art_path, metrics=_parent_metrics(an), step=an.final_step,
+                metrics = _parent_metrics(an) if per_activation else {}
+                store.log_report(an.parent_run_id, files, art_path, metrics=metrics, step=an.final_step,
                                  replace_prefix=S.REPORT_PREFIX, note=_parent_note(an, art_path, headline))
             else:
                 store.log_report(an.parent_run_id, files, art_path)
@@ -193,6 +204,36 @@ def _artifact_path(experiments: list[str], where: Mapping[str, str] | None) -> s
     return "report" if len(experiments) == 1 else f"report/{'+'.join(safe_dirname(e) for e in experiments)}"
 
 
+def multi_experiment(experiments: list[str]) -> bool:
+    return len(experiments) > 1
+
+
+def _analyse_all(reader, experiments: list[str], where: Mapping[str, str] | None, say, opts: dict
+                 ) -> tuple[list[ExperimentAnalysis], fr.FactorialSection | None]:
+    """The analyses the report holds, and its factorial section when there is a factor: an experiment whose grid
+    varies axes besides activation and seed is analysed level by level (seeds crossed with the levels); several
+    experiments are the levels of the factor ``experiment`` (seeds nested in them)."""
+    fetcher = ArtifactFetcher(reader)
+    try:
+        analyses = [analyse_experiment(reader, name, fetcher, say, where=where, **opts) for name in experiments]
+    except GridVariesError as e:
+        if multi_experiment(experiments):
+            raise NanoactError(f"{e}; with several experiments, report one slice of each with --where") from None
+        axes = sorted(e.axes)
+        levels = [dict(zip(axes, combo)) for combo in itertools.product(*(e.axes[k] for k in axes))]
+        say(f"{experiments[0]}: {len(levels)} levels of {', '.join(axes)}; analysing each, then the factorial design")
+        analyses = []
+        for level in levels:
+            an = analyse_experiment(reader, experiments[0], fetcher, say, where={**(where or {}), **level}, **opts)
+            an.label = _where_label(level)
+            analyses.append(an)
+        labels = ["|".join(str(lv[k]) for k in axes) for lv in levels]
+        return analyses, fr.from_analyses(analyses, labels, "|".join(axes), fa.CROSSED)
+    if multi_experiment(experiments):
+        return analyses, fr.from_analyses(analyses, experiments, "experiment", fa.NESTED)
+    return analyses, None
+
+
 def run_report(  # over 60 lines with the docstring of its ten options; the body is about 40
     experiments: list[str],
     *,
@@ -236,30 +277,35 @@ def run_report(  # over 60 lines with the docstring of its ten options; the body
     uri = resolve_tracking_uri(tracking_uri)
     store = Store(uri)
     reader = store.reader()
-    fetcher = ArtifactFetcher(reader)
     out = report_dir(experiments, out_dir)
-    multi = len(experiments) > 1
-    analyses = [analyse_experiment(reader, name, fetcher, say, study=study, where=where, storage=storage,
-                                   tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
-                for name in experiments]
+    opts = dict(study=study, storage=storage, tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
+    analyses, factorial = _analyse_all(reader, experiments, where, say, opts)
     if out_dir is None:
         out = _default_subfolder(out, analyses, where)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
+    many = len(analyses) > 1
     for an in analyses:
-        say(f"{an.er.name}: plotting")
-        rd.make_plots(an, out, f"{safe_dirname(an.er.name)}_" if multi else "")
-    anomalies = [(f"{an.er.name}: " if multi else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
+        say(f"{an.key}: plotting")
+        rd.make_plots(an, out, f"{safe_dirname(an.key)}_" if many else "")
+    if factorial is not None:
+        factorial_plots = fr.make_plots(factorial, out)
+    anomalies = [(f"{an.key}: " if many else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
+    if factorial is not None and not anomalies:
+        headline = f"On {' + '.join(experiments)}, {fr.headline(factorial)}."
     art_path = _artifact_path(experiments, where)
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
     say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
-    report_md, summary_json = _write(*args, notes)
+    fac = (factorial, factorial_plots) if factorial is not None else None
+    report_md, summary_json = _write(*args, notes, fac)
     if log_to_parent:
         files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
-        failed = _log_outputs(store, analyses, files, art_path, headline, say, describe=not where)
+        files += [out / f for f in (fac[1].values() if fac else ())]
+        failed = _log_outputs(store, analyses, files, art_path, headline, say, describe=not where,
+                              per_activation=factorial is None or multi_experiment(experiments))
         if failed:
             notes.update(failed)
-            report_md, summary_json = _write(*args, notes)
+            report_md, summary_json = _write(*args, notes, fac)
     return ReportResult(out_dir=out, report_md=report_md, summary_json=summary_json, anomalies=anomalies,
                         headline=headline)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nanoact.errors import NanoactError
+from nanoact.errors import GridVariesError, NanoactError
 from nanoact.tracking import schema as S
 
 if TYPE_CHECKING:
@@ -201,8 +201,8 @@ def _slice(name: str, children: list[RunRecord], study: str | None,
         axes = sorted({k for o in others for k, _ in o})
         values = {k: sorted({v for o in others for kk, v in o if kk == k}) for k in axes}
         hint = "; ".join(f"{k} in {values[k]}" for k in axes)
-        raise NanoactError(f"experiment {name!r} varies {', '.join(axes)} besides activation and seed ({hint}); "
-                           f"report one slice at a time, e.g. --where {axes[0]}={values[axes[0]][0]}")
+        raise GridVariesError(f"experiment {name!r} varies {', '.join(axes)} besides activation and seed ({hint}); "
+                              f"report one slice at a time, e.g. --where {axes[0]}={values[axes[0]][0]}", values)
     return children
 
 
