@@ -115,7 +115,7 @@ def check_stores(storage: str | None, tracking_uri: str, *, env: Mapping[str, st
     several hosts may use at once and that is unsafe for that. ``mounts`` is a ``/proc/mounts``-format file
     (default ``/proc/mounts``). ``$NANOACT_ALLOW_UNSAFE_STORAGE=1`` (all tasks on one node) makes the refusal
     a warning."""
-    from nanoact.sweep.storage import is_rdb_url, journal_path
+    from nanoact.sweep.storage import StorageKind, storage_location
 
     env = os.environ if env is None else env
     text = _read_mounts(mounts)
@@ -123,11 +123,11 @@ def check_stores(storage: str | None, tracking_uri: str, *, env: Mapping[str, st
         return []
     hosts = multi_host(env)
     found: list[tuple[bool, str]] = []  # (refused, line)
-    if not is_rdb_url(storage):
-        found += _check(journal_path(storage), "the Optuna journal", text, hosts, sqlite=False)
-    elif storage and storage.startswith("sqlite:///"):
-        found += _check(Path(storage[len("sqlite:///"):]).resolve(), "the Optuna SQLite storage", text, hosts,
-                        sqlite=True)
+    queue = storage_location(storage)
+    if queue.kind is StorageKind.JOURNAL:
+        found += _check(queue.path, "the Optuna journal", text, hosts, sqlite=False)
+    elif queue.kind is StorageKind.SQLITE:
+        found += _check(queue.path, "the Optuna SQLite storage", text, hosts, sqlite=True)
     if tracking_uri.startswith("sqlite:///"):
         found += _check(Path(tracking_uri[len("sqlite:///"):]).resolve(), "the MLflow SQLite store", text, hosts,
                         sqlite=True)

@@ -29,8 +29,8 @@ from nanoact.cli import cli
 from nanoact.errors import ConfigError, NanoactError
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import prepare, requeue_lost
-from nanoact.sweep.recovery import open_leases
-from nanoact.sweep.storage import pop_trial
+from nanoact.sweep.handle import StudyHandle
+from nanoact.sweep.leases import open_leases
 from nanoact.sweep.worker import Worker
 
 from pg_cluster import LocalPostgres, find_pg_bin
@@ -165,7 +165,7 @@ def _race_to_recover(storage_url: str, tmp_path: Path, n: int = 6) -> None:
     storage = sweep.open_storage(storage_url)
     study = optuna.create_study(study_name="race", storage=storage)
     study.enqueue_trial({"train.seed": 1}, user_attrs={S.A_GRID_KEY: "train.seed=1", S.A_CELL: '{"train.seed": 1}'})
-    trial, lease = pop_trial(study, storage, spec.grid, open_leases(storage_url, "race"))
+    trial, lease = StudyHandle(study, storage, open_leases(storage_url, "race"), uri).pop(spec.grid)
     lease.release()  # ...and its worker died
     barrier, errors, events = threading.Barrier(n), [], []
 
@@ -173,7 +173,7 @@ def _race_to_recover(storage_url: str, tmp_path: Path, n: int = 6) -> None:
         try:
             leases = open_leases(storage_url, "race")
             barrier.wait()
-            requeue_lost(spec, study, storage, leases, uri, events.append)
+            requeue_lost(spec, StudyHandle(study, storage, leases, uri), events.append)
             leases.close()
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -204,10 +204,8 @@ def test_idle_worker_takes_over_the_cell_of_a_worker_that_dies(tmp_path, monkeyp
     spec = sweep.load_sweep(path=p)
     journal = str(tmp_path / "mlruns" / "optuna-journal.log")
     _, ctx = prepare(spec, sweep.SweepOptions(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db"), print)
-    code = ("import optuna, sys, time; from nanoact import sweep; from nanoact.sweep.storage import pop_trial; "
-            "from nanoact.sweep.recovery import open_leases; "
-            f"st = sweep.open_storage({journal!r}); s = optuna.load_study(study_name='tiny', storage=st); "
-            "t, l = pop_trial(s, st, {'train.seed': [1]}, open_leases(" + repr(journal) + ", 'tiny')); "
+    code = ("import sys, time; from nanoact.sweep.handle import StudyHandle; "
+            f"t, l = StudyHandle.open({journal!r}, 'tiny', {ctx.tracking_uri!r}).pop({{'train.seed': [1]}}); "
             "print(t.number, l is not None, flush=True); time.sleep(120)")
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
