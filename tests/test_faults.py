@@ -395,24 +395,11 @@ def test_absurd_grid_is_refused_with_its_count_unless_insisted(tmp_path):
 @pytest.fixture
 def restartable_pg():
     """A PostgreSQL cluster of its own (the tests stop it with `pg_ctl stop -m immediate`), database `optuna`."""
-    import tempfile
+    from services import PW, postgres
 
-    from pg_cluster import LocalPostgres
-    from test_distributed import PW, _require_postgres
-
-    _require_postgres()
-    root = tempfile.mkdtemp(prefix="nanoact-pg-")  # not under pytest's 0700 tmp: postgres must enter it
-    cluster = LocalPostgres(root)
-    try:
-        cluster.start()
-        cluster.create_user("nanoact", PW, ["optuna"])
+    with postgres(["optuna"]) as cluster:
         cluster.storage = cluster.url("nanoact", PW, "optuna")
         yield cluster
-    finally:
-        try:
-            cluster.stop()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def _crash(cluster) -> None:
