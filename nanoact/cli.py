@@ -375,7 +375,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     _STORES.extend([storage] if storage else [])
     spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid))
     uri = _tracking_uri(tracking_uri)
-    opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
+    opts = sweep.SweepOptions(storage_url=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
                               dry_run=dry_run, init_only=init_only,
                               devices=tuple(devices.split(",")) if devices else None, plugins=plugins,
                               train_log=train_log, system_metrics=system_metrics, oversubscribe=oversubscribe)
@@ -416,7 +416,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
                       + _tracking_arg(tracking_uri))
         sys.exit(res.exit_code)
     if init_only:
-        click.echo(f"study {res.study} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
+        click.echo(f"study {res.study_name} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
                    "command without --init")
         return
     _print_outcome(res)
@@ -440,7 +440,7 @@ def _print_outcome(res) -> None:
     counts: dict[str, int] = {}
     for s in res.states:
         counts[str(s.state)] = counts.get(str(s.state), 0) + 1
-    click.echo(f"sweep {res.study}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    click.echo(f"sweep {res.study_name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                + f" of {len(res.states)} cells ({res.trained} trained by this call); parent run {res.parent_run_id}")
     failed = [s for s in res.states if s.state == CellStatus.FAILED]
     for s in failed:
@@ -464,16 +464,15 @@ def _print_outcome(res) -> None:
 def status_command(experiment, sweep_file, overrides, study, storage) -> None:
     """A table of cells with their state, MLflow run id, final val loss and wall time."""
     from nanoact import sweep
-    from nanoact.sweep.storage import journal_path, is_rdb_url
-    from nanoact.tracking_uri import display_url
+    from nanoact.sweep.storage import storage_location
 
     spec = _load_spec(experiment, sweep_file, overrides, study)
-    read = display_url(storage) if is_rdb_url(storage) else str(journal_path(storage))
-    states = sweep.status(spec, storage=storage)  # creates nothing
-    click.echo(f"study {spec.study_name} in Optuna storage {read}")
+    read = storage_location(storage)
+    states = sweep.status(spec, storage_url=storage)  # creates nothing
+    click.echo(f"study {spec.study_name} in Optuna storage {read.display()}")
     resume = f"nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
     if all(s.state == sweep.CellStatus.MISSING for s in states):
-        where = "" if is_rdb_url(storage) or journal_path(storage).exists() else ": that storage does not exist"
+        where = "" if read.exists() else ": that storage does not exist"
         click.echo(f"nothing has run yet for study {spec.study_name} ({len(states)} cells){where}. If it ran "
                    f"elsewhere, run this from that folder or pass its --storage; else start it with:\n  {resume}")
         return

@@ -116,7 +116,7 @@ def check_stores(storage: str | None, tracking_uri: str, *, env: Mapping[str, st
     several hosts may use at once and that is unsafe for that. ``mounts`` is a ``/proc/mounts``-format file
     (default ``/proc/mounts``). ``$NANOACT_ALLOW_UNSAFE_STORAGE=1`` (all tasks on one node) makes the refusal
     a warning."""
-    from nanoact.sweep.storage import is_rdb_url, journal_path
+    from nanoact.sweep.storage import StorageKind, storage_location
 
     env = os.environ if env is None else env
     text = _read_mounts(mounts)
@@ -124,10 +124,11 @@ def check_stores(storage: str | None, tracking_uri: str, *, env: Mapping[str, st
         return []
     hosts = multi_host(env)
     found: list[tuple[bool, str]] = []  # (refused, line)
-    if not is_rdb_url(storage):
-        found += _check(journal_path(storage), "the Optuna journal", text, hosts, sqlite=False)
-    elif sqlite_path(storage) is not None:
-        found += _check(sqlite_path(storage).resolve(), "the Optuna SQLite storage", text, hosts, sqlite=True)
+    queue = storage_location(storage)
+    if queue.kind is StorageKind.JOURNAL:
+        found += _check(queue.path, "the Optuna journal", text, hosts, sqlite=False)
+    elif queue.kind is StorageKind.SQLITE:
+        found += _check(queue.path, "the Optuna SQLite storage", text, hosts, sqlite=True)
     if sqlite_path(tracking_uri) is not None:
         found += _check(sqlite_path(tracking_uri).resolve(), "the MLflow SQLite store", text, hosts, sqlite=True)
     refusals = [line for refused, line in found if refused]

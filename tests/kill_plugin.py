@@ -17,6 +17,7 @@ import os
 import signal
 
 from nanoact.sweep import worker
+from nanoact.sweep.handle import StudyHandle
 
 _STAGE = os.environ.get("NANOACT_KILL_AT", "")
 if os.environ.get("NANOACT_COORDINATOR_WAIT_S"):
@@ -39,12 +40,12 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-_pop = worker.pop_trial
+_pop = StudyHandle.pop
 _end = worker.Worker._end
 
 
-def pop_then_die(study, storage, axes, leases):
-    popped = _pop(study, storage, axes, leases)
+def pop_then_die(self, axes):
+    popped = _pop(self, axes)
     if popped is not None and _due():
         _die()
     return popped
@@ -89,7 +90,7 @@ if _STAGE == "created":
 elif _STAGE == "parent":
     _parent_then_die()
 elif _STAGE == "popped":
-    worker.pop_trial = pop_then_die
+    StudyHandle.pop = pop_then_die
 elif _STAGE == "finished":
     worker.Worker._end = end_but_die_first
 

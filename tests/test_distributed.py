@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,14 +27,13 @@ from nanoact.cli import cli
 from nanoact.errors import ConfigError, NanoactError
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import prepare, requeue_lost
-from nanoact.sweep.recovery import open_leases
-from nanoact.sweep.storage import pop_trial
+from nanoact.sweep.handle import StudyHandle
+from nanoact.sweep.leases import open_leases
 from nanoact.sweep.worker import Worker
 
-from pg_cluster import LocalPostgres, find_pg_bin
+from services import PW, nanoact_server, postgres
 from test_sweep import write_sweep
 
-PW = "Pg-s3cr3t-7Qx"  # the storage password; must never show up anywhere
 TPW = "Tr-s3cr3t-9Kz"  # a password in the tracking URL (basic auth, ignored by the server)
 GRID_12 = '"model.activation" = ["relu", "gelu", "swish"]\n"train.seed" = [1, 2, 3, 4]'
 
@@ -165,7 +162,7 @@ def _race_to_recover(storage_url: str, tmp_path: Path, n: int = 6) -> None:
     storage = sweep.open_storage(storage_url)
     study = optuna.create_study(study_name="race", storage=storage)
     study.enqueue_trial({"train.seed": 1}, user_attrs={S.A_GRID_KEY: "train.seed=1", S.A_CELL: '{"train.seed": 1}'})
-    trial, lease = pop_trial(study, storage, spec.grid, open_leases(storage_url, "race"))
+    trial, lease = StudyHandle(study, storage, open_leases(storage_url, "race"), uri).pop(spec.grid)
     lease.release()  # ...and its worker died
     barrier, errors, events = threading.Barrier(n), [], []
 
@@ -173,7 +170,7 @@ def _race_to_recover(storage_url: str, tmp_path: Path, n: int = 6) -> None:
         try:
             leases = open_leases(storage_url, "race")
             barrier.wait()
-            requeue_lost(spec, study, storage, leases, uri, events.append)
+            requeue_lost(spec, StudyHandle(study, storage, leases, uri), events.append)
             leases.close()
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -204,10 +201,8 @@ def test_idle_worker_takes_over_the_cell_of_a_worker_that_dies(tmp_path, monkeyp
     spec = sweep.load_sweep(path=p)
     journal = str(tmp_path / "mlruns" / "optuna-journal.log")
     _, ctx = prepare(spec, sweep.SweepOptions(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db"), print)
-    code = ("import optuna, sys, time; from nanoact import sweep; from nanoact.sweep.storage import pop_trial; "
-            "from nanoact.sweep.recovery import open_leases; "
-            f"st = sweep.open_storage({journal!r}); s = optuna.load_study(study_name='tiny', storage=st); "
-            "t, l = pop_trial(s, st, {'train.seed': [1]}, open_leases(" + repr(journal) + ", 'tiny')); "
+    code = ("import sys, time; from nanoact.sweep.handle import StudyHandle; "
+            f"t, l = StudyHandle.open({journal!r}, 'tiny', {ctx.tracking_uri!r}).pop({{'train.seed': [1]}}); "
             "print(t.number, l is not None, flush=True); time.sleep(120)")
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -258,32 +253,11 @@ def test_worker_whose_trial_was_settled_meanwhile_discards_its_run_and_goes_on(t
 # a real PostgreSQL and a real MLflow server (session-scoped; slow tests)
 
 
-def _require_postgres() -> None:
-    if find_pg_bin("initdb") and find_pg_bin("pg_ctl"):
-        return
-    msg = ("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin; "
-           "install them with `apt-get install postgresql`")
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="session")
 def pg():
-    """PostgreSQL on 127.0.0.1:<free port>, data in a fresh /tmp folder owned by ``postgres``; role ``nanoact``
-    (password PW, scram-sha-256 over TCP) owns the databases. Stopped and deleted at the end."""
-    _require_postgres()
-    root = tempfile.mkdtemp(prefix="nanoact-pg-")  # not under pytest's 0700 tmp: postgres must enter it
-    cluster = LocalPostgres(root)
-    try:
-        cluster.start()
-        cluster.create_user("nanoact", PW, ["mlflow"])
+    """PostgreSQL for the session (``services.postgres``), with database ``mlflow``; tests create more."""
+    with postgres(["mlflow"]) as cluster:
         yield cluster
-    finally:
-        try:
-            cluster.stop()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 class Srv:
@@ -300,25 +274,11 @@ def mlflow_server(pg, tmp_path_factory):
     log = d / "server.log"
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": pg.url("nanoact", PW, "mlflow")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "nanoact.cli", "server", "--artifacts-destination",
-                                 str(d / "artifacts"), "--port", str(port), "--workers", "1"],
-                                cwd=d, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while "ready: start workers" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() - t0 > 240:
-            proc.kill()
-            pytest.fail(f"nanoact server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    assert server.health(url)
-    yield Srv(url, log, proc, port)
-    proc.send_signal(signal.SIGTERM)  # must take its mlflow child down with it
-    try:
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with nanoact_server([sys.executable, "-m", "nanoact.cli", "server", "--artifacts-destination",
+                         str(d / "artifacts"), "--port", str(port), "--workers", "1"], d, env, log) as proc:
+        assert server.health(url)
+        yield Srv(url, log, proc, port)
     time.sleep(1.0)
     assert not server.health(url), "the mlflow server outlived `nanoact server`"
 

@@ -223,7 +223,7 @@ def test_ctrl_c_ends_the_parent_run_the_coordinator_made_with_cells_still_queued
 def _hold_coordinator_lease(tmp_path: Path) -> subprocess.Popen:
     """A process that takes the study's coordinator lease and is then stopped (SIGSTOP), as a suspended laptop or
     a worker frozen inside a coordinator step would be."""
-    code = ("import sys, time; from nanoact.sweep.recovery import COORDINATOR, open_leases; "
+    code = ("import sys, time; from nanoact.sweep.leases import open_leases; from nanoact.sweep.recovery import COORDINATOR; "
             f"l = open_leases({str(tmp_path / JOURNAL)!r}, 'tiny').try_hold(COORDINATOR); "
             "print(l is not None, flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -395,24 +395,11 @@ def test_absurd_grid_is_refused_with_its_count_unless_insisted(tmp_path):
 @pytest.fixture
 def restartable_pg():
     """A PostgreSQL cluster of its own (the tests stop it with `pg_ctl stop -m immediate`), database `optuna`."""
-    import tempfile
+    from services import PW, postgres
 
-    from pg_cluster import LocalPostgres
-    from test_distributed import PW, _require_postgres
-
-    _require_postgres()
-    root = tempfile.mkdtemp(prefix="nanoact-pg-")  # not under pytest's 0700 tmp: postgres must enter it
-    cluster = LocalPostgres(root)
-    try:
-        cluster.start()
-        cluster.create_user("nanoact", PW, ["optuna"])
+    with postgres(["optuna"]) as cluster:
         cluster.storage = cluster.url("nanoact", PW, "optuna")
         yield cluster
-    finally:
-        try:
-            cluster.stop()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def _crash(cluster) -> None:

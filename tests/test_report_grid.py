@@ -17,8 +17,7 @@ from nanoact.analysis import guards as gd
 from nanoact.analysis.runs import load_experiment
 from nanoact.tracking import Store
 from nanoact.errors import NanoactError
-from nanoact.sweep.recovery import open_leases
-from nanoact.sweep.storage import pop_trial
+from nanoact.sweep.handle import StudyHandle
 
 from test_sweep import uri, write_sweep
 from test_sweep_engine import _env, _sweep_cmd
@@ -94,12 +93,8 @@ def test_cell_states_of_a_stopped_sweep_and_where_they_come_from(tmp_path, monke
     assert got["swish s2"] == "swish s2: queued (trial 5 WAITING in the Optuna study), never started"
 
     # a worker takes swish s2 and is training it (it holds the cell's lease)
-    journal = str(tmp_path / "mlruns" / "optuna-journal.log")
-    storage = sweep.open_storage(journal)
-    study = optuna.load_study(study_name="tiny", storage=storage)
-    leases = open_leases(journal, "tiny")
-    trial, lease = pop_trial(study, storage, {"model.activation": ["relu", "gelu", "swish"], "train.seed": [1, 2]},
-                             leases)
+    handle = StudyHandle.open(str(tmp_path / "mlruns" / "optuna-journal.log"), "tiny", uri(tmp_path))
+    trial, lease = handle.pop({"model.activation": ["relu", "gelu", "swish"], "train.seed": [1, 2]})
     try:
         assert trial.params == {"model.activation": "swish", "train.seed": 2}
         assert missing()["swish s2"].startswith("swish s2: running (trial 5 RUNNING in the Optuna study")
@@ -121,4 +116,4 @@ def test_cell_states_of_a_stopped_sweep_and_where_they_come_from(tmp_path, monke
         assert missing()["swish s2"].startswith("swish s2: running")
     finally:
         lease.release()
-        leases.close()
+        handle.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from nanoact import server, sweep
 from nanoact.sweep import state as S
 
 from conftest import SHARED_CORPUS
+from services import nanoact_server
 from slurm_cluster import LocalSlurm, missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,25 +68,10 @@ def site(slurm, tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the README: nanoact on PATH
     if "NANOACT_DATA_DIR" not in env and SHARED_CORPUS.exists():
         env["NANOACT_DATA_DIR"] = str(SHARED_CORPUS.parent)
-    log = d / "server.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(["nanoact", "server", "--port", str(port), "--workers", "1"], cwd=d, env=env,
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while "ready: start workers" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() - t0 > 240:
-            proc.kill()
-            pytest.fail(f"nanoact server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    env.update(NANOACT_STORAGE=str(d / "queue" / "optuna-journal.log"), MLFLOW_TRACKING_URI=url)
-    yield d, env, url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with nanoact_server(["nanoact", "server", "--port", str(port), "--workers", "1"], d, env, d / "server.log"):
+        env.update(NANOACT_STORAGE=str(d / "queue" / "optuna-journal.log"), MLFLOW_TRACKING_URI=url)
+        yield d, env, url
 
 
 def _submit(slurm: LocalSlurm, site, *args: str) -> str:

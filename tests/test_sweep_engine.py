@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 from nanoact import sweep
 from nanoact.sweep import state as S
-from nanoact.sweep.recovery import open_leases
-from nanoact.sweep.storage import pop_trial
+from nanoact.sweep.handle import StudyHandle
+from nanoact.sweep.leases import open_leases
 
 from test_sweep import _wait_for_lines, child_runs, uri, write_sweep
 
@@ -74,9 +74,10 @@ def test_pop_trial_takes_enqueued_params_and_never_creates_a_trial(tmp_path):
             study.enqueue_trial({"model.activation": act, "train.seed": seed}, user_attrs={"grid_key": f"{act}{seed}"})
     popped, lock = [], threading.Lock()
     leases = open_leases(str(tmp_path / "j.log"), "s")
+    handle = StudyHandle(study, storage, leases, f"sqlite:///{tmp_path}/mlflow.db")
 
     def popper():
-        while (got := pop_trial(study, storage, axes, leases)) is not None:
+        while (got := handle.pop(axes)) is not None:
             with lock:
                 popped.append(got[0])
             assert leases.try_hold(got[0].user_attrs["grid_key"]) is None  # we hold the cell's lease
@@ -87,10 +88,38 @@ def test_pop_trial_takes_enqueued_params_and_never_creates_a_trial(tmp_path):
     for th in threads:
         th.join()
     assert sorted(t.number for t in popped) == list(range(6))  # each exactly once
-    assert pop_trial(study, storage, axes, leases) is None and len(study.trials) == 6  # no trial created
+    assert handle.pop(axes) is None and len(study.trials) == 6  # no trial created
     for t in popped:
         assert t.params == study.trials[t.number].system_attrs["fixed_params"]
         assert t.user_attrs["grid_key"] == f"{t.params['model.activation']}{t.params['train.seed']}"
+
+
+def test_storage_location_decides_the_kind_of_every_storage_setting(tmp_path):
+    """One function reads --storage: a journal (the default, a path, journal:PATH), SQLite, PostgreSQL; any other
+    URL is refused, with its reason, by whatever opens it; file storages keep their leases beside the file."""
+    from nanoact.errors import ConfigError
+    from nanoact.sweep.storage import StorageKind, storage_location
+
+    default = storage_location(None)
+    assert (default.kind, default.path) == (StorageKind.JOURNAL, tmp_path / "mlruns" / "optuna-journal.log")
+    assert not default.exists() and not default.is_rdb and default.display() == str(default.path)
+    for given in ("q/j.log", "journal:q/j.log", str(tmp_path / "q" / "j.log")):
+        where = storage_location(given)
+        assert (where.kind, where.path, where.url) == (StorageKind.JOURNAL, tmp_path / "q" / "j.log", given)
+    lite = storage_location("sqlite:///s.db")
+    assert (lite.kind, lite.path, lite.is_rdb, lite.exists()) == (StorageKind.SQLITE, tmp_path / "s.db", True, True)
+    held = open_leases("sqlite:///s.db", "s").try_hold("cell")
+    assert held is not None and [p.suffix for p in lite.leases_folder.iterdir()] == [".lock"]
+    held.release()
+    pg = storage_location("postgresql+psycopg2://u:s3cret@db.example/optuna")
+    assert (pg.kind, pg.path, pg.leases_folder, pg.problem) == (StorageKind.POSTGRES, None, None, None)
+    assert "s3cret" not in pg.display() and "db.example/optuna" in pg.display()
+    for url, why in (("postgresql://u@h/db", "postgresql\\+psycopg2://"), ("mysql://u@h/db", "must be")):
+        where = storage_location(url)
+        assert where.kind is StorageKind.UNSUPPORTED and where.exists()  # refused when opened, not when asked
+        for opening in (sweep.open_storage, lambda u: open_leases(u, "s")):
+            with pytest.raises(ConfigError, match=why):
+                opening(url)
 
 
 def test_lease_is_exclusive_and_released_by_the_kernel_when_its_holder_dies(tmp_path):
@@ -98,7 +127,7 @@ def test_lease_is_exclusive_and_released_by_the_kernel_when_its_holder_dies(tmp_
     held = leases.try_hold("cell")
     assert held is not None and leases.try_hold("cell") is None  # exclusive, even within one process
     held.release()
-    code = ("import os, sys, time; from nanoact.sweep.recovery import open_leases; "
+    code = ("import os, sys, time; from nanoact.sweep.leases import open_leases; "
             f"l = open_leases({str(tmp_path / 'j.log')!r}, 's').try_hold('cell'); print(l is not None, flush=True); "
             "time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

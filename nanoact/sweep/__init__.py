@@ -4,8 +4,12 @@ The modules, one job each:
 
 - ``spec``: experiment definitions (base config + grid), validated; no Optuna.
 - ``state``: cell states and the result of a call.
-- ``storage``: opening the Optuna storage; taking a trial off the queue; ``journal``: the journal file, repaired.
-- ``recovery``: how a dead worker is noticed (a lease per cell) and what happens to its cell.
+- ``storage``: what kind of Optuna storage a ``--storage`` string names, and opening it; ``journal``: the journal
+  file, repaired; ``rdb``: a database storage that survives a restart.
+- ``leases``: the ``Leases`` protocol (a lease per cell, released when its holder dies) and its two
+  implementations, ``flock`` files and PostgreSQL advisory locks.
+- ``handle``: ``StudyHandle``, the study with its storage, leases and tracking store; taking a trial off the queue.
+- ``recovery``: how a dead worker is noticed (its cell's lease is free) and what happens to its cell.
 - ``coordinator``: creating the study and parent run, enqueueing cells, ending the parent run.
 - ``worker``: the loop that pops and trains cells; ``pool``: several workers on this machine.
 - ``api``: ``run`` and ``status``.

@@ -73,20 +73,21 @@ def _check_devices_here(devices: tuple[str, ...]) -> None:
             raise ConfigError(f"--devices {d}: {reason} on this machine") from None
 
 
-def status(spec: SweepSpec, storage: str | None = None) -> list[S.CellState]:
+def status(spec: SweepSpec, storage_url: str | None = None) -> list[S.CellState]:
     """Cell states without changing anything (no study or file is created)."""
-    study = load_study(spec, storage)
+    study = load_study(spec, storage_url)
     return S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
 
 
-def coordinator_holder(spec: SweepSpec, storage: str | None = None) -> str | None:
+def coordinator_holder(spec: SweepSpec, storage_url: str | None = None) -> str | None:
     """Who holds the study's coordinator lease right now, or None when it is free (nothing is created)."""
-    from nanoact.sweep.recovery import COORDINATOR, open_leases
+    from nanoact.sweep.leases import open_leases
+    from nanoact.sweep.recovery import COORDINATOR
     from nanoact.sweep.storage import storage_exists
 
-    if not storage_exists(storage):
+    if not storage_exists(storage_url):
         return None
-    leases = open_leases(storage, spec.study_name)
+    leases = open_leases(storage_url, spec.study_name)
     try:
         return leases.holder(COORDINATOR)
     finally:

@@ -20,7 +20,9 @@ from nanoact.errors import NanoactError
 from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
-from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, hold, open_leases, recover
+from nanoact.sweep.handle import StudyHandle
+from nanoact.sweep.leases import Leases, hold, open_leases
+from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, recover
 from nanoact.sweep.spec import SweepSpec
 from nanoact.sweep.storage import open_storage, storage_exists
 from nanoact.tracking import schema
@@ -45,28 +47,18 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     uri = resolve_tracking_uri(opts.tracking_uri)
     if opts.dry_run:
         return _plan_only(spec, opts), None
-    for line in check_stores(opts.storage, uri):  # refuses stores unsafe for the hosts that may share them
+    for line in check_stores(opts.storage_url, uri):  # refuses stores unsafe for the hosts that may share them
         events({"event": "warning", "detail": line})
     check_tracking_server(uri)
     tracking.open_store(uri)
-    storage = open_storage(opts.storage)
-    leases = open_leases(opts.storage, spec.study_name)
+    storage = open_storage(opts.storage_url)
+    leases = open_leases(opts.storage_url, spec.study_name)
     try:  # the coordinator lease is held for storage writes only, never across an MLflow call
-        lease = _hold_coordinator(spec, leases, events)
-        stalled = lease is None
-        if lease is not None:
-            try:
-                study = _load_or_create(spec, storage)
-            finally:
-                lease.release()
-        else:  # a stopped or hung holder: a complete study can still be worked on, without enqueueing
-            study = load_study(spec, opts.storage)
-            if study is None or U_NONCE not in study.user_attrs or U_PARENT not in study.user_attrs:
-                raise _stalled(spec, leases)
-            check_fingerprint(spec, study)
+        study, stalled = _open_study(spec, opts.storage_url, storage, leases, events)
+        handle = StudyHandle(study, storage, leases, uri)
         exp_id = tracking.ensure_experiment(uri, spec.name, experiment_tags(spec))
-        parent = _parent_run(spec, study, uri, exp_id, leases)
-        recovered = recover(study, storage, leases, uri)  # each dead trial under its own cell's lease
+        parent = _parent_run(spec, handle, exp_id)
+        recovered = recover(handle)  # each dead trial under its own cell's lease
         recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
             events({"event": "recovered", "detail": line})
@@ -84,18 +76,35 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     finally:
         leases.close()
     result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered)
-    return result, WorkerContext(spec, opts.storage, uri, exp_id, parent, plugins=opts.plugins,
+    return result, WorkerContext(spec, opts.storage_url, uri, exp_id, parent, plugins=opts.plugins,
                                  train_log=opts.train_log, system_metrics=opts.system_metrics)
 
 
-def _hold_coordinator(spec: SweepSpec, leases, events: EventFn):
+def _open_study(spec: SweepSpec, storage_url: str | None, storage, leases: Leases, events: EventFn):
+    """``(study, stalled)``: the study, loaded or created under the coordinator lease; or, when another process
+    holds that lease for too long (``stalled``), the study as it is, if complete: it can be worked on, without
+    enqueueing."""
+    lease = _hold_coordinator(spec, leases, events)
+    if lease is not None:
+        try:
+            return _load_or_create(spec, storage), False
+        finally:
+            lease.release()
+    study = load_study(spec, storage_url)  # a stopped or hung holder
+    if study is None or U_NONCE not in study.user_attrs or U_PARENT not in study.user_attrs:
+        raise _stalled(spec, leases)
+    check_fingerprint(spec, study)
+    return study, True
+
+
+def _hold_coordinator(spec: SweepSpec, leases: Leases, events: EventFn):
     """The coordinator lease, or None after ``COORDINATOR_WAIT_S`` (saying once, after a second, who holds it)."""
     return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events({
         "event": "waiting", "detail": f"the coordinator lease of study {spec.study_name} is held by "
         f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s"}))
 
 
-def _stalled(spec: SweepSpec, leases) -> NanoactError:
+def _stalled(spec: SweepSpec, leases: Leases) -> NanoactError:
     return NanoactError(
         f"the coordinator lease of study {spec.study_name} has been held for over {recovery.COORDINATOR_WAIT_S:.0f} s "
         f"by {leases.holder(COORDINATOR) or 'another process'} (a stopped or hung process? resume or end it, then "
@@ -103,8 +112,8 @@ def _stalled(spec: SweepSpec, leases) -> NanoactError:
 
 
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
-    study = load_study(spec, opts.storage)
-    check = study_check(spec, study, open_storage(opts.storage) if study is not None else None)
+    study = load_study(spec, opts.storage_url)
+    check = study_check(spec, study, open_storage(opts.storage_url) if study is not None else None)
     states = S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
     # WAITING: queued by an earlier call and not yet taken, so it runs too
     todo = [s.cell.key for s in states if s.state == S.CellStatus.WAITING or _to_enqueue(s.state, opts.retry_failed)]
@@ -139,14 +148,14 @@ def study_check(spec: SweepSpec, study, storage) -> StudyCheck:
     return StudyCheck(exists=True, matches=False, differences=tuple(diffs))
 
 
-def load_study(spec: SweepSpec, storage: str | None):
+def load_study(spec: SweepSpec, storage_url: str | None):
     """The study, or None when it does not exist (nothing is created)."""
     import optuna
 
-    if not storage_exists(storage):
+    if not storage_exists(storage_url):
         return None
     try:
-        return optuna.load_study(study_name=spec.study_name, storage=open_storage(storage))
+        return optuna.load_study(study_name=spec.study_name, storage=open_storage(storage_url))
     except KeyError:
         return None
 
@@ -224,7 +233,7 @@ def check_fingerprint(spec: SweepSpec, study) -> None:
         )
 
 
-def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str, leases) -> str:
+def _parent_run(spec: SweepSpec, handle: StudyHandle, exp_id: str) -> str:
     """The study's parent run: the recorded one, reopened; else one that a creator killed before recording it
     left (found by the study's nonce), adopted; else a new one, recorded under the coordinator lease (a racing
     creator's record wins, and the loser trashes its own run). A run with the nonce that is not the parent and
@@ -232,6 +241,7 @@ def _parent_run(spec: SweepSpec, study, uri: str, exp_id: str, leases) -> str:
     children."""
     from nanoact import tracking
 
+    study, leases, uri = handle.study, handle.leases, handle.tracking_uri
     nonce = study.user_attrs[U_NONCE]
     parent = study.user_attrs.get(U_PARENT)
     mine = None
@@ -317,19 +327,19 @@ def _deaths(trials, key: str) -> int:
     return sum(bool(t.user_attrs.get(S.A_INTERRUPTED)) for t in trials if t.user_attrs.get(S.A_GRID_KEY) == key)
 
 
-def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: EventFn) -> bool:
+def requeue_lost(spec: SweepSpec, handle: StudyHandle, events: EventFn) -> bool:
     """While a sweep runs: settle dead workers' trials (each under its cell's lease) and enqueue their cells again
     (an idle worker's job). The enqueueing needs the coordinator lease, and is skipped this round when another
     process holds it for more than ``REQUEUE_WAIT_S`` (False): the caller trains on rather than wait on a holder
     that may be stopped. (A live holder holds it for a few storage writes; waiting that long lets a worker that
     settled a trial enqueue its cell after a holder that enqueued before the trial was settled.)"""
-    for line in recover(study, storage, leases, uri):
+    for line in recover(handle):
         events({"event": "recovered", "detail": line})
-    lease = hold(leases, COORDINATOR, timeout=REQUEUE_WAIT_S)
+    lease = hold(handle.leases, COORDINATOR, timeout=REQUEUE_WAIT_S)
     if lease is None:
         return False
     try:
-        enqueue(spec, study, max_deaths=MAX_DEATHS)
+        enqueue(spec, handle.study, max_deaths=MAX_DEATHS)
     finally:
         lease.release()
     return True
@@ -339,7 +349,7 @@ def finish(spec: SweepSpec, ctx: WorkerContext, result: S.SweepResult) -> S.Swee
     """The grid's state at the end of the call; the parent run ends when nothing runs or waits any more."""
     from nanoact import tracking
 
-    study = load_study(spec, ctx.storage)
+    study = load_study(spec, ctx.storage_url)
     result.states = S.cell_states(spec, study.get_trials(deepcopy=False))
     # after Ctrl-C, cells still queued wait for the next call: the parent run ends unless a cell is running
     if result.count(*S.BUSY) == 0 or (result.interrupted and result.count(S.CellStatus.RUNNING) == 0):

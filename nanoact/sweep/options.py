@@ -14,7 +14,8 @@ EventFn = Callable[[dict[str, Any]], None]
 @dataclass(frozen=True)
 class SweepOptions:
     """Args:
-        storage: Optuna storage (default: a journal file under ``mlruns/``), a path, or a database URL.
+        storage_url: Optuna storage (default: a journal file under ``mlruns/``), a path, or a database URL
+            (``nanoact.sweep.storage``).
         tracking_uri: MLflow store (default: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlruns/mlflow.db``).
         workers: processes on this machine sharing the study; CPU threads are split between them.
         retry_failed: also rerun cells whose last attempt FAILED.
@@ -28,7 +29,7 @@ class SweepOptions:
             torch process of its own, and on PostgreSQL holds up to 6 connections).
     """
 
-    storage: str | None = None
+    storage_url: str | None = None
     tracking_uri: str | None = None
     workers: int = 1
     retry_failed: bool = False
@@ -79,7 +80,7 @@ class WorkerContext:
     """Everything a worker needs, as plain data so it can cross a process boundary."""
 
     spec: SweepSpec
-    storage: str | None
+    storage_url: str | None
     tracking_uri: str
     experiment_id: str
     parent_run_id: str

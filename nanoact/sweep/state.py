@@ -68,7 +68,7 @@ class CellState:
 class SweepResult:
     """``states`` is the grid as the study holds it at the end of the call; the counts are this call's work."""
 
-    study: str
+    study_name: str
     experiment_id: str | None
     parent_run_id: str | None
     states: list[CellState]

@@ -1,4 +1,7 @@
-"""Opening the Optuna storage of a sweep, and taking trials off its queue.
+"""Where a sweep's Optuna storage is, and opening it.
+
+``storage_location`` is the one place that reads a ``--storage`` string (``storage_url`` below, a string; an Optuna
+storage object is ``storage``):
 
 - no storage given: a journal file, ``mlruns/optuna-journal.log`` under the working directory;
 - a path or ``journal:PATH``: a journal file there (several processes on one machine);
@@ -7,6 +10,8 @@
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,62 +21,109 @@ from nanoact.tracking_uri import store_dir
 _ENGINES: dict[str, Any] = {}  # one RDB storage (engine and connection pool) per process and URL
 
 
+class StorageKind(str, enum.Enum):
+    JOURNAL = "journal"  # a journal file; cell leases are flock locks beside it
+    SQLITE = "sqlite"  # sqlite:///PATH; flock locks beside the database file
+    POSTGRES = "postgresql"  # postgresql+psycopg2://...; PostgreSQL advisory locks
+    UNSUPPORTED = "unsupported"  # any other URL: refused when opened, with ``StorageLocation.problem``
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """A ``--storage`` setting as ``storage_location`` read it."""
+
+    url: str | None  # as given; None: the default journal file
+    kind: StorageKind
+    path: Path | None = None  # the journal file or the SQLite database, absolute; None for a database server
+    problem: str | None = None  # why an UNSUPPORTED URL is refused
+
+    @property
+    def is_rdb(self) -> bool:
+        """An Optuna RDB storage (a database URL), not a journal file."""
+        return self.kind is not StorageKind.JOURNAL
+
+    @property
+    def leases_folder(self) -> Path | None:
+        """Where the flock leases of a file storage are (``nanoact.sweep.leases``); None for a database server."""
+        return Path(f"{self.path}.leases") if self.path is not None else None
+
+    def exists(self) -> bool:
+        """False only for a journal file that is not there yet (reading it would create it)."""
+        return self.is_rdb or (self.path is not None and self.path.exists())
+
+    def display(self) -> str:
+        """The journal file, or the URL with its password masked."""
+        from nanoact.tracking_uri import display_url
+
+        return display_url(self.url) if self.is_rdb else str(self.path)
+
+
+def storage_location(storage_url: str | None) -> StorageLocation:
+    """The kind of storage ``storage_url`` names, and its file (see the module docstring)."""
+    if not storage_url or "://" not in storage_url or storage_url.startswith("journal:"):
+        text = storage_url[len("journal:"):] if storage_url and storage_url.startswith("journal:") else storage_url
+        return StorageLocation(storage_url, StorageKind.JOURNAL, Path(text or default_storage_path()).resolve())
+    if storage_url.startswith("sqlite:///"):
+        return StorageLocation(storage_url, StorageKind.SQLITE, Path(storage_url[len("sqlite:///"):]).resolve())
+    if storage_url.startswith("postgresql+psycopg2://"):
+        return StorageLocation(storage_url, StorageKind.POSTGRES)
+    if storage_url.startswith("postgresql://"):
+        problem = ("write the storage URL as postgresql+psycopg2://... (with SQLAlchemy 2.1 a bare postgresql:// "
+                   "means the psycopg 3 driver, which is not installed)")
+    else:
+        problem = ("an RDB storage must be postgresql+psycopg2://... or sqlite:///... (the two whose worker leases "
+                   "nanoact supports)")
+    return StorageLocation(storage_url, StorageKind.UNSUPPORTED, problem=problem)
+
+
 def default_storage_path(cwd: str | Path | None = None) -> Path:
     return store_dir(cwd) / "optuna-journal.log"
 
 
-def is_rdb_url(storage: str | None) -> bool:
-    return bool(storage) and "://" in storage and not storage.startswith("journal:")
-
-
-def journal_path(storage: str | None) -> Path:
-    """The journal file of a non-RDB storage setting (absolute)."""
-    text = storage[len("journal:"):] if storage and storage.startswith("journal:") else storage
-    return Path(text or default_storage_path()).resolve()
-
-
-def storage_exists(storage: str | None) -> bool:
+def storage_exists(storage_url: str | None) -> bool:
     """False only for a journal file that is not there yet (reading it would create it)."""
-    return is_rdb_url(storage) or journal_path(storage).exists()
+    return storage_location(storage_url).exists()
 
 
-def open_storage(storage: str | None):
-    """The Optuna storage object for ``storage`` (see the module docstring); one per process and URL."""
+def open_storage(storage_url: str | None):
+    """The Optuna storage object for ``storage_url`` (see the module docstring); one per process and URL."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not is_rdb_url(storage):
-        from optuna.storages import JournalStorage
-
-        from nanoact.sweep.journal import Journal, JournalCorrupt, repair_journal
-
-        path = journal_path(storage)
-        try:  # Optuna's own failure on a read-only or full disk is "AssertionError: Should not reach."
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a"):
-                pass
-        except OSError as e:
-            from nanoact.errors import storage_error
-
-            raise (storage_error(e, str(path)) or NanoactError(f"cannot open the Optuna journal {path}: {e}")) from None
-        repair_journal(path)  # a torn last line: the next append would be glued onto it
-        try:
-            return JournalStorage(Journal(path))
-        except JournalCorrupt:  # a torn line that an append was glued onto already
-            repair_journal(path, force=True)
-            return JournalStorage(Journal(path))
-    assert storage is not None
-    if storage.startswith("postgresql://"):
-        raise ConfigError("write the storage URL as postgresql+psycopg2://... (with SQLAlchemy 2.1 a bare "
-                          "postgresql:// means the psycopg 3 driver, which is not installed)")
-    if not storage.startswith(("postgresql+psycopg2://", "sqlite:///")):
-        raise ConfigError("an RDB storage must be postgresql+psycopg2://... or sqlite:///... (the two whose "
-                          "worker leases nanoact supports)")
-    if storage not in _ENGINES:
+    where = storage_location(storage_url)
+    if where.kind is StorageKind.JOURNAL:
+        assert where.path is not None
+        return _open_journal(where.path)
+    if where.problem is not None:
+        raise ConfigError(where.problem)
+    url = where.url
+    assert url is not None
+    if url not in _ENGINES:
         # wrapped as optuna.load_study would wrap it (a trial cache): the study and nanoact's own calls (popping
         # a trial, labelling a dead one) must share that cache, or a trial popped here is unknown to the study
-        _ENGINES[storage] = optuna.storages.get_storage(_new_rdb_storage(storage))
-    return _ENGINES[storage]
+        _ENGINES[url] = optuna.storages.get_storage(_new_rdb_storage(url))
+    return _ENGINES[url]
+
+
+def _open_journal(path: Path):
+    from optuna.storages import JournalStorage
+
+    from nanoact.sweep.journal import Journal, JournalCorrupt, repair_journal
+
+    try:  # Optuna's own failure on a read-only or full disk is "AssertionError: Should not reach."
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        from nanoact.errors import storage_error
+
+        raise (storage_error(e, str(path)) or NanoactError(f"cannot open the Optuna journal {path}: {e}")) from None
+    repair_journal(path)  # a torn last line: the next append would be glued onto it
+    try:
+        return JournalStorage(Journal(path))
+    except JournalCorrupt:  # a torn line that an append was glued onto already
+        repair_journal(path, force=True)
+        return JournalStorage(Journal(path))
 
 
 def _new_rdb_storage(url: str, attempts: int = 6):
@@ -111,55 +163,3 @@ def _cannot_open(url: str, e: Exception) -> NanoactError:
 
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return NanoactError(redact(f"cannot open Optuna storage {display_url(url)}: {type(e).__name__}: {first}", url))
-
-
-def pop_trial(study, storage, axes: dict[str, list[Any]], leases):
-    """Take one WAITING trial off the study's queue, with its cell's lease: ``(trial, lease)``, or None when no
-    waiting trial's cell is free. The lease is taken *before* the trial turns RUNNING, so a RUNNING trial whose
-    lease is free is always a dead one (``nanoact.sweep.recovery``). The trial comes as a ``Trial`` of ours with
-    its enqueued params set (``axes``: the grid, for Optuna's categorical distributions).
-
-    The only place nanoact reaches below Optuna's public API (``optuna.Trial`` built from a trial id):
-    ``study.ask()`` would create a trial without params whenever the queue is empty, and such pseudo-trials would
-    sit in the record. The WAITING -> RUNNING update is atomic in every storage: no two workers pop one trial.
-    """
-    import optuna
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    from nanoact.sweep.state import A_GRID_KEY
-
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        lease = leases.try_hold(frozen.user_attrs.get(A_GRID_KEY))
-        if lease is None:
-            continue  # its cell is being trained or checked right now
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        try:
-            popped = storage.set_trial_state_values(trial_id, TrialState.RUNNING)
-        except UpdateFinishedTrialError:
-            popped = False
-        if not popped:
-            lease.release()
-            continue
-        trial = optuna.Trial(study, trial_id)
-        for name, choices in axes.items():  # Optuna returns the enqueued value, never a pick of its own
-            trial.suggest_categorical(name, choices)
-        return trial, lease
-    return None
-
-
-def _trial_id(storage, study, number: int) -> int:
-    study_id = storage.get_study_id_from_name(study.study_name)
-    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
-
-def set_trial_attrs(storage, study, number: int, attrs: dict[str, Any]) -> None:
-    """User attrs on any trial of the study (by number), e.g. one a dead worker left RUNNING."""
-    trial_id = _trial_id(storage, study, number)
-    for k, v in attrs.items():
-        storage.set_trial_user_attr(trial_id, k, v)
-
-
-def get_trial(storage, study, number: int):
-    return storage.get_trial(_trial_id(storage, study, number))

@@ -19,10 +19,9 @@ from nanoact.sweep import interrupt
 from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import requeue_lost
+from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.options import EventFn, WorkerContext
-from nanoact.sweep.recovery import open_leases
 from nanoact.sweep.spec import Cell
-from nanoact.sweep.storage import open_storage, pop_trial
 from nanoact.tracking import schema
 
 
@@ -43,20 +42,22 @@ class Worker:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         for mod in self.ctx.plugins:
             __import__(mod)
-        self.storage = open_storage(self.ctx.storage)
-        self.study = optuna.load_study(study_name=self.ctx.spec.study_name, storage=self.storage)
-        self.leases = open_leases(self.ctx.storage, self.ctx.spec.study_name)
+        self.handle = StudyHandle.open(self.ctx.storage_url, self.ctx.spec.study_name, self.ctx.tracking_uri)
         try:
             while True:
                 interrupt.check()
-                popped = pop_trial(self.study, self.storage, self.ctx.spec.grid, self.leases)
+                popped = self.handle.pop(self.ctx.spec.grid)
                 if popped is not None:
                     self._attempt(*popped)
                     self._requeue_lost()  # a busy worker, too, hands on the cells of workers that died
                 elif not self._wait_for_work():
                     return self.trained, self.failed
         finally:
-            self.leases.close()
+            self.handle.close()
+
+    @property
+    def study(self):
+        return self.handle.study
 
     def _emit(self, event: str, **fields: Any) -> None:
         self.events({"event": event, "worker": self.ctx.worker_name, **fields})
@@ -85,7 +86,7 @@ class Worker:
             interrupt.check()
 
     def _requeue_lost(self) -> bool:
-        return requeue_lost(self.ctx.spec, self.study, self.storage, self.leases, self.ctx.tracking_uri,
+        return requeue_lost(self.ctx.spec, self.handle,
                      lambda ev: self.events({**ev, "worker": self.ctx.worker_name}))
 
     def _attempt(self, trial, lease) -> None:
@@ -242,4 +243,4 @@ def _storage_failure(e: BaseException, ctx: WorkerContext):
 def _one_line(e: BaseException, ctx: WorkerContext) -> str:
     from nanoact.tracking_uri import redact
 
-    return redact(" ".join(f"{type(e).__name__}: {e}".split())[:500], ctx.storage, ctx.tracking_uri)
+    return redact(" ".join(f"{type(e).__name__}: {e}".split())[:500], ctx.storage_url, ctx.tracking_uri)
