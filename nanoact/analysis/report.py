@@ -286,7 +286,7 @@ def run_report(  # over 60 lines with the docstring of its ten options; the body
     many = len(analyses) > 1
     for an in analyses:
         say(f"{an.key}: plotting")
-        rd.make_plots(an, out, f"{safe_dirname(an.key)}_" if many else "")
+        rd.make_plots(an, out, f"{safe_dirname(an.label or an.er.name)}_" if many else "")
     if factorial is not None:
         factorial_plots = fr.make_plots(factorial, out)
     anomalies = [(f"{an.key}: " if many else "") + a for an in analyses for g in an.guards for a in g.anomalies()]

@@ -24,7 +24,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class SyntheticSpec:
     parent: bool = True
     declared_grid: Mapping[str, Sequence[Any]] | None = None  # the grid the parent run declares (tag nanoact.grid)
     model: str = "charlm"
+    models: Sequence[str] = ()  # non-empty: the grid crosses these models (axis model.name), on one evaluation set
     data_seed: int = 0
     device: str = "cpu"
 
@@ -103,9 +104,13 @@ class _World:
         self._act: dict[str, np.ndarray] = {}
         self._seed: dict[int, np.ndarray] = {}
 
+    def _model_key(self) -> tuple:
+        return (self.spec.model,) if self.spec.models else ()  # each model of a crossed grid fits its own way
+
     def act(self, a: str) -> np.ndarray:
         if a not in self._act:
-            self._act[a] = _rng("act", a, self.spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+            self._act[a] = _rng("act", a, self.spec.data_seed, *self._model_key()).standard_normal(
+                self.z.shape, dtype=np.float32)
         return self._act[a]
 
     def seed(self, s: int) -> np.ndarray:
@@ -115,7 +120,7 @@ class _World:
 
     def final_logits(self, a: str, s: int | tuple[int, int], attempt: int) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
-        g = _rng("run", a, s, attempt, spec.data_seed)
+        g = _rng("run", a, s, attempt, spec.data_seed, *self._model_key())
         logits = spec.quality.get(a, 1.0) * self.z
         logits += spec.act_scale * self.act(a)
         if isinstance(s, tuple):  # (init seed, data-order seed)
@@ -149,7 +154,6 @@ def log_synthetic_runs(
     if artifact_root is not None:
         root = str(artifact_root) if "://" in str(artifact_root) else Path(artifact_root).resolve().as_uri()
     exp_id = store.ensure_experiment(spec.experiment, artifact_root=root)
-    world = _World(spec)
     t0 = int(time.time() * 1000)
     clock = [0]
 
@@ -165,33 +169,42 @@ def log_synthetic_runs(
         parent_id = store.create_run(exp_id, f"{spec.experiment}-sweep", tags, start_time=tick())
 
     max_step = max(spec.steps)
-    run_ids: dict[tuple[str, int], str] = {}
+    run_ids: dict[tuple, str] = {}
     all_ids: list[str] = []
-    for trial, (a, s, attempt, status) in enumerate(_attempts(spec)):
-        src = spec.copy_of.get(a, a)  # the model that really "ran"
-        config, flat, grid_key = _cell_config(spec, a, s, max_step)
-        tags = _cell_tags(spec, world, a, s, src, grid_key, parent_id, trial, config["train"]["seed"])
-        rid = store.create_run(exp_id, f"{spec.model}-{a}-s{s}", tags, flat, start_time=tick())
-        all_ids.append(rid)
-        if status != "FINISHED":
-            store.end_run(rid, status, "synthetic failure: CUDA out of memory")
-            continue
-
-        # copies share the source's predictions exactly, as the flawed report's runs did
-        logits, init = world.final_logits(src, s, attempt)
-        if src != a and spec.copy_jitter:
-            logits = logits + spec.copy_jitter * _rng("jitter", a, s).standard_normal(logits.shape, dtype=np.float32)
-        g = _rng("timing", a, s, attempt)
-        store.log_metrics(rid, _log_steps(store, rid, spec, world, logits, init, g, t0 + clock[0]))
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / S.CONFIG_FILE).write_text(json.dumps(config, indent=1))
-            store.log_artifacts(rid, Path(tmp) / S.CONFIG_FILE)
-        store.end_run(rid, "FINISHED", end_time=tick())
-        run_ids[(a, s)] = rid
+    for model in spec.models or [spec.model]:
+        ms = replace(spec, model=model)
+        world = _World(ms)
+        for trial, (a, s, attempt, status) in enumerate(_attempts(ms), start=len(all_ids)):
+            rid = _log_cell(store, exp_id, ms, world, a, s, attempt, status, parent_id, trial, max_step, tick, t0, clock)
+            all_ids.append(rid)
+            if rid is not None and status == "FINISHED":
+                run_ids[(model, a, s) if spec.models else (a, s)] = rid
 
     if parent_id:
         store.end_run(parent_id, "FINISHED", end_time=tick())
     return SyntheticLog(experiment_id=exp_id, parent_run_id=parent_id, run_ids=run_ids, all_run_ids=all_ids)
+
+
+def _log_cell(store, exp_id, spec: SyntheticSpec, world: _World, a: str, s, attempt: int, status: str,
+              parent_id: str | None, trial: int, max_step: int, tick, t0: int, clock: list[int]) -> str:
+    src = spec.copy_of.get(a, a)  # the model that really "ran"
+    config, flat, grid_key = _cell_config(spec, a, s, max_step)
+    tags = _cell_tags(spec, world, a, s, src, grid_key, parent_id, trial, config["train"]["seed"])
+    rid = store.create_run(exp_id, f"{spec.model}-{a}-s{s}", tags, flat, start_time=tick())
+    if status != "FINISHED":
+        store.end_run(rid, status, "synthetic failure: CUDA out of memory")
+        return rid
+    # copies share the source's predictions exactly, as the flawed report's runs did
+    logits, init = world.final_logits(src, s, attempt)
+    if src != a and spec.copy_jitter:
+        logits = logits + spec.copy_jitter * _rng("jitter", a, s).standard_normal(logits.shape, dtype=np.float32)
+    g = _rng("timing", a, s, attempt)
+    store.log_metrics(rid, _log_steps(store, rid, spec, world, logits, init, g, t0 + clock[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / S.CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        store.log_artifacts(rid, Path(tmp) / S.CONFIG_FILE)
+    store.end_run(rid, "FINISHED", end_time=tick())
+    return rid
 
 
 def _attempts(spec: SyntheticSpec) -> list[tuple[str, Any, int, str]]:

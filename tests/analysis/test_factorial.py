@@ -198,3 +198,51 @@ def test_pd_is_not_compared_between_levels_with_different_evaluation_sets():
     assert not any(h.id.startswith("factorial/pd_tv") for h in sec.hypotheses)
     assert "Not compared: the levels were evaluated on different evaluation sets" in "\n".join(fr.render_md(sec))
     assert "activation insensitivity persists at both scales" in fr.verdicts(sec)[0]
+
+
+@pytest.mark.slow
+def test_a_grid_with_a_model_axis_gets_the_factorial_report(tmp_path):
+    """`nanoact report` on a grid that varies model.name: every level analysed, the factorial section first, its
+    tests in summary.json with ids, the interaction plot and the heatmap, the report logged once to the parent."""
+    import json
+
+    from nanoact.analysis.report import run_report
+    from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
+    from nanoact.tracking.store import Store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    models, acts, seeds = ["charlm", "minigpt", "tinylstm"], ["relu", "gelu", "swish"], [42, 43, 44, 45]
+    log = log_synthetic_runs(uri, SyntheticSpec(experiment="zoo", models=models, activations=acts, seeds=seeds,
+                                                declared_grid={"model.name": models, "model.activation": acts,
+                                                               "train.seed": seeds}),
+                             artifact_root=tmp_path / "art")
+    r = run_report(["zoo"], tracking_uri=uri, out_dir=tmp_path / "out")
+    md = r.report_md.read_text()
+    assert md.index("## Does the activation effect depend on model.name?") < md.index("## Level `model.name=charlm`")
+    assert "Claim 'architecture dominance'" in md and "model.name" in r.headline
+    summary = json.loads(r.summary_json.read_text())
+    ids = {h["id"] for h in summary["factorial"]["hypotheses"]}
+    assert {"factorial/final_val_loss/interaction", "factorial/final_val_loss/simple/minigpt"} <= ids
+    assert set(summary["per_experiment"]) == {f"zoo[model.name={m}]" for m in models}
+    for name in ("factorial_interaction_final_val_loss.png", "factorial_effects_final_val_loss.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 10_000
+    arts = Store(uri).client.list_artifacts(log.parent_run_id, "report")
+    assert sum(a.path.endswith("report.md") for a in arts) == 1
+
+
+@pytest.mark.slow
+def test_two_experiments_are_levels_of_the_factor_experiment(tmp_path):
+    """Two experiments on different evaluation sets: the loss factorial is nested (split-plot), and PD is not
+    compared between them."""
+    import json
+
+    from nanoact.analysis.report import run_report
+    from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for name, data_seed in (("partial", 0), ("full", 1)):
+        log_synthetic_runs(uri, SyntheticSpec(experiment=name, data_seed=data_seed), artifact_root=tmp_path / name)
+    r = run_report(["partial", "full"], tracking_uri=uri, out_dir=tmp_path / "out")
+    fac = json.loads(r.summary_json.read_text())["factorial"]
+    assert fac["factor"] == "experiment" and fac["seeds"] == "nested" and "different evaluation sets" in fac["pd_refused"]
+    assert "activation insensitivity persists at both scales" in r.report_md.read_text()
