@@ -9,7 +9,10 @@ Modules (import them directly; importing this package does no work):
   sources     PD split into initialisation, data order and activation (crossed seed grids)
   hypotheses  the list of every test, Holm-adjusted per family
   experiment  the computation for one experiment (numbers only)
-  render      report.md, the headline and the executive summary (the words)
+  answers     each test's question and answer (the words)
+  executive   the executive summary and the headline, from the hypothesis list
+  formatting  numbers, p-values, percentages and markdown tables as the report writes them
+  render      report.md: guards, sections in order, comparison, plots (render_stats: the test sections)
   summary     summary.json
   guards      checks that make the failures of the flawed report loud
   plots       matplotlib Figures (Agg canvas, no pyplot state)

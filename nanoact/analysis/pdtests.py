@@ -55,8 +55,8 @@ N_PERM = 4000  # Monte Carlo relabellings
 def jackknife_var(theta: np.ndarray) -> np.ndarray:
     """Delete-one jackknife variance from the leave-one-unit-out estimates ``theta`` (units on axis 0).
 
-    (g − 1)/g · Σ (θ_u − θ̄)² over the g units: the one jackknife formula of the analysis (seeds, init seeds and
-    data seeds, pairs of seeds; ``grouped_jackknife``, ``sources.decompose``, ``divergence.pair_mean_jackknife``).
+    (g − 1)/g · Σ (θ_u − θ̄)² over the g units: the one jackknife formula of the analysis (seeds, init seeds
+    and data seeds, pairs of seeds; ``grouped_jackknife``, ``sources.decompose``, ``divergence.pair_mean_jackknife``).
     """
     g = len(theta)
     return (g - 1) / g * np.sum((theta - theta.mean(axis=0)) ** 2, axis=0)
