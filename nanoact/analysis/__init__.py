@@ -4,6 +4,7 @@ Modules (import them directly; importing this package does no work):
   runs        query MLflow for the cells of an experiment, dedupe attempts, fetch prediction artifacts
   divergence  the PD metrics (Shamir et al., arXiv:2010.09931), vectorised over many run pairs
   stats       RCBD ANOVA, Friedman / Iman–Davenport, blocked pairwise comparisons, effect sizes, power
+  outcome     every statistic of one per-run outcome (stats gathered, complete blocks only)
   pdestimands the PD estimands on the table of PD between every pair of runs (numbers only)
   pdtests     tests about PD that resample or permute whole seeds (pairs share runs)
   sources     PD split into initialisation, data order and activation (crossed seed grids)

@@ -21,10 +21,10 @@ from nanoact.analysis import guards as gd
 from nanoact.analysis import pdtests as pt
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.hypotheses import Hypothesis, build_hypotheses
+from nanoact.analysis.outcome import OutcomeStats, analyse_outcome
 from nanoact.analysis.runs import ArtifactFetcher, ExperimentRuns, RunRecord, load_experiment, load_histories
 from nanoact.analysis.runs import prediction_steps, read_predictions
 from nanoact.analysis.sources import SourcesAnalysis, analyse_sources, is_sources_grid
-from nanoact.analysis.stats import OutcomeStats, analyse_outcome
 from nanoact.errors import NanoactError
 
 # (key in summary.json, words, logged metric, lower is better); the first is the primary outcome
