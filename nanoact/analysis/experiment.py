@@ -1,6 +1,7 @@
 """Computation for one experiment: runs -> predictions -> PD at every step -> statistics, tests and guards.
 
-Returns plain numbers in an ``ExperimentAnalysis``; ``render`` words them and ``summary`` writes summary.json.
+Returns plain numbers in an ``ExperimentAnalysis``; ``answers``, ``executive`` and ``render`` word them and ``summary``
+writes summary.json.
 Library code: no printing, progress goes to the ``progress`` callback, user mistakes raise ``NanoactError``.
 """
 

@@ -1,6 +1,6 @@
 """The list of every hypothesis test a report makes, with multiplicity control per family.
 
-Each ``Hypothesis`` holds numbers and codes only; ``nanoact.analysis.render`` words the question and the answer.
+Each ``Hypothesis`` holds numbers and codes only; ``nanoact.analysis.answers`` words the question and the answer.
 The report's executive summary is built from this list and nothing else, and summary.json writes it out
 (schema in docs/REPORT.md).
 
