@@ -133,6 +133,25 @@ def test_per_layer_activations():
         build_model(tiny("minigpt", "relu,gelu,relu"), V)
 
 
+def test_model_modules_never_import_their_own_package():
+    # the registry (nanoact/models/__init__.py) imports the model modules; an import back from them is an
+    # upward arrow (and a cycle hidden inside function bodies)
+    import ast
+    from pathlib import Path
+
+    folder = Path(models_mod.__file__).parent
+    upward = []
+    for f in sorted(folder.glob("*.py")):
+        if f.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "nanoact.models" and node.level == 0:
+                upward.append(f"{f.name}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.level and not node.module:
+                upward.append(f"{f.name}:{node.lineno}")
+    assert upward == []
+
+
 def test_unknown_names_are_errors_never_fallbacks():
     with pytest.raises(ConfigError, match="valid models"):
         build_model(tiny("gpt5", "relu"), V)

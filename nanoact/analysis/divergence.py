@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from nanoact.analysis.pdtests import jackknife_var
+
 METRICS: tuple[str, ...] = ("pd_tv", "pd_top1", "pd_label", "pd_label_rel", "js")
 
 _TINY = np.finfo(np.float32).tiny  # floor for probabilities so log(p) is finite; far below float16's 6e-8
@@ -234,9 +236,7 @@ def pair_mean_jackknife(pairs: np.ndarray, values: np.ndarray) -> tuple[float, f
     if len(units) < 3:
         return mean, float("nan")
     theta = np.array([values[(pairs[:, 0] != u) & (pairs[:, 1] != u)].mean() for u in units])
-    g = len(units)
-    se = float(np.sqrt((g - 1) / g * np.sum((theta - theta.mean()) ** 2)))
-    return mean, se
+    return mean, float(np.sqrt(jackknife_var(theta)))
 
 
 def per_context_tv(stack: PredictionStack, pairs: Sequence[tuple[int, int]]) -> np.ndarray:

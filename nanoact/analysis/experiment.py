@@ -1,6 +1,7 @@
 """Computation for one experiment: runs -> predictions -> PD at every step -> statistics, tests and guards.
 
-Returns plain numbers in an ``ExperimentAnalysis``; ``render`` words them and ``summary`` writes summary.json.
+Returns plain numbers in an ``ExperimentAnalysis``; ``answers``, ``executive`` and ``render`` word them and ``summary``
+writes summary.json.
 Library code: no printing, progress goes to the ``progress`` callback, user mistakes raise ``NanoactError``.
 """
 
@@ -21,10 +22,10 @@ from nanoact.analysis import guards as gd
 from nanoact.analysis import pdtests as pt
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.hypotheses import Hypothesis, build_hypotheses
+from nanoact.analysis.outcome import OutcomeStats, analyse_outcome
 from nanoact.analysis.predictions import ArtifactFetcher, prediction_steps, read_predictions
 from nanoact.analysis.runs import ExperimentRuns, RunRecord, load_experiment, load_histories
 from nanoact.analysis.sources import SourcesAnalysis, analyse_sources, is_sources_grid
-from nanoact.analysis.stats import OutcomeStats, analyse_outcome
 from nanoact.errors import NanoactError
 from nanoact.tracking import schema
 

@@ -1,11 +1,11 @@
 """The list of every hypothesis test a report makes, with multiplicity control per family.
 
-Each ``Hypothesis`` holds numbers and codes only; ``nanoact.analysis.render`` words the question and the answer.
+Each ``Hypothesis`` holds numbers and codes only; ``nanoact.analysis.answers`` words the question and the answer.
 The report's executive summary is built from this list and nothing else, and summary.json writes it out
 (schema in docs/REPORT.md).
 
 Families (Holm's step-down adjustment inside each, so each family's familywise error rate is at most α;
-Holm, Scand. J. Stat. 1979). ``render.FAMILY_WORDS`` words them for the report.
+Holm, Scand. J. Stat. 1979). ``executive.FAMILY_WORDS`` words them for the report.
 
 - ``primary``: the F test of the primary outcome, final val loss (RCBD F, or the quasi-F with Satterthwaite df
   when init and data seeds are crossed). One test.

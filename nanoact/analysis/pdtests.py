@@ -37,55 +37,37 @@ at 3, 5 and 10 seeds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
 from scipy import stats
+
+from nanoact.analysis.pdestimands import (activation_only, activation_only_overall, cross_means, cross_minus_within,
+                                         excess, offdiag, relative_excess, relative_reproducibility,
+                                         same_seed_means, same_seed_ratio, within_means)
 
 ALPHA = 0.05
 EXACT_LIMIT = 20000  # enumerate every relabelling when there are at most this many, else Monte Carlo
 N_PERM = 4000  # Monte Carlo relabellings
 
 
-def pd_table(matrix: np.ndarray, act_index: np.ndarray, seed_index: np.ndarray, k: int, n: int) -> np.ndarray:
-    """(R, R) PD between runs -> (k, n, k, n) table; run r is (act_index[r], seed_index[r]) of a complete grid."""
-    assert len(act_index) == k * n, "the grid must be complete (one run per activation x seed)"
-    out = np.full((k, n, k, n), np.nan)
-    a, s = np.asarray(act_index), np.asarray(seed_index)
-    out[a[:, None], s[:, None], a[None, :], s[None, :]] = np.asarray(matrix, dtype=np.float64)
-    return out
+def jackknife_var(theta: np.ndarray) -> np.ndarray:
+    """Delete-one jackknife variance from the leave-one-unit-out estimates ``theta`` (units on axis 0).
+
+    (g − 1)/g · Σ (θ_u − θ̄)² over the g units: the one jackknife formula of the analysis (seeds, init seeds
+    and data seeds, pairs of seeds; ``grouped_jackknife``, ``sources.decompose``, ``divergence.pair_mean_jackknife``).
+    """
+    g = len(theta)
+    return (g - 1) / g * np.sum((theta - theta.mean(axis=0)) ** 2, axis=0)
 
 
-def _offdiag(n: int) -> np.ndarray:
-    return ~np.eye(n, dtype=bool)
-
-
-def within_blocks(d: np.ndarray) -> np.ndarray:
-    """(..., k, n, n): PD between seeds of each activation (the diagonal of the activation axes)."""
-    return np.einsum("...aiaj->...aij", d)
-
-
-def within_means(d: np.ndarray) -> np.ndarray:
-    """(..., k) mean PD over pairs of different seeds of the same activation (W_a)."""
-    n = d.shape[-1]
-    w = within_blocks(d)
-    return np.where(_offdiag(n), w, 0.0).sum(axis=(-1, -2)) / (n * (n - 1))
-
-
-def jackknife_se(theta_loo: np.ndarray) -> np.ndarray:
-    """Delete-one jackknife SE over the seed axis (axis -2 of (..., n, m))."""
-    n = theta_loo.shape[-2]
-    dev = theta_loo - theta_loo.mean(axis=-2, keepdims=True)
-    return np.sqrt((n - 1) / n * np.sum(dev**2, axis=-2))
-
-
-@dataclass
+@dataclass(frozen=True)
 class Estimate:
     """A mean PD with its jackknife SE over seeds and a t interval on ``df`` degrees of freedom.
 
     ``context_se`` is the SE from resampling evaluation contexts (the bootstrap over contexts, computed exactly:
-    the statistic is a mean over contexts). When it is the larger, the interval is widened to ±1.96·context_se.
+    the statistic is a mean over contexts); ``with_context_se`` adds it to the interval, neither source dropped.
     """
 
     mean: float
@@ -103,7 +85,7 @@ def t_interval(mean: float, se: float, df: int, level: float = 0.95) -> Estimate
     return Estimate(mean, se, df, mean - h, mean + h)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PairTest:
     """One test on a pair (a, b) of activations (or on all activations when a = b = -1)."""
 
@@ -133,7 +115,7 @@ def _within_sums(d: np.ndarray, inv: np.ndarray) -> np.ndarray:
     n = d.shape[-1]
     s = np.arange(n)
     vals = d[inv[:, :, None, :], s[None, :, None, None], inv[:, None, :, :], s[None, None, :, None]]
-    return np.where(_offdiag(n)[None, :, :, None], vals, 0.0).sum(axis=(1, 2, 3))
+    return np.where(offdiag(n)[None, :, :, None], vals, 0.0).sum(axis=(1, 2, 3))
 
 
 def _relabellings(k: int, n: int, rng: np.random.Generator, n_perm: int) -> tuple[np.ndarray, bool]:
@@ -158,29 +140,30 @@ def _relabellings(k: int, n: int, rng: np.random.Generator, n_perm: int) -> tupl
     return inv, False
 
 
-def cross_minus_within(d: np.ndarray) -> np.ndarray:
-    """(...) Δ = C − W over pairs of runs with different seeds (C: different activations, W: the same)."""
-    k, n = d.shape[-4], d.shape[-1]
-    mask = _offdiag(n)[None, :, None, :]  # (1, n, 1, n) over (a, s, b, t)
-    total = np.where(mask, d, 0.0).sum(axis=(-1, -2, -3, -4))
-    wsum = within_means(d).sum(axis=-1) * n * (n - 1)
-    c = (total - wsum) / (n * (n - 1) * k * (k - 1))
-    return c - wsum / (n * (n - 1) * k)
+def _perm_p(sums: np.ndarray) -> float:
+    """One-sided p of the relabelling test from the within-label sums, the identity (observed) first.
+
+    Δ decreases as the within-label sum grows, so a relabelling counts when its sum is at most the observed one;
+    ties count against the claim. The identity is one of the relabellings: the p-value is exact, or
+    (1 + #) / (B + 1) for Monte Carlo.
+    """
+    obs = sums[0]
+    return float(np.sum(sums <= obs + 1e-12 * max(1.0, abs(obs)))) / len(sums)
 
 
-def cross_vs_within_test(d: np.ndarray, rng: np.random.Generator, n_perm: int | None = None) -> PairTest:
-    """Randomisation test of Δ = C − W > 0 for all activations of ``d`` (k, n, k, n); a = b = −1."""
+def cross_vs_within_test(d: np.ndarray, rng: np.random.Generator, n_perm: int | None = None, a: int = -1,
+                         b: int = -1) -> PairTest:
+    """Randomisation test of Δ = C − W > 0 for all activations of ``d`` (k, n, k, n), labelled (a, b).
+
+    SE, df and interval are NaN here: the callers add the jackknife interval (``_with_interval``).
+    """
     k, n = d.shape[0], d.shape[-1]
     delta = float(cross_minus_within(d))
     inv, exact = _relabellings(k, n, rng, n_perm or N_PERM)
     sums = np.concatenate([_within_sums(d, inv[i:i + 512]) for i in range(0, len(inv), 512)])
-    obs = sums[0]
-    tol = 1e-12 * max(1.0, abs(obs))
-    # Δ decreases as the within-label sum grows; ties count against the claim
-    count = int(np.sum(sums <= obs + tol))
-    p = count / len(sums)  # the identity is one of the relabellings: exact, or (1 + #) / (B + 1) for Monte Carlo
     floor = 1.0 / len(sums)  # exact: 1 / (k!)^(n-1); Monte Carlo: 1 / (B + 1)
-    return PairTest(-1, -1, delta, math.nan, delta, math.nan, p, floor, n_relabellings=len(sums), exact=exact)
+    return PairTest(a, b, delta, math.nan, delta, math.nan, _perm_p(sums), floor, n_relabellings=len(sums),
+                    exact=exact)
 
 
 def pairwise_cross_vs_within(d: np.ndarray, rng: np.random.Generator, n_perm: int | None = None) -> list[PairTest]:
@@ -190,9 +173,7 @@ def pairwise_cross_vs_within(d: np.ndarray, rng: np.random.Generator, n_perm: in
     for a in range(k):
         for b in range(a + 1, k):
             sub = d[np.ix_([a, b], range(d.shape[1]), [a, b], range(d.shape[3]))]
-            t = cross_vs_within_test(sub, rng, n_perm)
-            t.a, t.b = a, b
-            out.append(t)
+            out.append(cross_vs_within_test(sub, rng, n_perm, a, b))
     return out
 
 
@@ -200,11 +181,7 @@ def cross_vs_within_p_batch(d: np.ndarray, rng: np.random.Generator, n_perm: int
     """p-values of the relabelling test for a batch (m, k, n, k, n), the same relabellings for every data set."""
     k, n = d.shape[-4], d.shape[-1]
     inv, _ = _relabellings(k, n, rng, n_perm)
-    p = np.empty(d.shape[0])
-    for i in range(d.shape[0]):
-        sums = _within_sums(d[i], inv)
-        p[i] = np.mean(sums <= sums[0] + 1e-12 * max(1.0, abs(sums[0])))
-    return p
+    return np.array([_perm_p(_within_sums(d[i], inv)) for i in range(d.shape[0])])
 
 
 def seeds_for_floor(k: int, m: int, alpha: float = ALPHA) -> int:
@@ -213,7 +190,6 @@ def seeds_for_floor(k: int, m: int, alpha: float = ALPHA) -> int:
     while 1.0 / math.factorial(k) ** (n - 1) > alpha / m:
         n += 1
     return n
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -240,60 +216,8 @@ def grouped_jackknife(stat, d: np.ndarray, groupings: list[np.ndarray]) -> tuple
         if len(uniq) < 3:
             return np.full(np.shape(stat(d)), np.nan), 0
         theta = np.stack([stat(sub_table(d, np.flatnonzero(lab != u))) for u in uniq])
-        var = var + (len(uniq) - 1) / len(uniq) * np.sum((theta - theta.mean(axis=0)) ** 2, axis=0)
+        var = var + jackknife_var(theta)
     return np.sqrt(var), min(units) - 1
-
-
-def cross_means(d: np.ndarray) -> np.ndarray:
-    """(..., k, k) mean PD between activations a and b over pairs of runs with different seeds."""
-    n = d.shape[-1]
-    return np.where(_offdiag(n)[:, None, :], d, 0.0).sum(axis=(-3, -1)) / (n * (n - 1))
-
-
-def excess(d: np.ndarray) -> np.ndarray:
-    """(..., k, k) Δ_ab = C_ab − (W_a + W_b)/2, different seeds on both sides (a symmetric excess)."""
-    w = within_means(d)
-    return cross_means(d) - 0.5 * (w[..., :, None] + w[..., None, :])
-
-
-def _pair_mean(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (x[..., :, None] + x[..., None, :])
-
-
-def same_seed_means(d: np.ndarray) -> np.ndarray:
-    """(..., k, k) mean over seeds of PD(run(a, s), run(b, s)): only the activation differs."""
-    return np.einsum("...asbs->...abs", d).mean(axis=-1)
-
-
-def activation_only(d: np.ndarray) -> np.ndarray:
-    """(..., k, k) same-seed PD between a and b minus their mean seed-to-seed PD (W_a + W_b)/2.
-
-    > 0: changing only the activation (same initial weights and batch order) moves predictions more than
-    reseeding does; < 0: less.
-    """
-    return same_seed_means(d) - _pair_mean(within_means(d))
-
-
-def _upper_mean(x: np.ndarray) -> np.ndarray:
-    k = x.shape[-1]
-    iu = np.triu_indices(k, 1)
-    return x[..., iu[0], iu[1]].mean(axis=-1)
-
-
-def activation_only_overall(d: np.ndarray) -> np.ndarray:
-    """(...) ``activation_only`` averaged over the pairs of activations."""
-    return _upper_mean(activation_only(d))
-
-
-def relative_excess(d: np.ndarray) -> np.ndarray:
-    """(...) Δ / W̄: the cross-activation PD (different seeds) relative to the mean seed-to-seed PD, minus 1."""
-    return cross_minus_within(d) / within_means(d).mean(axis=-1)
-
-
-def relative_reproducibility(d: np.ndarray) -> np.ndarray:
-    """(..., k, k) (W_a − W_b) / ((W_a + W_b)/2): how much less reproducible a is than b, relative."""
-    w = within_means(d)
-    return (w[..., :, None] - w[..., None, :]) / _pair_mean(w)
 
 
 def t_test(est, se, df):
@@ -358,18 +282,7 @@ def within_estimates(d: np.ndarray, groupings: list[np.ndarray] | None = None) -
             for m, s in zip(w, se)]
 
 
-def same_seed_ratio(d: np.ndarray) -> np.ndarray:
-    """(k, k) median over seeds of PD(a, s; b, s), divided by (W_a + W_b)/2: near 0 means near-identical models."""
-    n = d.shape[-1]
-    s = np.arange(n)
-    same = np.median(d[:, s, :, s], axis=0)  # (k, k)
-    w = within_means(d) if n >= 2 else np.full(d.shape[0], np.nan)
-    den = 0.5 * (w[:, None] + w[None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, same / den, np.where(same > 0, np.inf, 0.0))
-
-
-@dataclass
+@dataclass(frozen=True)
 class PDResult:
     """Every PD number the report states, for one metric at one step, on the complete seeds of the grid.
 
@@ -405,11 +318,10 @@ def with_context_se(est: Estimate, per_context: np.ndarray | None) -> Estimate:
     """
     if per_context is None or len(per_context) < 2:
         return est
-    est.context_se = float(np.std(per_context, ddof=1) / math.sqrt(len(per_context)))
+    context_se = float(np.std(per_context, ddof=1) / math.sqrt(len(per_context)))
     t_half = est.hi - est.mean if math.isfinite(est.hi) else 0.0
-    half = math.hypot(t_half, 1.959963984540054 * est.context_se)
-    est.lo, est.hi = est.mean - half, est.mean + half
-    return est
+    half = math.hypot(t_half, 1.959963984540054 * context_se)
+    return replace(est, lo=est.mean - half, hi=est.mean + half, context_se=context_se)
 
 
 def _groupings(seeds: list[str], seed_units: dict[str, tuple[str, str]] | None) -> tuple[str, list[np.ndarray]]:
@@ -418,23 +330,22 @@ def _groupings(seeds: list[str], seed_units: dict[str, tuple[str, str]] | None) 
     return "crossed", [np.array([seed_units[s][0] for s in seeds]), np.array([seed_units[s][1] for s in seeds])]
 
 
+def _with_interval(t: PairTest, se: float, df: int) -> PairTest:
+    """A relabelling test with the jackknife SE and t interval of its estimate (separate from the test)."""
+    est = t_interval(t.estimate, se, df)
+    return replace(t, se=se, df=df, lo=est.lo, hi=est.hi)
+
+
 def _omnibus(d: np.ndarray, rng: np.random.Generator, groupings) -> tuple[PairTest, PairTest]:
-    o = cross_vs_within_test(d, rng)
     se, df = grouped_jackknife(cross_minus_within, d, groupings)
-    o.se, o.df = float(se), df
-    est = t_interval(o.estimate, o.se, df)
-    o.lo, o.hi = est.lo, est.hi
+    o = _with_interval(cross_vs_within_test(d, rng), float(se), df)
     rel = scalar_t_test(relative_excess, d, groupings)
     return o, rel
 
 
 def _pairs_cross(d: np.ndarray, rng: np.random.Generator, groupings, excess_se: np.ndarray, df: int) -> list[PairTest]:
     pairs = pairwise_cross_vs_within(d, rng) if d.shape[0] >= 3 else []  # with 2 activations: the omnibus
-    for t in pairs:
-        t.se, t.df = float(excess_se[t.a, t.b]), df
-        est = t_interval(t.estimate, t.se, df)
-        t.lo, t.hi = est.lo, est.hi
-    return pairs
+    return [_with_interval(t, float(excess_se[t.a, t.b]), df) for t in pairs]
 
 
 def analyse_pd(matrix: np.ndarray, run_acts: list[str], run_seeds: list[str], metric: str, step: int,

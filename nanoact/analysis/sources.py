@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from nanoact.analysis.pdtests import jackknife_var
+
 CATEGORIES = ("init", "data", "init+data", "activation", "activation+init+data")
 # (name, category minuend, category subtrahend)
 CONTRASTS = (
@@ -98,11 +100,6 @@ def _values(h: np.ndarray, masks: dict[str, np.ndarray], keep: np.ndarray) -> di
     return out
 
 
-def _jack_var(theta: np.ndarray) -> np.ndarray:
-    g = len(theta)
-    return (g - 1) / g * np.sum((theta - theta.mean(axis=0)) ** 2, axis=0)
-
-
 def decompose(h: np.ndarray, act: np.ndarray, ini: np.ndarray, dat: np.ndarray) -> dict[str, tuple[float, float, int]]:
     """name -> (estimate, two-way jackknife SE, df) for every category and contrast; run r is (act, ini, dat)[r]."""
     h = np.asarray(h, dtype=np.float64)
@@ -113,7 +110,7 @@ def decompose(h: np.ndarray, act: np.ndarray, ini: np.ndarray, dat: np.ndarray) 
     units = (np.unique(ini), np.unique(dat))
     for labels, uniq in zip((ini, dat), units):
         theta = np.array([[_values(h, masks, np.asarray(labels) != u)[k] for k in names] for u in uniq])
-        var += _jack_var(theta) if len(uniq) >= 3 else np.nan
+        var += jackknife_var(theta) if len(uniq) >= 3 else np.nan
     df = min(len(u) for u in units) - 1
     return {k: (full[k], float(math.sqrt(v)) if math.isfinite(v) else math.nan, df) for k, v in zip(names, var)}
 

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from nanoact.analysis import divergence as dv
+from nanoact.analysis.answers import fill_text
+from nanoact.analysis.executive import executive_summary, shares_of
 from nanoact.analysis.experiment import ExperimentAnalysis
 from nanoact.analysis.hypotheses import PRIMARY_OUTCOME
-from nanoact.analysis.render import executive_summary, fill_text, shares_of
 from nanoact.tracking import schema as S
 
 SCHEMA_VERSION = 3

@@ -20,7 +20,7 @@ import torch.nn as nn
 from nanoact import activations
 from nanoact.config import ModelConfig
 from nanoact.errors import ConfigError
-from nanoact.models.base import CharLM
+from nanoact.models.base import CharLM, layer_activations
 
 _MODELS: dict[str, Callable[[ModelConfig, int], CharLM]] = {}
 
@@ -55,21 +55,6 @@ def _ensure_builtins() -> None:
         for mod in (transformers, recurrent, conv):
             for name, cls in mod.MODELS.items():
                 _MODELS.setdefault(name, cls)
-
-
-def layer_activations(cfg: ModelConfig) -> list[str]:
-    """One activation spec per layer: a single spec is repeated, a list must have ``n_layer`` entries."""
-    specs = activations.split_layer_spec(cfg.activation)
-    if len(specs) == 1:
-        specs = specs * cfg.n_layer
-    if len(specs) != cfg.n_layer:
-        raise ConfigError(
-            f"model.activation lists {len(specs)} activations but model.n_layer is {cfg.n_layer}; "
-            "give one activation or one per layer"
-        )
-    for s in specs:
-        activations.parse_activation(s)
-    return specs
 
 
 def check_fields(cfg: ModelConfig, cls: type) -> None:

@@ -7,7 +7,9 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from nanoact import activations
 from nanoact.config import ModelConfig
+from nanoact.errors import ConfigError
 from nanoact.models.layers import check_heads
 
 
@@ -54,3 +56,18 @@ class CharLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):  # pragma: no cover
         raise NotImplementedError
+
+
+def layer_activations(cfg: ModelConfig) -> list[str]:
+    """One activation spec per layer: a single spec is repeated, a list must have ``n_layer`` entries."""
+    specs = activations.split_layer_spec(cfg.activation)
+    if len(specs) == 1:
+        specs = specs * cfg.n_layer
+    if len(specs) != cfg.n_layer:
+        raise ConfigError(
+            f"model.activation lists {len(specs)} activations but model.n_layer is {cfg.n_layer}; "
+            "give one activation or one per layer"
+        )
+    for s in specs:
+        activations.parse_activation(s)
+    return specs

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanoact.config import ModelConfig
-from nanoact.models.base import CharLM
+from nanoact.models.base import CharLM, layer_activations
 from nanoact.models.layers import MLP, CausalSelfAttention, LayerNorm, lm_loss
 
 KERNEL_SIZE = 4
@@ -54,8 +54,6 @@ class ConvLM(CharLM):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
-        from nanoact.models import layer_activations
-
         self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(

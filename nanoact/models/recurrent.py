@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from nanoact.config import ModelConfig
-from nanoact.models.base import CharLM
+from nanoact.models.base import CharLM, layer_activations
 from nanoact.models.layers import MLP, Block, LayerNorm, lm_loss
 
 
@@ -38,8 +38,6 @@ class TinyLSTM(CharLM):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
-        from nanoact.models import layer_activations
-
         self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
@@ -66,8 +64,6 @@ class HybridLM(CharLM):
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
-        from nanoact.models import layer_activations
-
         self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.n_embd, cfg.n_embd, batch_first=True)

@@ -6,14 +6,8 @@ import torch
 import torch.nn as nn
 
 from nanoact.config import ModelConfig
-from nanoact.models.base import CharLM
+from nanoact.models.base import CharLM, layer_activations
 from nanoact.models.layers import MLP, Block, CausalSelfAttention, LayerNorm, lm_loss, residual_proj_std
-
-
-def _layer_specs(cfg: ModelConfig) -> list[str]:
-    from nanoact.models import layer_activations
-
-    return layer_activations(cfg)
 
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, last_only: bool) -> torch.Tensor:
@@ -40,7 +34,7 @@ class MiniGPT(CharLM):
                 wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList(
-                    Block(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in _layer_specs(cfg)
+                    Block(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in layer_activations(cfg)
                 ),
                 ln_f=LayerNorm(cfg.n_embd, cfg.bias),
             )
@@ -85,7 +79,7 @@ class NanoTransformer(CharLM):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            self.block_cls(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in _layer_specs(cfg)
+            self.block_cls(cfg.n_embd, cfg.n_head, act, cfg.dropout, cfg.bias) for act in layer_activations(cfg)
         )
         self.ln_f = LayerNorm(cfg.n_embd, cfg.bias) if self.final_norm else nn.Identity()
         self.head = nn.Linear(cfg.n_embd, vocab_size, bias=cfg.bias)

@@ -12,11 +12,13 @@ tests see the same dependence between pairs that real reports do. Type-I error m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
+from nanoact.analysis import pdestimands as pe
 from nanoact.analysis import pdtests as pt
 
 ALPHA = 0.05
@@ -64,7 +66,7 @@ def test_pd_table_and_within_means_by_hand():
     # the (R, R) matrix in run order -> table
     acts, seeds = np.repeat(np.arange(2), 4), np.tile(np.arange(4), 2)
     mat = d.reshape(8, 8)
-    assert np.array_equal(pt.pd_table(mat, acts, seeds, 2, 4), d)
+    assert np.array_equal(pe.pd_table(mat, acts, seeds, 2, 4), d)
 
 
 def test_jackknife_se_matches_a_direct_leave_one_seed_out():
@@ -140,7 +142,7 @@ def test_old_loo_score_rcbd_was_anti_conservative_and_the_new_test_is_not():
     m, k, n = 300, 5, 3
     d = simulate(rng, m, k, n, seed_scale=0.5)
     # with 3 seeds, the LOO score of run (a, s) is monotone in the mean PD to the other two runs of a
-    w = pt.within_blocks(d)
+    w = pe.within_blocks(d)
     score = (w.sum(axis=-1)) / (n - 1)
     old = np.array([rcbd_anova(score[i]).p_a for i in range(m)])
     assert np.mean(old <= ALPHA) > 2 * ALPHA  # the flaw this module replaces
@@ -167,6 +169,28 @@ def test_context_se_is_the_bootstrap_over_contexts_and_widens_the_interval():
     assert est.hi - est.mean == pytest.approx(math.hypot(1e-5, 1.96 * est.context_se), rel=1e-3)  # both sources
     wide = pt.with_context_se(pt.Estimate(0.1, 1.0, 4, -2.0, 2.2), per_ctx)
     assert wide.hi - 0.1 == pytest.approx(math.hypot(2.1, 1.96 * wide.context_se)) and wide.hi > 2.2
+
+
+def test_pd_results_are_built_once_with_their_intervals():
+    # result objects are frozen: the relabelling tests get their jackknife interval on construction
+    rng = np.random.default_rng(5)
+    k, n = 3, 4
+    d = simulate(rng, 1, k, n, loc=0.5)[0]
+    acts, seeds = [f"a{i}" for i in range(k)], [str(s) for s in range(n)]
+    res = pt.analyse_pd(d.reshape(k * n, k * n), [a for a in acts for _ in seeds], seeds * k, "pd_tv", 1, rng)
+    for obj in (res, res.omnibus, res.within[0], res.pair_cross[0]):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.df = 0
+    se, df = pt.grouped_jackknife(pt.cross_minus_within, d, pt.seed_groupings(n))
+    ci = pt.t_interval(res.omnibus.estimate, float(se), df)
+    assert (res.omnibus.se, res.omnibus.df, res.omnibus.lo, res.omnibus.hi) == (float(se), df, ci.lo, ci.hi)
+    assert [(t.a, t.b) for t in res.pair_cross] == [(0, 1), (0, 2), (1, 2)]
+    assert all(math.isfinite(t.lo) and t.df == n - 1 for t in res.pair_cross)
+
+
+def test_perm_p_counts_the_identity_and_ties_against_the_claim():
+    assert pt._perm_p(np.array([1.0, 1.0, 2.0, 0.5])) == 0.75  # identity, a tie and a smaller sum
+    assert pt._perm_p(np.array([0.5, 1.0, 2.0, 3.0])) == 0.25  # the floor: 1 / (B + 1)
 
 
 def _claims(d, rng):

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from nanoact.analysis import stats as st
+from nanoact.analysis.outcome import analyse_outcome
 
 
 def test_rcbd_by_hand_on_a_2x2_table():
@@ -112,13 +113,13 @@ def test_analyse_outcome_sentences_and_incomplete_blocks():
     values = {(a, s): 1.0 + 0.2 * i + 0.01 * rng.normal() + 0.1 * j
               for i, a in enumerate(acts) for j, s in enumerate(seeds)}
     values[("gelu", "4")] = math.nan  # a failed cell: its seed cannot enter the blocked analysis
-    res = st.analyse_outcome("final_val_loss", "final val loss", values, acts, seeds, lower_is_better=True)
+    res = analyse_outcome("final_val_loss", "final val loss", values, acts, seeds, lower_is_better=True)
     assert res.seeds == ["1", "2", "3"] and res.excluded_seeds == ["4"]
     assert res.rcbd.p_a < 0.001
     assert [acts[i] for i in res.order()] == ["relu", "swish"]  # (best, worst)
     assert res.homogeneity is not None and len(res.pairwise) == 3
-    few = st.analyse_outcome("x", "x", {("relu", "1"): 1.0, ("gelu", "1"): 2.0}, ["relu", "gelu"], ["1"],
-                             lower_is_better=True)
+    few = analyse_outcome("x", "x", {("relu", "1"): 1.0, ("gelu", "1"): 2.0}, ["relu", "gelu"], ["1"],
+                          lower_is_better=True)
     assert few.rcbd is None and few.pairwise == []
 
 

@@ -14,23 +14,25 @@ transformer" (arXiv:2002.05202); GELU from Hendrycks & Gimpel (arXiv:1606.08415)
 
 Users add their own activations with :func:`register_activation`; everything else (``build_activation``,
 ``is_activation_module``, ``activation_modules``, ``expected_modules``) then sees them.
+
+This module is the registry, the one place where an activation plugs in. Beside it: ``modules`` (nanoact's own
+``nn.Module`` classes) and ``syntax`` (the grammar above, without name lookups); import both from here.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 
-import torch
 import torch.nn as nn
 import torch.nn.modules.activation as _torch_activation
 
-from nanoact.errors import NanoactError
+from nanoact.activations.modules import GeneralizedSmeLU, LinearActivation, SmeLU, SwiGLU, Swish
+from nanoact.activations.syntax import (KEY_RE, NAME_RE, ActivationError, check_finite, check_positive,
+                                        format_number, param_text, parse_params, split_head, split_layer_spec)
 
 __all__ = [
     "ActivationError",
@@ -58,139 +60,6 @@ __all__ = [
 ]
 
 
-class ActivationError(NanoactError, ValueError):
-    """An activation name, spec or parameter is invalid (one-line message)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# nanoact's own activation modules
-
-
-def _check_finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ActivationError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ActivationError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: float) -> float:
-    value = _check_finite(name, value)
-    if value <= 0:
-        raise ActivationError(f"{name} must be > 0, got {value!r}")
-    return value
-
-
-class LinearActivation(nn.Module):
-    """f(x) = x: the linear control arm. Its own class so it is never confused with ``nn.Identity``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class Swish(nn.Module):
-    """Swish_beta: f(x) = x * sigmoid(beta * x). beta = 1 is SiLU, beta = 0 is x/2, beta -> inf tends to ReLU."""
-
-    def __init__(self, beta: float = 1.0) -> None:
-        super().__init__()
-        self.beta = _check_finite("beta", beta)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.beta * x)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta!r}"
-
-
-class SmeLU(nn.Module):
-    """Smooth ReLU with half-width beta > 0: 0 for x <= -beta, (x+beta)^2/(4 beta) for |x| < beta, x for x >= beta.
-
-    The gradient is 0, (x+beta)/(2 beta), 1 on the three pieces; the value at 0 is beta/4.
-    """
-
-    def __init__(self, beta: float = 1.0) -> None:
-        super().__init__()
-        self.beta = _check_positive("beta", beta)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.beta
-        # Clamping keeps the quadratic finite (and its gradient zero) outside (-b, b); at x <= -b it is exactly 0,
-        # so one torch.where suffices and no inf/NaN from an unused branch reaches the gradient.
-        quad = (x.clamp(-b, b) + b).square() / (4.0 * b)
-        return torch.where(x >= b, x, quad)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta!r}"
-
-
-class GeneralizedSmeLU(nn.Module):
-    """Generalized SmeLU: slopes g_neg / g_pos, half-widths alpha / beta > 0, offset t (Shamir et al., arXiv:2010.09931).
-
-    With a = (g_pos-g_neg)/(2(alpha+beta)), b = (alpha g_pos + beta g_neg)/(alpha+beta),
-    c = t + alpha^2 (g_pos-g_neg)/(2(alpha+beta)), d = t + (alpha-beta)(g_pos-g_neg)/2:
-    f(x) = g_neg x + t for x <= -alpha; a x^2 + b x + c for -alpha < x < beta; g_pos x + d for x >= beta.
-    g_neg=0, g_pos=1, alpha=beta, t=0 is SmeLU(beta).
-    """
-
-    def __init__(
-        self,
-        g_neg: float = 0.0,
-        g_pos: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        t: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.g_neg = _check_finite("g_neg", g_neg)
-        self.g_pos = _check_finite("g_pos", g_pos)
-        self.alpha = _check_positive("alpha", alpha)
-        self.beta = _check_positive("beta", beta)
-        self.t = _check_finite("t", t)
-        gn, gp, al, be, t = self.g_neg, self.g_pos, self.alpha, self.beta, self.t
-        self._a = (gp - gn) / (2.0 * (al + be))
-        self._b = (al * gp + be * gn) / (al + be)
-        self._c = t + al * al * (gp - gn) / (2.0 * (al + be))
-        self._d = t + (al - be) * (gp - gn) / 2.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq = x.clamp(-self.alpha, self.beta)  # keeps the unused quadratic finite outside (-alpha, beta)
-        quad = (self._a * xq + self._b) * xq + self._c
-        left = self.g_neg * x + self.t
-        right = self.g_pos * x + self._d
-        return torch.where(x <= -self.alpha, left, torch.where(x >= self.beta, right, quad))
-
-    def extra_repr(self) -> str:
-        return (
-            f"g_neg={self.g_neg!r}, g_pos={self.g_pos!r}, alpha={self.alpha!r}, beta={self.beta!r}, t={self.t!r}"
-        )
-
-
-class SwiGLU(nn.Module):
-    """Gated activation (Shazeer, arXiv:2002.05202): maps (..., 2h) -> (..., h) as Swish_beta(a) * b.
-
-    The input's last dimension is split into halves ``a, b = x.chunk(2, dim=-1)``. The MLP that uses it
-    projects d -> 2h with h = int(8 d / 3) (2/3 of 4d; see :func:`mlp_hidden` and :func:`mlp_in_features`),
-    applies SwiGLU, then projects h -> d. That MLP has 3 d h ~= 8 d^2 weights (without biases), like the ungated
-    d -> 4d -> d MLP, but parameter counts and initialisation differ slightly from the other arms for the same
-    seed (Shazeer, arXiv:2002.05202, keeps the hidden size at 2/3 of 4d for this reason), so report the SwiGLU
-    arm as such.
-    """
-
-    def __init__(self, beta: float = 1.0) -> None:
-        super().__init__()
-        self.beta = _check_finite("beta", beta)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % 2:
-            raise ValueError(f"SwiGLU needs an even last dimension (2h), got shape {tuple(x.shape)}")
-        a, b = x.chunk(2, dim=-1)
-        return a * torch.sigmoid(self.beta * a) * b
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta!r}"
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # registry
 
@@ -206,10 +75,6 @@ class ActivationSpec:
     doc: str = ""
     validate: Callable[[Mapping[str, float]], None] | None = field(default=None, repr=False, compare=False)
 
-
-_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
-_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 _REGISTRY: dict[str, ActivationSpec] = {}
 _BUILTIN_NAMES: frozenset[str]
@@ -267,7 +132,7 @@ def register_activation(
         validate: optional check of a full parameter dict; raises ActivationError (or ValueError) if invalid.
             It runs when a spec is parsed, so bad values fail before any model is built.
     """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ActivationError(f"invalid activation name {name!r}: must match [a-z][a-z0-9_]*")
     if not callable(factory):
         raise ActivationError(f"factory for activation {name!r} is not callable: {factory!r}")
@@ -275,9 +140,9 @@ def register_activation(
         raise ActivationError(f"activation {name!r} is already registered; pass overwrite=True to replace it")
     defaults: dict[str, float] = {}
     for key, value in (params or {}).items():
-        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
             raise ActivationError(f"invalid parameter name {key!r} for activation {name!r}")
-        defaults[key] = _check_finite(f"default of {name}.{key}", value)
+        defaults[key] = check_finite(f"default of {name}.{key}", value)
     spec = ActivationSpec(
         name=name,
         factory=factory,
@@ -332,27 +197,6 @@ def _run_validate(spec: ActivationSpec, values: Mapping[str, float]) -> None:
         raise ActivationError(f"invalid parameters for activation {spec.name!r}: {e}") from None
 
 
-def _parse_value(text: str, key: str, spec: str) -> float:
-    value_text = text.strip()
-    if not value_text:
-        raise ActivationError(f"missing value for parameter {key!r} in activation spec {spec!r}")
-    try:
-        value = float(value_text)
-    except ValueError:
-        raise ActivationError(
-            f"value {value_text!r} for parameter {key!r} in activation spec {spec!r} is not a number"
-        ) from None
-    if not math.isfinite(value):
-        raise ActivationError(
-            f"value {value_text!r} for parameter {key!r} in activation spec {spec!r} is not finite"
-        )
-    if not _NUMBER_RE.fullmatch(value_text):
-        raise ActivationError(
-            f"value {value_text!r} for parameter {key!r} in activation spec {spec!r} is not a plain number"
-        )
-    return value
-
-
 def parse_activation(spec: str) -> tuple[str, dict[str, float]]:
     """Parse ``NAME`` or ``NAME(key=value, ...)`` into (name, params) with defaults filled in.
 
@@ -361,73 +205,16 @@ def parse_activation(spec: str) -> tuple[str, dict[str, float]]:
 
     Example: ``parse_activation("smelu(beta=0.5)") == ("smelu", {"beta": 0.5})``.
     """
-    if not isinstance(spec, str):
-        raise ActivationError(f"activation spec must be a string, got {type(spec).__name__}: {spec!r}")
-    text = spec.strip()
-    if not text:
+    name, rest = split_head(spec)
+    if not spec.strip():
         raise ActivationError("empty activation spec; valid names: " + _valid_names())
-    if "\n" in text or "\r" in text:
-        raise ActivationError(f"activation spec {spec!r} must be on one line")
-    head = re.match(r"[^()\s,=]*", text)
-    assert head is not None  # the pattern matches the empty string
-    name = head.group()
-    rest = text[head.end() :].strip()
     if not name:
         raise ActivationError(f"missing activation name in spec {spec!r}")
     act = get_spec(name)
-
-    given: dict[str, float] = {}
-    if rest:
-        if rest.startswith(","):
-            raise ActivationError(
-                f"activation spec {spec!r} holds several activations; split per-layer lists with split_layer_spec"
-            )
-        if not rest.startswith("("):
-            raise ActivationError(f"unexpected text {rest!r} after activation name {name!r} in spec {spec!r}")
-        if not rest.endswith(")"):
-            if ")" in rest:
-                tail = rest[rest.rindex(")") + 1 :].strip()
-                raise ActivationError(f"unexpected text {tail!r} after ')' in activation spec {spec!r}")
-            raise ActivationError(f"missing closing parenthesis in activation spec {spec!r}")
-        inner = rest[1:-1]
-        if "(" in inner or ")" in inner:
-            raise ActivationError(f"unbalanced or nested parentheses in activation spec {spec!r}")
-        if inner.strip():
-            for item in inner.split(","):
-                item = item.strip()
-                if not item:
-                    raise ActivationError(f"empty parameter in activation spec {spec!r}")
-                if "=" not in item:
-                    raise ActivationError(
-                        f"parameter {item!r} in activation spec {spec!r} must be written key=value"
-                    )
-                key, _, value_text = item.partition("=")
-                key = key.strip()
-                if not _KEY_RE.fullmatch(key):
-                    raise ActivationError(f"invalid parameter name {key!r} in activation spec {spec!r}")
-                if key in given:
-                    raise ActivationError(f"parameter {key!r} given twice in activation spec {spec!r}")
-                if key not in act.params:
-                    if not act.params:
-                        raise ActivationError(
-                            f"activation {name!r} takes no parameters, got {key!r} in spec {spec!r}"
-                        )
-                    raise ActivationError(
-                        f"unknown parameter {key!r} for activation {name!r} in spec {spec!r}; "
-                        f"valid: {', '.join(sorted(act.params))}"
-                    )
-                given[key] = _parse_value(value_text, key, spec)
-
+    given = parse_params(param_text(rest, name, spec), spec, name, act.params)
     params = {key: given.get(key, default) for key, default in act.params.items()}
     _run_validate(act, params)
     return name, params
-
-
-def _format_number(value: float) -> str:
-    value = float(value)
-    if value == 0.0:
-        value = 0.0  # -0.0 and 0.0 spell the same
-    return repr(value)
 
 
 def canonical(spec: str) -> str:
@@ -439,38 +226,7 @@ def canonical(spec: str) -> str:
     name, params = parse_activation(spec)
     if not params:
         return name
-    return name + "(" + ", ".join(f"{k}={_format_number(params[k])}" for k in sorted(params)) + ")"
-
-
-def split_layer_spec(spec: str) -> list[str]:
-    """Split a per-layer list on commas outside parentheses: ``"gsmelu(alpha=1,beta=2),relu"`` -> 2 entries.
-
-    Entries are stripped; empty entries and unbalanced parentheses raise ActivationError. Entries are not
-    parsed here (use :func:`parse_activation`).
-    """
-    if not isinstance(spec, str):
-        raise ActivationError(f"activation spec must be a string, got {type(spec).__name__}: {spec!r}")
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    for i, ch in enumerate(spec):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise ActivationError(f"unbalanced ')' in activation spec {spec!r}")
-        elif ch == "," and depth == 0:
-            parts.append(spec[start:i])
-            start = i + 1
-    if depth != 0:
-        raise ActivationError(f"unbalanced '(' in activation spec {spec!r}")
-    parts.append(spec[start:])
-    entries = [p.strip() for p in parts]
-    for i, entry in enumerate(entries):
-        if not entry:
-            raise ActivationError(f"empty entry {i} in activation list {spec!r}")
-    return entries
+    return name + "(" + ", ".join(f"{k}={format_number(params[k])}" for k in sorted(params)) + ")"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -551,12 +307,12 @@ def expected_modules(spec: str) -> set[str]:
 
 
 def _smelu_validate(p: Mapping[str, float]) -> None:
-    _check_positive("beta", p["beta"])
+    check_positive("beta", p["beta"])
 
 
 def _gsmelu_validate(p: Mapping[str, float]) -> None:
-    _check_positive("alpha", p["alpha"])
-    _check_positive("beta", p["beta"])
+    check_positive("alpha", p["alpha"])
+    check_positive("beta", p["beta"])
 
 
 register_activation("relu", nn.ReLU, doc="max(0, x)")
