@@ -199,7 +199,7 @@ def grid_words(an) -> str:
 def headline(analyses, anomalies: list[str]) -> str:
     if anomalies:
         names = sorted({a.split(":", 1)[0] for a in anomalies})
-        exps = ", ".join(an.er.name for an in analyses)
+        exps = ", ".join(dict.fromkeys(an.er.name for an in analyses))
         return (f"GUARDS FAILED on {exps} ({len(anomalies)} anomalies: {', '.join(names)}): the results below are "
                 "not trustworthy until these are explained.")
     parts = [_headline_one(an) for an in analyses]
@@ -209,7 +209,7 @@ def headline(analyses, anomalies: list[str]) -> str:
 
 def _headline_one(an) -> str:
     tests = an.hypotheses
-    txt = f"on {an.er.name} ({grid_words(an)}) "
+    txt = f"on {an.key} ({grid_words(an)}) "
     prim = by_family(tests, "primary")
     txt += _short(prim[0], "final val loss differs between activations",
                   "a final val loss difference was not detected") if prim else "no blocked test was possible"

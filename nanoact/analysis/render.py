@@ -161,7 +161,7 @@ def guard_md(analyses, multi: bool) -> list[str]:
     failed = [(an, guard) for an in analyses for guard in an.guards if not guard.passed]
     unverified = [(an, guard) for an in analyses for guard in an.guards if guard.status == "UNVERIFIED"]
     if failed:
-        lines += [f"- **GUARD FAILED: {guard.name}**" + (f" ({an.er.name})" if multi else "")
+        lines += [f"- **GUARD FAILED: {guard.name}**" + (f" ({an.key})" if multi else "")
                   + f" — requires: {guard.title}; {len(guard.details)} failure(s), e.g. {guard.details[0]}"
                   for an, guard in failed]
         lines += ["", "The numbers below are written for diagnosis only.", ""]
@@ -173,7 +173,7 @@ def guard_md(analyses, multi: bool) -> list[str]:
     rows = []
     for an in analyses:
         for guard in an.guards:
-            name = ((an.er.name + ": ") if multi else "") + guard.name
+            name = ((an.key + ": ") if multi else "") + guard.name
             more = len(guard.details) - 20
             detail = "<br>".join(guard.details[:20]) + (f"<br>… {more} more" if more > 0 else "")
             rows.append((name, guard.title, "**FAIL**" if guard.status == "FAIL" else guard.status, detail or "—"))
@@ -184,8 +184,9 @@ def comparison_md(rows: list[dict[str, Any]]) -> list[str]:
     body = [(r["experiment"], r["activation"], r["n_runs"], fixed(r["mean_final_val_loss"]),
              fixed(r["mean_within_pd_tv"]), fixed(r["mean_within_pd_top1"]), fixed(r["mean_wall_s"], 1),
              ", ".join(f"`{x[:8]}`" for x in r["run_ids"])) for r in rows]
-    return ["## Comparison across experiments", "",
-            md_table(["experiment", "activation", "runs", "mean final val loss", "mean within-activation pd_tv",
+    levels = any("[" in r["experiment"] for r in rows)
+    return [f"## Comparison across {'levels' if levels else 'experiments'}", "",
+            md_table(["level" if levels else "experiment", "activation", "runs", "mean final val loss", "mean within-activation pd_tv",
                       "mean within-activation pd_top1", "mean wall (s)", "runs"], body), ""]
 
 
@@ -197,23 +198,23 @@ def make_plots(an, out, prefix: str) -> None:
     acts = sorted({r.activation for r in runs})
     curves = {a: {m: {r.seed: tuple(zip(*r.history[m])) if r.history.get(m) else ((), ())
                       for r in runs if r.activation == a} for m in ("train/loss", "val/loss")} for a in acts}
-    figs = {"loss_curves": pl.loss_curves(curves, f"{an.er.name}: loss curves, mean ± 1 s.d. over seeds")}
+    figs = {"loss_curves": pl.loss_curves(curves, f"{an.key}: loss curves, mean ± 1 s.d. over seeds")}
     keys = {"final/val_loss": "final val loss", "final/val_acc": "final val acc"}
     if not an.best_equals_final:
         keys["best/val_loss"] = "best val loss"
     values = {label: {a: {r.seed: r.metric(key) for r in runs if r.activation == a} for a in acts}
               for key, label in keys.items()}
-    figs["final_metrics"] = pl.final_metrics(values, title=f"{an.er.name}: final metrics by activation "
+    figs["final_metrics"] = pl.final_metrics(values, title=f"{an.key}: final metrics by activation "
                                              "(dots: seeds; black: mean with 95% CI)")
     figs["pd_heatmap"] = pl.pd_heatmap(an.heatmap, [f"{r.activation} s{r.seed}" for r in runs],
                                        [r.activation for r in runs], an.final_step,
-                                       f"{an.er.name}: pd_tv between runs at step {an.final_step}")
+                                       f"{an.key}: pd_tv between runs at step {an.final_step}")
     within = {a: {m: (an.within[a][m]["mean"], an.within[a][m]["se"]) for m in METRICS} for a in acts}
     figs["within_pd_steps"] = pl.within_pd_over_steps(an.steps, within, METRICS,
-                                                      f"{an.er.name}: mean within-activation PD between seeds "
+                                                      f"{an.key}: mean within-activation PD between seeds "
                                                       "(± jackknife SE)")
     figs["accuracy_vs_pd"] = pl.accuracy_vs_pd([r.metric("final/val_acc") for r in runs], an.pd_score,
-                                               [r.activation for r in runs], f"{an.er.name}: accuracy vs PD")
+                                               [r.activation for r in runs], f"{an.key}: accuracy vs PD")
     for key, fig in figs.items():
         fname = f"{prefix}{key}.png"
         pl.save(fig, out / fname)

@@ -134,7 +134,7 @@ def comparison(analyses: list[ExperimentAnalysis]) -> list[dict[str, Any]]:
     for an in analyses:
         for a in sorted({r.activation for r in an.runs}):
             rs = [r for r in an.runs if r.activation == a]
-            rows.append({"experiment": an.er.name, "activation": a, "n_runs": len(rs),
+            rows.append({"experiment": an.key, "activation": a, "n_runs": len(rs),
                          "mean_final_val_loss": float(np.nanmean([r.metric(S.FINAL_VAL_LOSS) for r in rs])),
                          "mean_within_pd_tv": an.within[a]["pd_tv"]["mean"][-1],
                          "mean_within_pd_top1": an.within[a]["pd_top1"]["mean"][-1],
