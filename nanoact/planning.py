@@ -320,7 +320,8 @@ def describe(spec, tracking_uri: str, planned: set[str] | None = None) -> list[s
         else:
             lines.append("    cpu: no finished CPU run of this model and batch size in the store to measure from")
         lines.append(f"    {GPU_NAME} (bf16 peak {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at an assumed "
-                     f"{ASSUMED_MFU:.0%} MFU): {_dur(est.gpu_s)} per cell for {(est.train_flops + est.eval_flops) / 1e15:.2f} "
+                     f"{ASSUMED_MFU:.0%} MFU): {_dur(est.gpu_s)} per cell for "
+                     f"{(est.train_flops + est.eval_flops) / 1e15:.2f} "
                      f"PFLOP ({est.train_flops / 1e15:.2f} training, {est.eval_flops / 1e15:.2f} evals)")
         total_gpu += est.gpu_s * len(members)
         n_left = len(members) if planned is None else sum(c.key in planned for c, _ in members)
@@ -335,7 +336,7 @@ def describe(spec, tracking_uri: str, planned: set[str] | None = None) -> list[s
                     if cpu_cells else "cpu unknown")
         lines.append(f"grid total, one worker: {cpu_part}; {GPU_NAME} {_dur(total_gpu)} (assumed MFU)")
         if planned is not None and 0 < left_cells < n:
-            left = (f"cpu {_dur(left_cpu)}" + (f" ({left_measured} of {left_cells} cells measured)"
-                                              if left_measured < left_cells else "") if left_measured else "cpu unknown")
+            measured = f" ({left_measured} of {left_cells} cells measured)" if left_measured < left_cells else ""
+            left = f"cpu {_dur(left_cpu)}{measured}" if left_measured else "cpu unknown"
             lines.append(f"the {left_cells} cell(s) that would run, one worker: {left}; {GPU_NAME} {_dur(left_gpu)}")
     return lines

@@ -17,7 +17,6 @@ from nanoact.errors import NanoactError
 from nanoact.server import free_port
 
 
-
 def find_pg_bin(name: str) -> str | None:
     """``initdb``/``pg_ctl``/... on PATH, else in Debian's /usr/lib/postgresql/<version>/bin (newest first)."""
     found = shutil.which(name)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import pytest
-
 from pg_cluster import LocalPostgres, find_pg_bin
 
 PW = "Pg-s3cr3t-7Qx"  # the password of role nanoact (the storage's); must never show up anywhere

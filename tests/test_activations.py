@@ -1,4 +1,5 @@
-"""Tests for nanoact.activations: values and gradients against the closed forms in nanoact/activations.py, the parser, the registry.
+"""Tests for nanoact.activations: values and gradients against the closed forms in nanoact/activations/, the
+parser, the registry.
 
 Run: python -m pytest tests/test_activations.py -q   (CPU, about a second)
 

@@ -6,12 +6,11 @@ import hashlib
 
 import pytest
 import torch
+from conftest import SHARED_CORPUS
 
 from nanoact.config import RunConfig, apply_overrides, from_dict
 from nanoact.data import KNOWN_CORPORA, CharDataset, resolve_corpus
 from nanoact.errors import ConfigError, DataError
-
-from conftest import SHARED_CORPUS
 
 
 def test_overrides_are_typed_and_checked():

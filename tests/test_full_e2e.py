@@ -50,9 +50,9 @@ def test_full_sweep_and_report_on_cpu(tmp_path):
 
     Measured twice on the shared 2-core machine with other jobs running (load average 9-14): 7 min 53 s and
     7 min 16 s wall, 2 min 6 s of CPU time (user) both times; each cell took 50-75 s there, training 25-48 s of
-    it. With the machine to itself it needs about the CPU time, about 2 minutes. At 3 iterations every seed starts all activations from the same weights,
-    so the near-identity guard may fire for gelu vs swish (nearly the same function): the report then exits 3,
-    as it must, and the test checks the exit code against the guards.
+    it. With the machine to itself it needs about the CPU time, about 2 minutes. At 3 iterations every seed starts
+    all activations from the same weights, so the near-identity guard may fire for gelu vs swish (nearly the same
+    function): the report then exits 3, as it must, and the test checks the exit code against the guards.
     """
     _local_full(tmp_path)
     runner = CliRunner()

@@ -7,7 +7,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from nanoact import sweep
@@ -92,7 +91,8 @@ def test_only_the_tracking_package_talks_to_mlflow():
 
 def test_the_layout_check_finds_an_import_and_a_client(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def f(uri):\n    from mlflow.entities import Metric\n    import mlflow\n    return MlflowClient(uri)\n")
+    f.write_text("def f(uri):\n    from mlflow.entities import Metric\n    import mlflow\n"
+                 "    return MlflowClient(uri)\n")
     assert _mlflow_uses(f) == ["line 4: MlflowClient(", "line 2: import mlflow.entities", "line 3: import mlflow"]
 
 

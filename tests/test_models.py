@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 
 from nanoact import activations
+from nanoact import models as models_mod
 from nanoact.config import ModelConfig
 from nanoact.errors import ConfigError
 from nanoact.models import build_model, model_names, register_model
 from nanoact.models.base import CharLM
 from nanoact.models.layers import lm_loss
-from nanoact import models as models_mod
 from nanoact.wiring import check_model
 
 MODELS = model_names()

@@ -6,15 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_overrides
+from test_sweep import write_sweep
 
 from nanoact import planning, sweep
 from nanoact.cli import cli
 from nanoact.config import RunConfig, apply_overrides
 from nanoact.errors import NanoactError
 from nanoact.models import build_model
-
-from conftest import tiny_overrides
-from test_sweep import write_sweep
 
 
 def _cfg(**kw) -> RunConfig:

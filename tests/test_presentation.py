@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import TEXT
 from mlflow import MlflowClient
+from test_sweep import child_runs, uri, write_sweep
 
 from nanoact import server, sweep
 from nanoact.analysis.report import run_report
 from nanoact.cli import cli
 from nanoact.tracking import view_key
-
-from conftest import TEXT
-from test_sweep import child_runs, uri, write_sweep
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,8 @@ def test_experiment_and_runs_explain_themselves(swept):
     assert view["compareRunCharts"][0]["metricKey"] == "val/loss"
     for r in runs:
         t = r.data.tags
-        assert t["mlflow.note.content"].startswith("minigpt with ") and t["nanoact.grid_key"] in t["mlflow.note.content"]
+        note = t["mlflow.note.content"]
+        assert note.startswith("minigpt with ") and t["nanoact.grid_key"] in note
         assert t["mlflow.source.name"] == "nanoact sweep" and t["mlflow.user"]
         (ds,) = r.inputs.dataset_inputs
         assert ds.dataset.name == "corpus" and len(ds.dataset.digest) == 36

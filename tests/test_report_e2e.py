@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_sweep import uri, write_sweep
 
 from nanoact import sweep
 from nanoact.analysis.report import run_report
 from nanoact.errors import NanoactError
-
-from test_sweep import uri, write_sweep
 
 
 def test_report_on_a_sweep_with_an_extra_axis(tmp_path):

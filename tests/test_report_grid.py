@@ -11,16 +11,15 @@ import sys
 import optuna
 import pytest
 from mlflow import MlflowClient
+from test_sweep import uri, write_sweep
+from test_sweep_engine import _env, _sweep_cmd
 
 from nanoact import sweep
 from nanoact.analysis import guards as gd
 from nanoact.analysis.runs import load_experiment
-from nanoact.tracking import Store
 from nanoact.errors import NanoactError
 from nanoact.sweep.handle import StudyHandle
-
-from test_sweep import uri, write_sweep
-from test_sweep_engine import _env, _sweep_cmd
+from nanoact.tracking import Store
 
 GRID = '"model.activation" = ["relu", "gelu", "swish"]\n"train.seed" = [1, 2]'
 

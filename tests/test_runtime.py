@@ -12,9 +12,9 @@ import sys
 import textwrap
 
 import pytest
+from conftest import TEXT
 
 from nanoact import runtime, trainer
-from conftest import TEXT
 
 PAGE_FAULTS = """
     import contextlib, json, resource, sys, torch

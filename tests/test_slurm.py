@@ -19,14 +19,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import SHARED_CORPUS
 from mlflow import MlflowClient
+from services import nanoact_server
+from slurm_cluster import LocalSlurm, missing
 
 from nanoact import server, sweep
 from nanoact.sweep import state as S
-
-from conftest import SHARED_CORPUS
-from services import nanoact_server
-from slurm_cluster import LocalSlurm, missing
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = [f"--set={kv}" for kv in ("train.max_iters=40", "train.lr_decay_iters=40", "train.eval_interval=20",
@@ -36,7 +35,8 @@ SMOKE = [f"--set={kv}" for kv in ("train.max_iters=40", "train.lr_decay_iters=40
 def _require_slurm() -> None:
     why = None
     if missing():
-        why = f"Slurm/munge not installed (missing {', '.join(missing())}; apt-get install slurmctld slurmd slurm-client munge)"
+        why = (f"Slurm/munge not installed (missing {', '.join(missing())}; apt-get install slurmctld slurmd "
+               "slurm-client munge)")
     elif os.geteuid() != 0:
         why = "the test Slurm cluster runs its daemons as root"
     if why and os.environ.get("CI", "").lower() in ("1", "true", "yes"):

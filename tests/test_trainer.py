@@ -8,13 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from nanoact.config import RunConfig, apply_overrides
 from nanoact.errors import ConfigError, DivergenceError
 from nanoact.tracking import MemoryTracker
 from nanoact.trainer import autocast_for, get_lr, resolve_device, resolve_dtype, train
-
-from conftest import tiny_overrides
 
 
 def run(tiny_data, tracker=None, **kw):

@@ -31,8 +31,18 @@ import torch.nn as nn
 import torch.nn.modules.activation as _torch_activation
 
 from nanoact.activations.modules import GeneralizedSmeLU, LinearActivation, SmeLU, SwiGLU, Swish
-from nanoact.activations.syntax import (KEY_RE, NAME_RE, ActivationError, check_finite, check_positive,
-                                        format_number, param_text, parse_params, split_head, split_layer_spec)
+from nanoact.activations.syntax import (
+    KEY_RE,
+    NAME_RE,
+    ActivationError,
+    check_finite,
+    check_positive,
+    format_number,
+    param_text,
+    parse_params,
+    split_head,
+    split_layer_spec,
+)
 
 __all__ = [
     "ActivationError",

@@ -54,7 +54,8 @@ class SmeLU(nn.Module):
 
 
 class GeneralizedSmeLU(nn.Module):
-    """Generalized SmeLU: slopes g_neg / g_pos, half-widths alpha / beta > 0, offset t (Shamir et al., arXiv:2010.09931).
+    """Generalized SmeLU: slopes g_neg / g_pos, half-widths alpha / beta > 0, offset t (Shamir et al.,
+    arXiv:2010.09931).
 
     With a = (g_pos-g_neg)/(2(alpha+beta)), b = (alpha g_pos + beta g_neg)/(alpha+beta),
     c = t + alpha^2 (g_pos-g_neg)/(2(alpha+beta)), d = t + (alpha-beta)(g_pos-g_neg)/2:

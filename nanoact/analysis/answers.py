@@ -8,7 +8,6 @@ from nanoact.analysis.formatting import p_text, sig, signed_pct
 from nanoact.analysis.hypotheses import Hypothesis
 from nanoact.analysis.stats import ALPHA
 
-
 LABELS = {"final_val_loss": "final val loss", "final_val_acc": "final val acc", "best_val_loss": "best val loss",
           "pd_tv": "pd_tv"}
 

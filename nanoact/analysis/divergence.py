@@ -82,7 +82,8 @@ class PredictionStack:
 
     # -- the one code path for both pair and self terms (bit-identical results for identical inputs)
     @staticmethod
-    def _chunk_terms(a: np.ndarray, b: np.ndarray, b1: np.ndarray, b2: np.ndarray, want_js: bool) -> tuple[float, float]:
+    def _chunk_terms(a: np.ndarray, b: np.ndarray, b1: np.ndarray, b2: np.ndarray,
+                     want_js: bool) -> tuple[float, float]:
         n = a.shape[0]
         b1, b2 = b1[:n], b2[:n]
         np.minimum(a, b, out=b1)

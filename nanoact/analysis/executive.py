@@ -13,7 +13,6 @@ from nanoact.analysis.answers import ci_text, interval_text
 from nanoact.analysis.formatting import p_text, pct, sig
 from nanoact.analysis.hypotheses import Hypothesis, by_family
 
-
 FAMILY_WORDS = {
     "primary": "final val loss, one F test at α = 0.05",
     "primary_pairwise": "final val loss by pair: claimed only when the primary F rejects (closed testing), then "

@@ -21,9 +21,9 @@ ch. 14, and Maxwell & Delaney, *Designing Experiments and Analyzing Data*, ch. 1
 Effect sizes: partial eta^2 of each test, with a 95% interval by inverting the noncentral F (Steiger 2004,
 Psychological Methods 9(2):164-182: eta^2 = lambda / (lambda + df + df_error + 1)); the point estimate is on the
 same scale, with lambda estimated as df (F - 1) (the plain ratio SS_effect / (SS_effect + SS_error) is biased
-upwards by about df / (df + df_error) under the null, a third for a 25-df interaction). And the interaction's share of the
-activation effect, SS_AxF / (SS_A + SS_AxF), with a delete-one-seed jackknife interval. Simple effects: the
-activation's RCBD F test within each level, Holm-adjusted across levels.
+upwards by about df / (df + df_error) under the null, a third for a 25-df interaction). And the interaction's share
+of the activation effect, SS_AxF / (SS_A + SS_AxF), with a delete-one-seed jackknife interval. Simple effects:
+the activation's RCBD F test within each level, Holm-adjusted across levels.
 
 PD across levels: each level's PD estimands (the report's cross-vs-within excess and the same-seed
 activation-only excess) are computed from PD between runs *of that level* only, and two levels are compared by
@@ -108,7 +108,8 @@ class FactorialResult:
 
 def _eta2_ci(f: float, df1: int, df2: int, level: float = 0.95) -> tuple[float, float]:
     """Interval for partial eta^2 from the noncentral F (Steiger 2004): find the noncentralities whose F
-    distributions put the observed F at the upper and lower tail quantiles; eta^2 = lambda / (lambda + df1 + df2 + 1)."""
+    distributions put the observed F at the upper and lower tail quantiles;
+    eta^2 = lambda / (lambda + df1 + df2 + 1)."""
     if not math.isfinite(f) or df2 < 1:
         return math.nan, math.nan
     tail = (1 - level) / 2

@@ -147,12 +147,14 @@ def hypotheses(sec: FactorialSection) -> list[Hypothesis]:
     design = "seeds crossed with both factors" if sec.seeds == fa.CROSSED else "seeds nested in levels (split-plot)"
     for key, r in sec.results.items():
         for term, tag, fam in ((r.interaction, "interaction", "factorial_interaction"),
-                               (r.activation, "activation", "factorial_main"), (r.factor_term, "factor", "factorial_main")):
+                               (r.activation, "activation", "factorial_main"),
+                               (r.factor_term, "factor", "factorial_main")):
             out.append(_hyp(f"factorial/{key}/{tag}", f"factorial_{tag}", key, fam, [sec.factor, *sec.activations],
                             f"F against {term.error} ({design})", "F", term.f, [term.df, term.df_error], term.p,
                             r.n_seeds, term.partial_eta2, (term.eta2_lo, term.eta2_hi),
                             {"effect_size": "partial eta^2", "error_term": term.error,
-                             **({"share": r.share, "share_ci": [r.share_lo, r.share_hi]} if tag == "interaction" else {})}))
+                             **({"share": r.share, "share_ci": [r.share_lo, r.share_hi]}
+                                if tag == "interaction" else {})}))
         for s in r.simple:
             out.append(_hyp(f"factorial/{key}/simple/{s.level}", "factorial_simple", key, f"factorial_simple/{key}",
                             [s.level, *sec.activations], "RCBD F within the level", "F", s.f, [s.df, s.df_error], s.p,
@@ -191,10 +193,12 @@ def interaction_sentence(sec: FactorialSection, key: str = "final_val_loss") -> 
     share = f"{_f(r.share, 2)}, 95% CI [{_f(r.share_lo, 2)}, {_f(r.share_hi, 2)}]"
     if h.significant:
         return (f"The activation's effect on {r.outcome} depends on {sec.factor}: activation × {sec.factor} "
-                f"{_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}; the interaction is {share} of the "
+                f"{_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}; the interaction is "
+                f"{share} of the "
                 "activation-related variation (SS_A×F / (SS_A + SS_A×F)).")
     return (f"No dependence of the activation's effect on {sec.factor} was detected for {r.outcome} (activation × "
-            f"{sec.factor} {_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}). Not detected is not "
+            f"{sec.factor} {_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}). "
+            "Not detected is not "
             f"absent: an interaction of partial η² up to {_f(r.interaction.eta2_hi, 2)} is not excluded, and its share "
             f"of the activation-related variation is {share}.")
 
@@ -236,7 +240,8 @@ def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> lis
               "seeds nested in the levels (split-plot): the factor tested against seeds within levels, activation and "
               "the interaction against activation × seeds within levels")
     md = [f"## Does the activation effect depend on {sec.factor}?", "",
-          f"{len(sec.levels)} levels of `{sec.factor}` ({', '.join(sec.levels)}) × {len(sec.activations)} activations × "
+          f"{len(sec.levels)} levels of `{sec.factor}` ({', '.join(sec.levels)}) × {len(sec.activations)} "
+          "activations × "
           f"{sec.n_seeds} seeds; {design}.", ""]
     md += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
     md += verdicts(sec) + [""]

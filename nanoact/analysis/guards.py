@@ -17,7 +17,8 @@ from nanoact.analysis.grid import Grid
 from nanoact.analysis.runs import MissingCell, RunRecord
 from nanoact.tracking import schema
 
-IDENTICAL_OUTCOMES = (schema.FINAL_VAL_LOSS, schema.BEST_VAL_LOSS, schema.FINAL_TRAIN_LOSS)  # continuous: ties mean duplication
+# continuous: ties mean duplication
+IDENTICAL_OUTCOMES = (schema.FINAL_VAL_LOSS, schema.BEST_VAL_LOSS, schema.FINAL_TRAIN_LOSS)
 
 
 @dataclass
@@ -103,7 +104,8 @@ def check_pd_self(
     for run_id, vals in self_pd.items():
         bad = {k: v for k, v in vals.items() if v != 0.0}
         if bad:
-            details.append(f"PD({run_id}, copy of itself) is not 0: " + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()))
+            details.append(f"PD({run_id}, copy of itself) is not 0: "
+                           + ", ".join(f"{k}={v:.3g}" for k, v in bad.items()))
     for a, b, metric, gap in asymmetry:
         details.append(f"{metric}({a}, {b}) differs from {metric}({b}, {a}) by {gap:.3g}")
     return GuardResult("pd-self-check", "PD(a,a)=0 and PD symmetric", not details, details)

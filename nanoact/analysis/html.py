@@ -17,7 +17,8 @@ RAW_TAGS = re.compile(r"^</?(details|summary)>|^<details><summary>")
 STYLE = """
 body{font:15px/1.5 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#1f2328}
-h1,h2,h3,h4{line-height:1.25;margin:1.4em 0 .5em}h1{font-size:1.8em}h2{border-bottom:1px solid #d1d9e0;padding-bottom:.2em}
+h1,h2,h3,h4{line-height:1.25;margin:1.4em 0 .5em}h1{font-size:1.8em}
+h2{border-bottom:1px solid #d1d9e0;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.8em 0;font-size:13px;display:block;overflow-x:auto}
 th,td{border:1px solid #d1d9e0;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}
 tr:nth-child(even) td{background:#fbfcfd}code{background:#f0f2f4;padding:1px 4px;border-radius:4px;font-size:90%}

@@ -10,9 +10,21 @@ from typing import Any
 
 import numpy as np
 
-from nanoact.analysis.stats import (CrossedPair, CrossedResult, FriedmanResult, Homogeneity, PairwiseRow, RcbdResult,
-                                    crossed_anova, crossed_pairwise, friedman, homogeneity, min_detectable_gap,
-                                    pairwise, rcbd_anova)
+from nanoact.analysis.stats import (
+    CrossedPair,
+    CrossedResult,
+    FriedmanResult,
+    Homogeneity,
+    PairwiseRow,
+    RcbdResult,
+    crossed_anova,
+    crossed_pairwise,
+    friedman,
+    homogeneity,
+    min_detectable_gap,
+    pairwise,
+    rcbd_anova,
+)
 
 
 @dataclass

@@ -43,9 +43,19 @@ from itertools import product
 import numpy as np
 from scipy import stats
 
-from nanoact.analysis.pdestimands import (activation_only, activation_only_overall, cross_means, cross_minus_within,
-                                         excess, offdiag, relative_excess, relative_reproducibility,
-                                         same_seed_means, same_seed_ratio, within_means)
+from nanoact.analysis.pdestimands import (
+    activation_only,
+    activation_only_overall,
+    cross_means,
+    cross_minus_within,
+    excess,
+    offdiag,
+    relative_excess,
+    relative_reproducibility,
+    same_seed_means,
+    same_seed_ratio,
+    within_means,
+)
 
 ALPHA = 0.05
 EXACT_LIMIT = 20000  # enumerate every relabelling when there are at most this many, else Monte Carlo

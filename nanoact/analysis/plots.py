@@ -159,7 +159,8 @@ def within_pd_over_steps(
             ax.plot(steps, mean, marker="o", ms=3, color=colors[a], label=a)
             ok = np.isfinite(se)
             if ok.any():
-                ax.fill_between(np.asarray(steps)[ok], (mean - se)[ok], (mean + se)[ok], color=colors[a], alpha=0.2, lw=0)
+                ax.fill_between(np.asarray(steps)[ok], (mean - se)[ok], (mean + se)[ok], color=colors[a], alpha=0.2,
+                                lw=0)
         ax.set_title(m)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -186,7 +186,8 @@ def comparison_md(rows: list[dict[str, Any]]) -> list[str]:
              ", ".join(f"`{x[:8]}`" for x in r["run_ids"])) for r in rows]
     levels = any("[" in r["experiment"] for r in rows)
     return [f"## Comparison across {'levels' if levels else 'experiments'}", "",
-            md_table(["level" if levels else "experiment", "activation", "runs", "mean final val loss", "mean within-activation pd_tv",
+            md_table(["level" if levels else "experiment", "activation", "runs", "mean final val loss",
+                      "mean within-activation pd_tv",
                       "mean within-activation pd_top1", "mean wall (s)", "runs"], body), ""]
 
 

@@ -11,7 +11,6 @@ from nanoact.analysis.formatting import fixed, md_table, p_text, pct, sig
 from nanoact.analysis.hypotheses import PRIMARY_OUTCOME, Hypothesis
 from nanoact.analysis.stats import ALPHA, VARIANCE_RATIO_LIMIT
 
-
 CITE_SD = ("Summers & Dinneen, \"Nondeterminism and instability in neural network optimization\", ICML 2021")
 
 

@@ -3,7 +3,8 @@ summary.json, and log them to the sweep's parent run.
 
 The work is split by job: ``experiment`` computes (numbers only), ``hypotheses`` lists and adjusts every test,
 ``render`` words it (report.md, the headline, the executive summary), ``html`` turns report.md into one
-self-contained page, ``summary`` writes summary.json (schema in docs/REPORT.md). Library code: no printing, progress goes to the ``progress`` callback, user mistakes raise
+self-contained page, ``summary`` writes summary.json (schema in docs/REPORT.md). Library code: no printing,
+progress goes to the ``progress`` callback, user mistakes raise
 ``NanoactError`` with a one-line message.
 """
 
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoact.analysis import render as rd
 from nanoact.analysis import factorial as fa
 from nanoact.analysis import factorial_report as fr
+from nanoact.analysis import render as rd
 from nanoact.analysis import summary as sm
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.experiment import ExperimentAnalysis, analyse_experiment

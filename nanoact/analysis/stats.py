@@ -189,7 +189,8 @@ VARIANCE_RATIO_LIMIT = 4.0  # rule of thumb for pooling: largest variance at mos
 
 @dataclass
 class Homogeneity:
-    """Variances of the seed-paired differences y_i − y_j: pooling one error (the studentized range) needs them equal."""
+    """Variances of the seed-paired differences y_i − y_j: pooling one error (the studentized range) needs them
+    equal."""
 
     min_var: float
     max_var: float

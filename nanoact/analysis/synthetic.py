@@ -125,7 +125,8 @@ class _World:
         logits += spec.act_scale * self.act(a)
         if isinstance(s, tuple):  # (init seed, data-order seed)
             logits += spec.seed_scale * self.seed(s[0])
-            logits += spec.data_scale * _rng("data", s[1], spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+            data = _rng("data", s[1], spec.data_seed).standard_normal(self.z.shape, dtype=np.float32)
+            logits += spec.data_scale * data
         else:
             logits += spec.seed_scale * self.seed(s)
         logits += spec.run_scale_of.get(a, spec.run_scale) * g.standard_normal(self.z.shape, dtype=np.float32)
@@ -175,7 +176,8 @@ def log_synthetic_runs(
         ms = replace(spec, model=model)
         world = _World(ms)
         for trial, (a, s, attempt, status) in enumerate(_attempts(ms), start=len(all_ids)):
-            rid = _log_cell(store, exp_id, ms, world, a, s, attempt, status, parent_id, trial, max_step, tick, t0, clock)
+            rid = _log_cell(store, exp_id, ms, world, a, s, attempt, status, parent_id, trial, max_step, tick, t0,
+                            clock)
             all_ids.append(rid)
             if rid is not None and status == "FINISHED":
                 run_ids[(model, a, s) if spec.models else (a, s)] = rid

@@ -19,8 +19,17 @@ Tracking: one MLflow parent run per study, one child run per cell attempt (docs/
 
 from nanoact.sweep.api import coordinator_holder, run, status
 from nanoact.sweep.options import SweepOptions, WorkerContext, check_devices, worker_contexts
-from nanoact.sweep.spec import (Cell, SweepSpec, builtin_sweeps_dir, experiment_names, experiments, grid_key, is_builtin,
-                                load_sweep, parse_sweep)
+from nanoact.sweep.spec import (
+                                Cell,
+                                SweepSpec,
+                                builtin_sweeps_dir,
+                                experiment_names,
+                                experiments,
+                                grid_key,
+                                is_builtin,
+                                load_sweep,
+                                parse_sweep,
+)
 from nanoact.sweep.state import CellState, CellStatus, SweepResult, cell_states
 from nanoact.sweep.storage import default_storage_path, open_storage
 

@@ -12,11 +12,26 @@ Importing this package imports neither MLflow nor PyTorch.
 
 from nanoact.tracking.provenance import git_commit, provenance_tags
 from nanoact.tracking.store import (
-    Store, check_tracking_server, create_parent_run, delete_run, end_run, ensure_experiment, final_metrics,
-    find_trial_run, open_store, reopen_run, require_store, runs_tagged,
+    Store,
+    check_tracking_server,
+    create_parent_run,
+    delete_run,
+    end_run,
+    ensure_experiment,
+    final_metrics,
+    find_trial_run,
+    open_store,
+    reopen_run,
+    require_store,
+    runs_tagged,
 )
 from nanoact.tracking.tracker import (
-    MemoryTracker, MlflowTracker, NullTracker, Tracker, check_system_metrics, predictions_npz,
+    MemoryTracker,
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    check_system_metrics,
+    predictions_npz,
 )
 from nanoact.tracking.ui import runs_table_path, runs_table_view, view_filter, view_key
 

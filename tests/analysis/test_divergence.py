@@ -1,4 +1,5 @@
-"""PD metrics (docs/REPORT.md, "Predictions and PD") on hand-made distributions, invariants and a scrambled-context control.
+"""PD metrics (docs/REPORT.md, "Predictions and PD") on hand-made distributions, invariants and a scrambled-context
+control.
 
     python -m pytest tests/analysis/test_divergence.py -q
 """
@@ -175,7 +176,8 @@ def test_chunked_many_pairs_equal_single_pairs(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# scrambled-context control (PD on shifted contexts looks like unrelated models): two real bigram models, scored on the same or on shifted contexts
+# scrambled-context control (PD on shifted contexts looks like unrelated models): two real bigram models, scored on
+# the same or on shifted contexts
 
 
 def _markov_corpus(rng, v: int, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,9 +12,9 @@ import pytest
 from nanoact.analysis import guards as gd
 from nanoact.analysis.report import run_report
 from nanoact.analysis.runs import load_experiment
-from nanoact.tracking import Store
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 from nanoact.errors import NanoactError
+from nanoact.tracking import Store
 
 SMALL = dict(activations=("relu", "gelu"), seeds=(42, 43), n_contexts=64, steps=(0, 50))
 

@@ -20,7 +20,8 @@ def _run(rid: str, act: str, seed: str, metrics=None, **tags) -> RunRecord:
     # keyword nanoact_activation_modules -> tag nanoact.activation_modules
     return RunRecord(run_id=rid, run_name=rid, experiment="x", activation=act, seed=seed,
                      grid_key=f"a={act}|s={seed}", status="FINISHED", start_time=0, end_time=None, parent_id=None,
-                     artifact_uri="", params={}, tags={k.replace("nanoact_", "nanoact.", 1): v for k, v in tags.items()},
+                     artifact_uri="", params={},
+                     tags={k.replace("nanoact_", "nanoact.", 1): v for k, v in tags.items()},
                      metrics=metrics or {})
 
 

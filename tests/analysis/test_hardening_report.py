@@ -16,8 +16,8 @@ import pytest
 from nanoact import cli
 from nanoact.analysis import report as report_mod
 from nanoact.analysis.report import run_report
-from nanoact.tracking import Store
 from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
+from nanoact.tracking import Store
 
 SMALL = dict(activations=("relu", "gelu"), seeds=(1, 2, 3), n_contexts=64, steps=(0, 50, 100))
 

@@ -15,7 +15,7 @@ from scipy import stats
 from nanoact.analysis import pdtests as pt
 from nanoact.analysis import sequential as sq
 from nanoact.errors import ConfigError
-from tests.analysis.simulate import coverage_floor, bound, pd_tables
+from tests.analysis.simulate import bound, coverage_floor, pd_tables
 
 RULE = sq.SeedRule(start=3, step=2, max=11, targets={"final_val_loss": 0.005})
 PAIRS = [(0, 1), (0, 2), (1, 2)]

@@ -49,7 +49,8 @@ def test_rcbd_matches_statsmodels():
 
 
 def test_one_way_anova_would_hide_the_effect_on_seed_heavy_data():
-    # the contrast the stats module docstring warns about; f_oneway appears only here, to show why the library never uses it
+    # the contrast the stats module docstring warns about; f_oneway appears only here, to show why the library
+    # never uses it
     rng = np.random.default_rng(11)
     k, n = 3, 6
     seed_effect = rng.normal(0, 3.0, size=n)
