@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
+from nanoact.cli_group import NanoactGroup, remember_store
 from nanoact.errors import NanoactError
 
 SET_HELP = "Override a config key, e.g. --set train.max_iters=200 (repeatable)."
-_STORES: list[str] = []  # store URLs this invocation was given: their passwords are redacted from any error
 
 
 class Progress:
@@ -74,7 +74,7 @@ def _fmt_secs(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NanoactGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nanoact")
 @click.option("-v", "--verbose", is_flag=True, help="Show library log messages.")
 def cli(verbose: bool) -> None:
@@ -87,7 +87,7 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        # MLflow logs a DB error with its traceback before re-raising it; main() words it in one line
+        # MLflow logs a DB error with its traceback before re-raising it; NanoactGroup words it in one line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
@@ -98,7 +98,7 @@ def _tracking_uri(tracking_uri: str | None) -> str:
     from nanoact.tracking_uri import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    _STORES.append(uri)
+    remember_store(uri)
     return move_credentials_to_env(uri)
 
 
@@ -372,7 +372,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
             importlib.import_module(mod)
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
-    _STORES.extend([storage] if storage else [])
+    remember_store(storage)
     spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid))
     uri = _tracking_uri(tracking_uri)
     opts = sweep.SweepOptions(storage=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
@@ -568,7 +568,7 @@ def ui_command(tracking_uri, experiment, study, host, port, server_log) -> None:
         raise click.UsageError("--study needs --experiment (the experiment that holds the study)")
     server.check_port_free(host, port)
     uri = resolve_tracking_uri(tracking_uri)
-    _STORES.append(uri)
+    remember_store(uri)
     tracking.require_store(uri)
     tracking.open_store(uri)  # an old sqlite store's schema is migrated once, even when a sweep starts meanwhile
     base = f"http://{host}:{port}"
@@ -627,7 +627,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_
         if not eq or not k.strip():
             raise click.BadParameter(f"{w!r}: expected PARAM=VALUE", param_hint="--where")
         filters[k.strip()] = v.strip()
-    _STORES.extend([storage] if storage else [])
+    remember_store(storage)
     from nanoact.tracking_uri import display_url
 
     progress = Progress()
@@ -675,7 +675,7 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
 
     server.check_port_free(host, port)  # else another server's /health answer would read as "ready"
     spec = server.server_spec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers)
-    _STORES.append(spec.backend_store_uri)
+    remember_store(spec.backend_store_uri)
     server.check_database(spec.backend_store_uri)
     if not server.is_loopback(host):
         click.echo(f"warning: listening on {host}, beyond loopback. MLflow has no authentication by default: anyone "
@@ -692,40 +692,21 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     click.echo("mlflow server stopped")
 
 
-def _fail(e: Exception) -> None:
-    from nanoact.tracking_uri import redact
-
-    click.echo(f"error: {redact(' '.join(str(e).split()), *_STORES)}", err=True)
-    sys.exit(2)
-
-
 def main() -> None:
-    """Entry point: user errors are one line on stderr and exit code 2; bugs keep their traceback."""
+    """The ``nanoact`` entry point. Errors are click's to show (``UserError``: one ``error:`` line, exit 2); this
+    only gives an interruption the shell's exit code, 130 for Ctrl-C and 143 for SIGTERM, where click would say
+    "Aborted!" and exit 1 (a sweep ends its cell first and exits with the same codes itself)."""
+    from nanoact.sweep.interrupt import exit_code
+
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        code = cli.main(standalone_mode=False)
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
-    except NanoactError as e:
-        _fail(e)
-    except Exception as e:  # a read-only or full disk or database is the user's to fix: one line, not a traceback
-        from nanoact.errors import storage_error
-        from nanoact.tracking_uri import display_url
-
-        err = storage_error(e, display_url(_STORES[-1]) if _STORES else "")
-        if err is None:
-            raise
-        _fail(err)
-    except KeyboardInterrupt as e:
-        from nanoact.sweep.interrupt import exit_code
-
-        click.echo("interrupted (SIGTERM)" if exit_code(e) == 143 else "interrupted", err=True)
-        sys.exit(exit_code(e))
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
+    except click.exceptions.Abort as e:  # click's wording of a KeyboardInterrupt (or SIGTERM: Terminated)
+        code = exit_code(e.__cause__) if isinstance(e.__cause__, KeyboardInterrupt) else 130
+        click.echo("interrupted (SIGTERM)" if code == 143 else "aborted", err=True)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
