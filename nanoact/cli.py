@@ -7,8 +7,6 @@ import math
 import os
 import shlex
 import sys
-import time
-from typing import Any
 
 import click
 
@@ -16,62 +14,6 @@ from nanoact.cli_group import NanoactGroup, remember_store
 from nanoact.errors import NanoactError
 
 SET_HELP = "Override a config key, e.g. --set train.max_iters=200 (repeatable)."
-
-
-class Progress:
-    """Progress lines for long work: a rewritten status line on a terminal, periodic plain lines otherwise."""
-
-    def __init__(self, prefix: str = "", stream=None, min_interval: float = 2.0):
-        self.prefix = prefix
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.min_interval = min_interval
-        self._last = 0.0
-        self._t0 = time.perf_counter()
-        self._open = False
-
-    def status(self, text: str) -> None:
-        now = time.perf_counter()
-        if self.tty:
-            self.stream.write("\r\033[K" + self.prefix + text)
-            self.stream.flush()
-            self._open = True
-        elif now - self._last >= self.min_interval:
-            self.stream.write(self.prefix + text + "\n")
-            self.stream.flush()
-            self._last = now
-
-    def line(self, text: str) -> None:
-        if self._open:
-            self.stream.write("\r\033[K")
-            self._open = False
-        self.stream.write(self.prefix + text + "\n")
-        self.stream.flush()
-
-    def eta(self, done: float, total: float) -> str:
-        elapsed = time.perf_counter() - self._t0
-        if done <= 0:
-            return "ETA --"
-        rest = elapsed * (total - done) / done
-        return f"ETA {_fmt_secs(rest)}"
-
-    def train_callback(self, event: dict[str, Any]) -> None:
-        it, n = event["iter"], max(event["max_iters"], 1)
-        if event["event"] == "iter":
-            self.status(f"iter {it}/{n} loss {event['loss']:.4f} lr {event['lr']:.2e} {self.eta(it, n)}")
-        elif event["event"] == "evaluating":
-            self.status(f"step {it}: evaluating (losses on fixed batches, predictions on the evaluation set)")
-        else:
-            self.line(
-                f"step {it}: train loss {event['train/loss']:.4f}, val loss {event['val/loss']:.4f}, "
-                f"val acc {event['val/acc']:.4f}"
-                + (f", {event['tokens_per_s']:.0f} tok/s" if event["tokens_per_s"] else "")
-            )
-
-
-def _fmt_secs(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 @click.group(cls=NanoactGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,6 +75,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     """
     from nanoact.data import CharDataset
     from nanoact.models import validate_model_config
+    from nanoact.progress import Progress
     from nanoact.trainer import train
 
     if no_track and (tracking_uri or system_metrics):
@@ -144,8 +87,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     tracker = None if no_track else _train_tracker(tracking_uri, experiment_name, system_metrics)
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
-    progress = Progress()
-    res = train(cfg, data=data, tracker=tracker, progress=progress.train_callback)
+    res = train(cfg, data=data, tracker=tracker, progress=Progress())
     mt = res.metrics
     click.echo(f"parameters: {res.n_params:,} | device: {res.device} ({res.dtype}) | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
@@ -270,68 +212,6 @@ def _grid_size_check(large_grid: bool):
     return on_count
 
 
-class SweepProgress(Progress):
-    """Cells done/total, the current cell's iteration, and an ETA for the whole sweep."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = self.done = self.todo = self.finished_here = 0
-        self.cell_t0 = time.perf_counter()
-        self.cell_times: list[float] = []
-        self.key = ""
-
-    def sweep_eta(self, frac_current: float = 0.0) -> str:
-        if self.cell_times:
-            per = sum(self.cell_times) / len(self.cell_times)
-        elif frac_current > 0.02:  # no cell finished yet: extrapolate from the current one
-            per = (time.perf_counter() - self.cell_t0) / frac_current
-        else:
-            return "sweep ETA --"
-        left = self.todo - self.finished_here - frac_current
-        return f"sweep ETA {_fmt_secs(max(left, 0) * per)}"
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        e = ev["event"]
-        if e == "plan":
-            self.total, self.done, self.todo = ev["total"], ev["done"], ev["todo"]
-            elsewhere = f", {ev['running']} running in other workers" if ev.get("running") else ""
-            self.line(f"{self.total} cells: {self.done} done already, {self.todo} to run{elsewhere}")
-        elif e == "cell_start":
-            self.key, self.cell_t0 = ev["key"], time.perf_counter()
-            self.line(f"[{self.done + 1}/{self.total}] {ev['key']} (trial {ev['trial']})")
-        elif e == "iter":
-            frac = ev["iter"] / max(ev["max_iters"], 1)
-            self.status(f"[{self.done + 1}/{self.total}] iter {ev['iter']}/{ev['max_iters']} "
-                        f"loss {ev['loss']:.4f} | {self.sweep_eta(frac)}")
-        elif e == "evaluating":
-            self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: evaluating")
-        elif e == "eval":
-            self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: val loss {ev['val/loss']:.4f}")
-        elif e == "cell_done":
-            self.done += 1
-            self.finished_here += 1
-            self.cell_times.append(time.perf_counter() - self.cell_t0)
-            m = ev["metrics"]
-            self.line(f"[{self.done}/{self.total}] done {ev['key']}: val loss {m['final/val_loss']:.4f}, "
-                      f"val acc {m['final/val_acc']:.4f}, {m['time/wall_s']:.1f} s | {self.sweep_eta()}")
-        elif e == "cell_failed":
-            self.finished_here += 1
-            self.line(f"FAILED {ev['key']}: {ev['error']}")
-        elif e in ("recovered", "waiting", "notice"):
-            self.line(ev["detail"])
-        elif e == "warning":
-            self.line(f"warning: {ev['detail']}")
-        elif e == "idle":
-            self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
-        elif e == "lease_lost":
-            self.line(f"{ev['key']}: another process holds this cell's lease now (was its lock file deleted?); "
-                      "it may settle this run as dead")
-        elif e == "cell_lost":
-            self.line(f"{ev['key']}: its trial was settled as dead meanwhile; this run does not count")
-        elif e == "worker_died":
-            self.line(f"worker {ev['worker']} exited with code {ev['exitcode']}")
-
-
 @cli.command("sweep", short_help="Run or resume an experiment's grid.")
 @_experiment_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
@@ -365,6 +245,7 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     import importlib
 
     from nanoact import sweep
+    from nanoact.progress import SweepProgress
     from nanoact.tracking_uri import display_url
 
     for mod in plugins:
@@ -617,6 +498,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_
     summary.json and PNGs."""
     from nanoact.analysis.equivalence import Margins
     from nanoact.analysis.report import run_report
+    from nanoact.progress import Progress
 
     for name, v in (("--pd-margin", pd_margin), ("--loss-margin", loss_margin)):
         if not (math.isfinite(v) and v > 0):

@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,11 +22,9 @@ from nanoact import runtime, wiring
 from nanoact.config import RunConfig, validate
 from nanoact.data import CharDataset, EvalSet, corpus_source
 from nanoact.errors import ConfigError, DivergenceError, interrupt_reason
+from nanoact.events import Evaluated, Evaluating, EventFn, Iterated
 from nanoact.models import CharLM, build_model
 from nanoact.tracking import NullTracker, Tracker, provenance_tags
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
 
 @dataclass
 class TrainResult:
@@ -189,7 +187,7 @@ def train(
     *,
     data: CharDataset | None = None,
     tracker: Tracker | None = None,
-    progress: ProgressFn | None = None,
+    progress: EventFn | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> TrainResult:
@@ -211,7 +209,7 @@ def train(
 
 
 def _train(
-    cfg: RunConfig, data: CharDataset | None, tracker: Tracker, progress: ProgressFn | None, t_start: float
+    cfg: RunConfig, data: CharDataset | None, tracker: Tracker, progress: EventFn | None, t_start: float
 ) -> TrainResult:
     m, t, e = cfg.model, cfg.train, cfg.eval
     device = resolve_device(t.device)
@@ -278,13 +276,13 @@ def _train(
         torch.use_deterministic_algorithms(det_before)
 
 
-def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress: ProgressFn | None) -> None:
+def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress: EventFn | None) -> None:
     """The current batch's loss and the lr: to the tracker every ``log_interval`` iterations (between evals; an
     eval step logs its own), to the progress callback every 10."""
     if t.log_interval and it % t.log_interval == 0 and it % t.eval_interval != 0:
         tracker.log_metrics({"train/loss_iter": loss, "lr": lr}, step=it)
     if progress and it % 10 == 0:
-        progress({"event": "iter", "iter": it, "max_iters": t.max_iters, "loss": loss, "lr": lr})
+        progress(Iterated(it, t.max_iters, loss, lr))
 
 
 def _loop(cfg, model, data, eval_set, device, autocast, tracker, progress
@@ -327,7 +325,7 @@ def _loop(cfg, model, data, eval_set, device, autocast, tracker, progress
                 train_time += window_t
                 iters_timed += window_iters
             if progress:
-                progress({"event": "evaluating", "iter": it, "max_iters": t.max_iters})
+                progress(Evaluating(it, t.max_iters))
             model.eval()
             t0 = time.perf_counter()
             tr_loss, tr_acc = evaluate(fwd, eval_batches["train"], device, autocast)
@@ -350,7 +348,7 @@ def _loop(cfg, model, data, eval_set, device, autocast, tracker, progress
                 model.train()
                 tracker.log_predictions(it, probs, eval_set.targets.numpy())
             if progress:
-                progress({"event": "eval", "iter": it, "max_iters": t.max_iters, **row})
+                progress(Evaluated(it, t.max_iters, tr_loss, va_loss, tr_acc, va_acc, lr, tps))
             window_iters = 0
             sync()
             window_start = time.perf_counter()

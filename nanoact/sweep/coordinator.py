@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 from nanoact.errors import NanoactError
+from nanoact.events import Recovered, Waiting, Warned
 from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
@@ -43,7 +44,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     if opts.dry_run:
         return _plan_only(spec, opts), None
     for line in check_stores(opts.storage, uri):  # refuses stores unsafe for the hosts that may share them
-        events({"event": "warning", "detail": line})
+        events(Warned(line))
     check_tracking_server(uri)
     tracking.open_store(uri)
     storage = open_storage(opts.storage)
@@ -66,7 +67,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         recovered = recover(study, storage, leases, uri)  # each dead trial under its own cell's lease
         recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
-            events({"event": "recovered", "detail": line})
+            events(Recovered(line))
         lease = None if stalled else _hold_coordinator(spec, leases, events)
         if lease is not None:
             try:
@@ -75,8 +76,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
                 lease.release()
         else:
             planned = []
-            events({"event": "waiting", "detail": f"{_stalled(spec, leases)}; training the cells already queued, "
-                    "enqueueing none"})
+            events(Waiting(f"{_stalled(spec, leases)}; training the cells already queued, enqueueing none"))
         states = S.cell_states(spec, study.get_trials(deepcopy=False))
     finally:
         leases.close()
@@ -87,9 +87,9 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
 
 def _hold_coordinator(spec: SweepSpec, leases, events: EventFn):
     """The coordinator lease, or None after ``COORDINATOR_WAIT_S`` (saying once, after a second, who holds it)."""
-    return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events({
-        "event": "waiting", "detail": f"the coordinator lease of study {spec.study_name} is held by "
-        f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s"}))
+    return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events(Waiting(
+        f"the coordinator lease of study {spec.study_name} is held by "
+        f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s")))
 
 
 def _stalled(spec: SweepSpec, leases) -> NanoactError:
@@ -294,7 +294,7 @@ def requeue_lost(spec: SweepSpec, study, storage, leases, uri: str, events: Even
     that may be stopped. (A live holder holds it for a few storage writes; waiting that long lets a worker that
     settled a trial enqueue its cell after a holder that enqueued before the trial was settled.)"""
     for line in recover(study, storage, leases, uri):
-        events({"event": "recovered", "detail": line})
+        events(Recovered(line))
     lease = hold(leases, COORDINATOR, timeout=REQUEUE_WAIT_S)
     if lease is None:
         return False
