@@ -4,7 +4,7 @@ Library code raises ``NanoactError`` (or a storage failure the user must fix: a 
 database). ``NanoactGroup.invoke`` turns either into a ``UserError``, a ``click.ClickException`` that click
 shows and exits with, in the terminal and under ``click.testing.CliRunner`` alike (as flask's
 ``NoAppException(click.UsageError)`` does). Every store a command was given is recorded in ``ctx.meta``
-(``remember_store``) so that its password is masked in the message. Bugs keep their traceback.
+(``remember_store``, ``store_uri``) so that its password is masked in the message. Bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 from nanoact.errors import NanoactError
 
 STORES = "nanoact.stores"  # ctx.meta key: the store URLs this invocation was given, newest last
+SET_HELP = "Override a config key, e.g. --set train.max_iters=200 (repeatable)."  # every command with --set
 
 
 class UserError(click.ClickException):
@@ -29,6 +30,17 @@ def remember_store(url: str | None) -> None:
     """Record a store URL (MLflow, Optuna storage, database) whose password must never be printed."""
     if url:
         click.get_current_context().meta.setdefault(STORES, []).append(url)
+
+
+def store_uri(tracking_uri: str | None) -> str:
+    """Resolve the tracking URI; credentials in an http(s) URI move to MLflow's env vars (never into MLflow's
+    own messages, run links or tags)."""
+    from nanoact.tracking_uri import move_credentials_to_env
+    from nanoact.tracking_uri import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    remember_store(uri)
+    return move_credentials_to_env(uri)
 
 
 class NanoactGroup(click.Group):

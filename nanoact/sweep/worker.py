@@ -58,8 +58,8 @@ class Worker:
         finally:
             self.leases.close()
 
-    def _emit(self, event: type, **fields: Any) -> None:
-        self.events(event(worker=self.ctx.worker_name, **fields))
+    def _emit(self, kind: type, **fields: Any) -> None:
+        self.events(kind(worker=self.ctx.worker_name, **fields))
 
     def _wait_for_work(self) -> bool:
         """The queue is empty: True once a cell waits again (a dead worker's, re-enqueued), False when nothing
