@@ -95,33 +95,50 @@ class Warned(Note):
 
 
 @dataclass(frozen=True)
-class CellStarted:
+class OfCell:
+    """An event of the cell ``key`` that the worker ``worker`` trains."""
+
     worker: str
     key: str
+
+
+@dataclass(frozen=True)
+class OfTrial(OfCell):
+    """An event of the cell's Optuna trial ``trial``."""
+
     trial: int
 
 
 @dataclass(frozen=True)
-class CellTraining:
-    """A trainer's event, from the cell ``key`` a worker trains."""
+class CellStarted(OfTrial):
+    """A worker starts training the cell."""
 
-    worker: str
-    key: str
+
+@dataclass(frozen=True)
+class CellTraining(OfCell):
+    """A trainer's event, from the cell's training run."""
+
     event: TrainEvent
 
 
 @dataclass(frozen=True)
-class CellDone:
-    worker: str
-    key: str
+class CellDone(OfCell):
     metrics: dict[str, float]  # the run's final metrics
 
 
 @dataclass(frozen=True)
-class CellFailed:
-    worker: str
-    key: str
+class CellFailed(OfCell):
     error: str
+
+
+@dataclass(frozen=True)
+class LeaseLost(OfTrial):
+    """Another process holds this cell's lease now (its lock file deleted?): the run may be settled as dead."""
+
+
+@dataclass(frozen=True)
+class CellLost(OfTrial):
+    """The cell's trial was settled as dead while it trained: this run does not count."""
 
 
 @dataclass(frozen=True)
@@ -130,24 +147,6 @@ class Idle:
 
     worker: str
     running: int
-
-
-@dataclass(frozen=True)
-class LeaseLost:
-    """Another process holds this cell's lease now (its lock file deleted?): the run may be settled as dead."""
-
-    worker: str
-    key: str
-    trial: int
-
-
-@dataclass(frozen=True)
-class CellLost:
-    """The cell's trial was settled as dead while it trained: this run does not count."""
-
-    worker: str
-    key: str
-    trial: int
 
 
 @dataclass(frozen=True)
