@@ -1,80 +1,20 @@
-"""The ``nanoact`` command line: thin wrappers over the library. Only this module talks to the terminal."""
+"""The ``nanoact`` command line: thin wrappers over the library. The sweep commands are in ``nanoact.cli_sweep``,
+how errors are shown in ``nanoact.cli_group``, progress lines in ``nanoact.progress``."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-import shlex
 import sys
-import time
-from typing import Any
 
 import click
 
+from nanoact.cli_group import SET_HELP, NanoactGroup, remember_store, store_uri
+from nanoact.cli_sweep import experiments_command, status_command, sweep_command
 from nanoact.errors import NanoactError
 
-SET_HELP = "Override a config key, e.g. --set train.max_iters=200 (repeatable)."
-_STORES: list[str] = []  # store URLs this invocation was given: their passwords are redacted from any error
-
-
-class Progress:
-    """Progress lines for long work: a rewritten status line on a terminal, periodic plain lines otherwise."""
-
-    def __init__(self, prefix: str = "", stream=None, min_interval: float = 2.0):
-        self.prefix = prefix
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.min_interval = min_interval
-        self._last = 0.0
-        self._t0 = time.perf_counter()
-        self._open = False
-
-    def status(self, text: str) -> None:
-        now = time.perf_counter()
-        if self.tty:
-            self.stream.write("\r\033[K" + self.prefix + text)
-            self.stream.flush()
-            self._open = True
-        elif now - self._last >= self.min_interval:
-            self.stream.write(self.prefix + text + "\n")
-            self.stream.flush()
-            self._last = now
-
-    def line(self, text: str) -> None:
-        if self._open:
-            self.stream.write("\r\033[K")
-            self._open = False
-        self.stream.write(self.prefix + text + "\n")
-        self.stream.flush()
-
-    def eta(self, done: float, total: float) -> str:
-        elapsed = time.perf_counter() - self._t0
-        if done <= 0:
-            return "ETA --"
-        rest = elapsed * (total - done) / done
-        return f"ETA {_fmt_secs(rest)}"
-
-    def train_callback(self, event: dict[str, Any]) -> None:
-        it, n = event["iter"], max(event["max_iters"], 1)
-        if event["event"] == "iter":
-            self.status(f"iter {it}/{n} loss {event['loss']:.4f} lr {event['lr']:.2e} {self.eta(it, n)}")
-        elif event["event"] == "evaluating":
-            self.status(f"step {it}: evaluating (losses on fixed batches, predictions on the evaluation set)")
-        else:
-            self.line(
-                f"step {it}: train loss {event['train/loss']:.4f}, val loss {event['val/loss']:.4f}, "
-                f"val acc {event['val/acc']:.4f}"
-                + (f", {event['tokens_per_s']:.0f} tok/s" if event["tokens_per_s"] else "")
-            )
-
-
-def _fmt_secs(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NanoactGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nanoact")
 @click.option("-v", "--verbose", is_flag=True, help="Show library log messages.")
 def cli(verbose: bool) -> None:
@@ -87,19 +27,12 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        # MLflow logs a DB error with its traceback before re-raising it; main() words it in one line
+        # MLflow logs a DB error with its traceback before re-raising it; NanoactGroup words it in one line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def _tracking_uri(tracking_uri: str | None) -> str:
-    """Resolve the tracking URI; credentials in an http(s) URI move to MLflow's env vars (never into MLflow's
-    own messages, run links or tags)."""
-    from nanoact.tracking_uri import move_credentials_to_env
-    from nanoact.tracking_uri import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri)
-    _STORES.append(uri)
-    return move_credentials_to_env(uri)
+for _command in (sweep_command, status_command, experiments_command):
+    cli.add_command(_command)
 
 
 def _config(model: str | None, activation: str | None, seed: int | None, overrides: tuple[str, ...]):
@@ -133,6 +66,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     """
     from nanoact.data import CharDataset
     from nanoact.models import validate_model_config
+    from nanoact.progress import Progress
     from nanoact.trainer import train
 
     if no_track and (tracking_uri or system_metrics):
@@ -144,8 +78,7 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     tracker = None if no_track else _train_tracker(tracking_uri, experiment_name, system_metrics)
     m, t = cfg.model, cfg.train
     click.echo(f"training {m.name} with {m.activation}, seed {t.seed}, {t.max_iters} iters")
-    progress = Progress()
-    res = train(cfg, data=data, tracker=tracker, progress=progress.train_callback)
+    res = train(cfg, data=data, tracker=tracker, progress=Progress())
     mt = res.metrics
     click.echo(f"parameters: {res.n_params:,} | device: {res.device} ({res.dtype}) | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
@@ -165,7 +98,7 @@ def _train_tracker(tracking_uri, experiment_name: str, system_metrics: bool):
     from nanoact.tracking import check_tracking_server
     from nanoact.tracking_uri import display_url
 
-    uri = _tracking_uri(tracking_uri)
+    uri = store_uri(tracking_uri)
     check_tracking_server(uri)
     tracking.open_store(uri)
     exp = tracking.ensure_experiment(uri, experiment_name)
@@ -223,337 +156,6 @@ def activations_command() -> None:
         click.echo(f"{name + (f'({params})' if params else ''):50s} {doc}")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# sweeps
-
-def _experiment_option(f):
-    f = click.option("--file", "sweep_file", type=click.Path(dir_okay=False), default=None,
-                     help="A sweep TOML file instead of a built-in experiment.")(f)
-    return click.option("--experiment", "-e", default=None,
-                        help="Built-in experiment name (see `nanoact experiments`).")(f)
-
-
-def _storage_options(f):
-    f = click.option("--storage", default=None, envvar="NANOACT_STORAGE",
-                     help="Optuna storage: a journal file path (default mlruns/optuna-journal.log) or an RDB URL "
-                          "such as postgresql+psycopg2://user@host/db.")(f)
-    return click.option("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")(f)
-
-
-def _load_spec(experiment, sweep_file, overrides=(), study=None, on_count=None):
-    from nanoact.sweep import load_sweep
-
-    if (experiment is None) == (sweep_file is None):
-        raise click.UsageError("give exactly one of --experiment NAME or --file PATH")
-    return load_sweep(experiment, sweep_file, overrides, on_count=on_count).with_study(study)
-
-
-def _grid_size_check(large_grid: bool):
-    """Says the number of cells first, before every cell is checked; above ``MAX_CELLS`` the user must insist
-    (--large-grid, or yes at a prompt on a terminal)."""
-    from nanoact.sweep.spec import MAX_CELLS
-
-    def on_count(n: int, grid) -> None:
-        axes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
-        if n <= MAX_CELLS or large_grid:
-            if n > MAX_CELLS:
-                click.echo(f"{n:,} cells ({axes}); checking every cell's config ...")
-            return
-        what = f"the grid has {n:,} cells ({axes}), more than {MAX_CELLS:,}"
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            if click.confirm(f"{what}. Go on?", default=False):
-                return
-            raise NanoactError(f"{what}; not run")
-        raise NanoactError(f"{what}: check the grid (a typo in an axis?), or pass --large-grid to run it anyway")
-
-    return on_count
-
-
-class SweepProgress(Progress):
-    """Cells done/total, the current cell's iteration, and an ETA for the whole sweep."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = self.done = self.todo = self.finished_here = 0
-        self.cell_t0 = time.perf_counter()
-        self.cell_times: list[float] = []
-        self.key = ""
-
-    def sweep_eta(self, frac_current: float = 0.0) -> str:
-        if self.cell_times:
-            per = sum(self.cell_times) / len(self.cell_times)
-        elif frac_current > 0.02:  # no cell finished yet: extrapolate from the current one
-            per = (time.perf_counter() - self.cell_t0) / frac_current
-        else:
-            return "sweep ETA --"
-        left = self.todo - self.finished_here - frac_current
-        return f"sweep ETA {_fmt_secs(max(left, 0) * per)}"
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        e = ev["event"]
-        if e == "plan":
-            self.total, self.done, self.todo = ev["total"], ev["done"], ev["todo"]
-            elsewhere = f", {ev['running']} running in other workers" if ev.get("running") else ""
-            self.line(f"{self.total} cells: {self.done} done already, {self.todo} to run{elsewhere}")
-        elif e == "cell_start":
-            self.key, self.cell_t0 = ev["key"], time.perf_counter()
-            self.line(f"[{self.done + 1}/{self.total}] {ev['key']} (trial {ev['trial']})")
-        elif e == "iter":
-            frac = ev["iter"] / max(ev["max_iters"], 1)
-            self.status(f"[{self.done + 1}/{self.total}] iter {ev['iter']}/{ev['max_iters']} "
-                        f"loss {ev['loss']:.4f} | {self.sweep_eta(frac)}")
-        elif e == "evaluating":
-            self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: evaluating")
-        elif e == "eval":
-            self.status(f"[{self.done + 1}/{self.total}] step {ev['iter']}: val loss {ev['val/loss']:.4f}")
-        elif e == "cell_done":
-            self.done += 1
-            self.finished_here += 1
-            self.cell_times.append(time.perf_counter() - self.cell_t0)
-            m = ev["metrics"]
-            self.line(f"[{self.done}/{self.total}] done {ev['key']}: val loss {m['final/val_loss']:.4f}, "
-                      f"val acc {m['final/val_acc']:.4f}, {m['time/wall_s']:.1f} s | {self.sweep_eta()}")
-        elif e == "cell_failed":
-            self.finished_here += 1
-            self.line(f"FAILED {ev['key']}: {ev['error']}")
-        elif e in ("recovered", "waiting", "notice"):
-            self.line(ev["detail"])
-        elif e == "warning":
-            self.line(f"warning: {ev['detail']}")
-        elif e == "idle":
-            self.line(f"queue empty; waiting for {ev['running']} cell(s) running in other workers")
-        elif e == "lease_lost":
-            self.line(f"{ev['key']}: another process holds this cell's lease now (was its lock file deleted?); "
-                      "it may settle this run as dead")
-        elif e == "cell_lost":
-            self.line(f"{ev['key']}: its trial was settled as dead meanwhile; this run does not count")
-        elif e == "worker_died":
-            self.line(f"worker {ev['worker']} exited with code {ev['exitcode']}")
-
-
-@cli.command("sweep", short_help="Run or resume an experiment's grid.")
-@_experiment_option
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@_storage_options
-@click.option("--study", default=None, help="Optuna study name (default: the experiment name).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes on this machine; CPU threads are split between them.")
-@click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
-@click.option("--oversubscribe", is_flag=True,
-              help="Allow more --workers than CPU cores (refused otherwise). Workers never outnumber the cells left.")
-@click.option("--retry-failed", is_flag=True, help="Also rerun cells whose last attempt FAILED.")
-@click.option("--dry-run", is_flag=True,
-              help="Print the grid, what would run, and each cell's parameters, activation memory and estimated "
-                   "time (CPU from finished runs in the store, GPU from a FLOP count); change nothing.")
-@click.option("--large-grid", is_flag=True, help="Run a grid of more than 10,000 cells (refused otherwise).")
-@click.option("--init", "init_only", is_flag=True,
-              help="Only the coordinator step: create the study and parent run and enqueue missing cells.")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="Import MODULE in every worker first (registers custom activations or models).")
-@click.option("--train-log", type=click.Path(dir_okay=False), default=None,
-              help="Append one line per cell a worker starts training to this file (an audit of what ran).")
-@click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in each run (needs psutil).")
-def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, oversubscribe,
-                  retry_failed, dry_run, large_grid, init_only, plugins, train_log, system_metrics) -> None:
-    """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
-
-    Running the same command again trains only the missing cells, and the cells of workers that died (a worker
-    that dies releases its cell's lease, so any later or concurrent sweep on the same storage takes the cell
-    over; a run that had already finished is adopted, not retrained).
-    """
-    import importlib
-
-    from nanoact import sweep
-    from nanoact.tracking_uri import display_url
-
-    for mod in plugins:
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:
-            raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
-    _STORES.extend([storage] if storage else [])
-    spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid))
-    uri = _tracking_uri(tracking_uri)
-    opts = sweep.SweepOptions(storage_url=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
-                              dry_run=dry_run, init_only=init_only,
-                              devices=tuple(devices.split(",")) if devices else None, plugins=plugins,
-                              train_log=train_log, system_metrics=system_metrics, oversubscribe=oversubscribe)
-    where = (f"tracking {display_url(uri)}; storage "
-             f"{display_url(storage) if storage else sweep.default_storage_path()}")
-    from nanoact.sweep import CellStatus
-
-    if dry_run:
-        res = sweep.run(spec, opts)
-        click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
-                   + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
-        refused = not res.study_check.matches
-        planned = set() if refused else set(res.planned)
-        for s in res.states[:DRY_RUN_LISTED]:
-            action = "would run" if s.cell.key in planned else "refused" if refused else str(s.state)
-            click.echo(f"  {s.cell.key:60s} {action}")
-        if len(res.states) > DRY_RUN_LISTED:
-            click.echo(f"  ... and {len(res.states) - DRY_RUN_LISTED:,} more cells (`nanoact status` lists all)")
-        click.echo(f"{'no cell would run (the study would be refused, below)' if refused else f'{len(planned)} cell(s) would run'}; {where}")
-        from nanoact.planning import config_lines, describe, study_lines
-
-        file_spec = _load_spec(experiment, sweep_file, (), study) if overrides else spec
-        store = display_url(storage) if storage else str(sweep.default_storage_path())
-        for line in [*config_lines(spec, file_spec), *study_lines(spec, res.study_check, res.count(CellStatus.DONE),
-                                                                  store), *describe(spec, uri, planned)]:
-            click.echo(line)
-        if refused:
-            raise NanoactError(f"study {spec.study_name!r} was created from a different config or grid (above); "
-                               "rerun with the same sweep file and --set options, or start a new study with --study NAME")
-        return
-    click.echo(f"experiment {spec.name}: {where}")
-    progress = SweepProgress()
-    res = sweep.run(spec, opts, progress)
-    if res.interrupted:
-        how = "SIGTERM" if res.exit_code == 143 else "Ctrl-C"
-        progress.line(f"interrupted ({how}): the current cell is marked KILLED and runs again; resume with: "
-                      "nanoact sweep " + _spec_args(experiment, sweep_file, overrides, study, storage)
-                      + _tracking_arg(tracking_uri))
-        sys.exit(res.exit_code)
-    if init_only:
-        click.echo(f"study {res.study_name} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
-                   "command without --init")
-        return
-    _print_outcome(res)
-    if res.complete:
-        args = _mlflow_args(spec, tracking_uri)
-        click.echo(f"next: nanoact report {args}    (statistics and plots)\n"
-                   f"      nanoact ui {args}        (the runs in the MLflow UI)")
-    elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING, CellStatus.FAILED):
-        retry = " --retry-failed" if res.count(CellStatus.FAILED) else ""
-        click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
-                   f"{_tracking_arg(tracking_uri)}{retry}")
-    sys.exit(res.exit_code)
-
-
-DRY_RUN_LISTED = 1000  # cells a dry run lists one by one
-
-
-def _print_outcome(res) -> None:
-    from nanoact.sweep import CellStatus
-
-    counts: dict[str, int] = {}
-    for s in res.states:
-        counts[str(s.state)] = counts.get(str(s.state), 0) + 1
-    click.echo(f"sweep {res.study_name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-               + f" of {len(res.states)} cells ({res.trained} trained by this call); parent run {res.parent_run_id}")
-    failed = [s for s in res.states if s.state == CellStatus.FAILED]
-    for s in failed:
-        click.echo(f"  failed {s.cell.key}: {s.error}")
-    if failed:
-        click.echo("rerun with --retry-failed to try the failed cells again:")
-    elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING):
-        click.echo("some cells were interrupted; run the same command again to train them:")
-    elif res.count(CellStatus.RUNNING, CellStatus.WAITING):
-        # this worker found the queue empty; the rest is taken by other workers (a shared storage)
-        click.echo(f"{res.count(CellStatus.RUNNING, CellStatus.WAITING)} cell(s) still running or queued in "
-                   "other workers; `nanoact status` (with the same --experiment/--file, --set, --study and "
-                   "--storage) shows progress")
-
-
-@cli.command("status", short_help="Show the state of every cell of an experiment.")
-@_experiment_option
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--study", default=None, help="Optuna study name (default: the experiment name).")
-@click.option("--storage", default=None, envvar="NANOACT_STORAGE", help="Optuna storage (as for sweep).")
-def status_command(experiment, sweep_file, overrides, study, storage) -> None:
-    """A table of cells with their state, MLflow run id, final val loss and wall time."""
-    from nanoact import sweep
-    from nanoact.sweep.storage import storage_location
-
-    spec = _load_spec(experiment, sweep_file, overrides, study)
-    read = storage_location(storage)
-    states = sweep.status(spec, storage_url=storage)  # creates nothing
-    click.echo(f"study {spec.study_name} in Optuna storage {read.display()}")
-    resume = f"nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
-    if all(s.state == sweep.CellStatus.MISSING for s in states):
-        where = "" if read.exists() else ": that storage does not exist"
-        click.echo(f"nothing has run yet for study {spec.study_name} ({len(states)} cells){where}. If it ran "
-                   f"elsewhere, run this from that folder or pass its --storage; else start it with:\n  {resume}")
-        return
-    click.echo(f"{'cell':52s} {'state':11s} {'trial':>5s} {'run id':32s} {'val loss':>8s} {'wall s':>7s}")
-    for s in states:
-        vl = f"{s.final_val_loss:.4f}" if s.final_val_loss is not None else "-"
-        wt = f"{s.wall_s:.1f}" if s.wall_s is not None else "-"
-        tn = str(s.trial_number) if s.trial_number is not None else "-"
-        click.echo(f"{s.cell.key:52s} {str(s.state):11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
-    done = sum(s.state == sweep.CellStatus.DONE for s in states)
-    click.echo(f"{done}/{len(states)} cells done")
-    holder = sweep.coordinator_holder(spec, storage)
-    if holder:
-        click.echo(f"the coordinator lease (study set-up, enqueueing) is held by {holder}")
-    queued = sum(s.state == sweep.CellStatus.WAITING for s in states)
-    if queued and not any(s.state == sweep.CellStatus.RUNNING for s in states):
-        click.echo(f"{queued} cell(s) queued and none running: no worker is taking them")
-    if done < len(states):
-        failed = any(s.state == sweep.CellStatus.FAILED for s in states)
-        click.echo(f"resume with: {resume}" + (" --retry-failed" if failed else ""))
-
-
-def _spec_args(experiment, sweep_file, overrides=(), study=None, storage=None) -> str:
-    """The options that select a study, as typed again: --experiment/--file, every --set, --study, --storage
-    (a password in a storage URL is masked: keep it in ~/.pgpass, docs/DISTRIBUTED.md)."""
-    from nanoact.tracking_uri import display_url
-
-    args = ["--experiment", experiment] if experiment else ["--file", sweep_file]
-    for o in overrides:
-        args += ["--set", o]
-    args += ["--study", study] if study else []
-    args += ["--storage", display_url(storage)] if storage else []
-    return shlex.join(args)
-
-
-def _tracking_arg(tracking_uri) -> str:
-    from nanoact.tracking_uri import display_url
-
-    return f" --tracking-uri {shlex.quote(display_url(tracking_uri))}" if tracking_uri else ""
-
-
-def _mlflow_args(spec, tracking_uri) -> str:
-    """--experiment (the MLflow experiment), --study when it is not the default, and the user's --tracking-uri:
-    what `report` and `ui` need to find a sweep's runs."""
-    args = ["--experiment", spec.name] + (["--study", spec.study_name] if spec.study_name != spec.name else [])
-    return shlex.join(args) + _tracking_arg(tracking_uri)
-
-
-@cli.command("experiments", short_help="List the experiments: built-in, and yours in ./sweeps/.")
-def experiments_command() -> None:
-    """List sweep files with their grid sizes and where each comes from (./sweeps/NAME.toml wins over a built-in
-    of the same name); a file that does not load is listed with its error."""
-    from nanoact.sweep import experiments, is_builtin, load_sweep
-
-    broken = 0
-    for name, path in experiments().items():
-        where = "built-in" if is_builtin(path) else _shown_path(path)
-        try:
-            spec = load_sweep(path=path, check_names=False)  # listing needs no model or activation (no PyTorch)
-        except NanoactError as e:
-            broken += 1
-            click.echo(f"{name:10s} BROKEN [{where}]: {' '.join(str(e).split())}")
-            continue
-        axes = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
-        click.echo(f"{name:10s} {len(spec.cells()):4d} cells ({axes}) [{where}]: {spec.description}")
-    if broken:
-        click.echo(f"{broken} sweep file{'s' if broken > 1 else ''} did not load (BROKEN above); fix "
-                   f"{'them' if broken > 1 else 'it'} before running", err=True)
-
-
-def _shown_path(path) -> str:
-    """A user's sweep file as ./relative/path when under the working directory, else its absolute path."""
-    from pathlib import Path
-
-    p = Path(path).resolve()
-    try:
-        return f"./{p.relative_to(Path.cwd().resolve())}"
-    except ValueError:
-        return str(p)
-
-
 @cli.command("ui", short_help="Open the MLflow UI on the same store.")
 @click.option("--tracking-uri", default=None, help="MLflow store (default as for sweep).")
 @click.option("--experiment", "-e", default=None,
@@ -574,7 +176,7 @@ def ui_command(tracking_uri, experiment, study, host, port, server_log) -> None:
         raise click.UsageError("--study needs --experiment (the experiment that holds the study)")
     server.check_port_free(host, port)
     uri = resolve_tracking_uri(tracking_uri)
-    _STORES.append(uri)
+    remember_store(uri)
     tracking.require_store(uri)
     tracking.open_store(uri)  # an old sqlite store's schema is migrated once, even when a sweep starts meanwhile
     base = f"http://{host}:{port}"
@@ -623,6 +225,7 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_
     summary.json and PNGs."""
     from nanoact.analysis.equivalence import Margins
     from nanoact.analysis.report import run_report
+    from nanoact.progress import Progress
 
     for name, v in (("--pd-margin", pd_margin), ("--loss-margin", loss_margin)):
         if not (math.isfinite(v) and v > 0):
@@ -633,11 +236,11 @@ def report_command(experiments, out, tracking_uri, allow_anomalies, allow_mixed_
         if not eq or not k.strip():
             raise click.BadParameter(f"{w!r}: expected PARAM=VALUE", param_hint="--where")
         filters[k.strip()] = v.strip()
-    _STORES.extend([storage] if storage else [])
+    remember_store(storage)
     from nanoact.tracking_uri import display_url
 
     progress = Progress()
-    uri = _tracking_uri(tracking_uri)
+    uri = store_uri(tracking_uri)
     click.echo(f"reading MLflow store {display_url(uri)}")
     res = run_report(list(experiments), tracking_uri=uri, out_dir=out,
                      allow_anomalies=allow_anomalies, log_to_parent=not no_log, progress=progress.line,
@@ -682,8 +285,8 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
 
     server.check_port_free(host, port)  # else another server's /health answer would read as "ready"
     spec = server.server_spec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers)
-    _STORES.append(spec.backend_store_uri)
-    check_database(spec.backend_store_uri)
+    remember_store(spec.backend_store_uri)
+    server.check_database(spec.backend_store_uri)
     if not server.is_loopback(host):
         click.echo(f"warning: listening on {host}, beyond loopback. MLflow has no authentication by default: anyone "
                    f"who reaches port {port} can read and change runs." + ("" if allowed_hosts else
@@ -699,40 +302,21 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     click.echo("mlflow server stopped")
 
 
-def _fail(e: Exception) -> None:
-    from nanoact.tracking_uri import redact
-
-    click.echo(f"error: {redact(' '.join(str(e).split()), *_STORES)}", err=True)
-    sys.exit(2)
-
-
 def main() -> None:
-    """Entry point: user errors are one line on stderr and exit code 2; bugs keep their traceback."""
+    """The ``nanoact`` entry point. Errors are click's to show (``UserError``: one ``error:`` line, exit 2); this
+    only gives an interruption the shell's exit code, 130 for Ctrl-C and 143 for SIGTERM, where click would say
+    "Aborted!" and exit 1 (a sweep ends its cell first and exits with the same codes itself)."""
+    from nanoact.sweep.interrupt import exit_code
+
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        code = cli.main(standalone_mode=False)
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
-    except NanoactError as e:
-        _fail(e)
-    except Exception as e:  # a read-only or full disk or database is the user's to fix: one line, not a traceback
-        from nanoact.errors import storage_error
-        from nanoact.tracking_uri import display_url
-
-        err = storage_error(e, display_url(_STORES[-1]) if _STORES else "")
-        if err is None:
-            raise
-        _fail(err)
-    except KeyboardInterrupt as e:
-        from nanoact.sweep.interrupt import exit_code
-
-        click.echo("interrupted (SIGTERM)" if exit_code(e) == 143 else "interrupted", err=True)
-        sys.exit(exit_code(e))
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
+    except click.exceptions.Abort as e:  # click's wording of a KeyboardInterrupt (or SIGTERM: Terminated)
+        code = exit_code(e.__cause__) if isinstance(e.__cause__, KeyboardInterrupt) else 130
+        click.echo("interrupted (SIGTERM)" if code == 143 else "aborted", err=True)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

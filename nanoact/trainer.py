@@ -9,25 +9,23 @@ to a ``Tracker``. A NaN or infinite loss stops the run with ``DivergenceError``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from nanoact import runtime, wiring
+from nanoact.runtime import autocast_for, resolve_device, resolve_dtype  # noqa: F401 (the trainer's API too)
 from nanoact.config import RunConfig, validate
 from nanoact.data import CharDataset, EvalSet, corpus_source
-from nanoact.errors import ConfigError, DivergenceError, interrupt_reason
+from nanoact.errors import DivergenceError, interrupt_reason
+from nanoact.events import Evaluated, Evaluating, EventFn, Iterated
 from nanoact.models import CharLM, build_model
 from nanoact.tracking import NullTracker, Tracker, provenance_tags
 from nanoact.tracking import schema
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
 
 @dataclass
 class TrainResult:
@@ -44,39 +42,6 @@ class TrainResult:
     tags: dict[str, str] = field(default_factory=dict)
     dtype: str = "float32"
     """The dtype it computed in (``train.dtype`` resolved for the device)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return dev
-
-
-def resolve_dtype(name: str, device: torch.device) -> str:
-    """The dtype a run computes in: ``auto`` is ``bfloat16`` (autocast) on a CUDA device with native bf16
-    (Ampere or newer), else ``float32``; ``float32`` and ``bfloat16`` are taken as given (``_check_runtime``
-    rejects bfloat16 off CUDA). On a CPU ``auto`` is float32, so a CPU run computes exactly what it did when
-    float32 was the default."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
-        return "bfloat16"
-    return "float32"
-
-
-def autocast_for(dtype: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the context every forward pass runs in: bf16 autocast, or nothing for float32."""
-    if dtype == "bfloat16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def get_lr(it: int, cfg) -> float:
@@ -169,14 +134,6 @@ def _chunks_per_core(fn: Callable[[int], torch.Tensor], starts: range, threads: 
         torch.set_num_threads(threads)
 
 
-def _check_runtime(cfg: RunConfig, device: torch.device) -> None:
-    t = cfg.train
-    if resolve_dtype(t.dtype, device) == "bfloat16" and device.type != "cuda":
-        raise ConfigError(f"train.dtype=bfloat16 is a CUDA switch, but the device is {device}; use float32")
-    if t.tf32 and device.type != "cuda":
-        raise ConfigError(f"train.tf32=true is a CUDA switch, but the device is {device}; set it to false")
-
-
 def default_run_name(cfg: RunConfig) -> str:
     """``minigpt-gelu-s42``; with seeds split into sources, ``minigpt-gelu-s42-i1-d2`` (init, data order)."""
     t = cfg.train
@@ -190,7 +147,7 @@ def train(
     *,
     data: CharDataset | None = None,
     tracker: Tracker | None = None,
-    progress: ProgressFn | None = None,
+    progress: EventFn | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> TrainResult:
@@ -212,27 +169,16 @@ def train(
 
 
 def _train(
-    cfg: RunConfig, data: CharDataset | None, tracker: Tracker, progress: ProgressFn | None, t_start: float
+    cfg: RunConfig, data: CharDataset | None, tracker: Tracker, progress: EventFn | None, t_start: float
 ) -> TrainResult:
     m, t, e = cfg.model, cfg.train, cfg.eval
     device = resolve_device(t.device)
-    _check_runtime(cfg, device)
-    dtype = resolve_dtype(t.dtype, device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if device.type == "cpu":
-        runtime.keep_freed_memory()  # no page faults for every fresh activation tensor
+    dtype = runtime.check(cfg.train, device)
     if data is None:
         data = CharDataset.from_config(cfg.data.corpus, cfg.data.cache_dir, cfg.data.train_fraction)
     eval_set = data.eval_set(e.n_contexts, m.block_size, e.seed)
 
-    det_before = torch.are_deterministic_algorithms_enabled()
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = t.tf32
-        torch.backends.cudnn.allow_tf32 = t.tf32
-    try:
+    with runtime.configured(t, device):
         init_seed, data_seed, dropout_seed = t.source_seeds()
         model = build_model(m, data.vocab.size, seed=init_seed).to(device)
         check = wiring.check_model(model, m, data.vocab.size, init_seed)
@@ -257,130 +203,167 @@ def _train(
         result = TrainResult(metrics, history, n_params, eval_set.sha256, data.sha256, check.found, str(device),
                              t.max_iters, run_tags, dtype)
         if t.checkpoint:
-            tracker.log_checkpoint(
-                {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "config": cfg.to_dict(),
-                    "vocab": list(data.vocab.chars),
-                    "iter": t.max_iters,
-                }
-            )
+            tracker.log_checkpoint({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                    "config": cfg.to_dict(), "vocab": list(data.vocab.chars), "iter": t.max_iters})
         return result
-    finally:
-        torch.use_deterministic_algorithms(det_before)
 
 
-def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress: ProgressFn | None) -> None:
+def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress: EventFn | None) -> None:
     """The current batch's loss and the lr: to the tracker every ``log_interval`` iterations (between evals; an
     eval step logs its own), to the progress callback every 10."""
     if t.log_interval and it % t.log_interval == 0 and it % t.eval_interval != 0:
         tracker.log_metrics({"train/loss_iter": loss, "lr": lr}, step=it)
     if progress and it % 10 == 0:
-        progress({"event": "iter", "iter": it, "max_iters": t.max_iters, "loss": loss, "lr": lr})
+        progress(Iterated(it, t.max_iters, loss, lr))
 
 
-def _loop(cfg, model, data, eval_set, device, autocast, tracker, progress
-          ) -> tuple[dict[str, float], list[dict[str, float]]]:
+def _loop(cfg: RunConfig, model: CharLM, data: CharDataset, eval_set: EvalSet, device: torch.device, autocast,
+          tracker: Tracker, progress: EventFn | None) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The optimisation loop with its evals; returns (final metrics, one row of metrics per eval step)."""
     m, t = cfg.model, cfg.train
     _, data_seed, dropout_seed = t.source_seeds()
     torch.manual_seed(dropout_seed)  # dropout draws from the global generator
     if device.type == "cuda":
         torch.cuda.manual_seed_all(dropout_seed)
-    batch_gen = torch.Generator().manual_seed(data_seed)  # the training batch order
-    eval_batches = {
-        split: data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
-        for split in ("train", "val")
-    }
+    batches = {split: data.fixed_batches(split, t.eval_iters, t.batch_size, m.block_size, t.eval_batch_seed)
+               for split in ("train", "val")}
     optimizer = configure_optimizer(model, t, device)
     fwd = torch.compile(model) if t.compile else model
-    tokens_per_iter = t.batch_size * m.block_size
+    last_only = device.type == "cpu" and not t.compile
+    evaluate_at = EvalStep(model, fwd, batches, eval_set if t.predictions else None, device, autocast, tracker,
+                           last_only)
+    train_step = OptimizerStep(model, fwd, optimizer, data, t, m.block_size, device, autocast, data_seed)
+    timer = ThroughputTimer(device, t.batch_size * m.block_size)
+    emit = progress or (lambda ev: None)
 
-    history: list[dict[str, float]] = []
-    best_val_loss, best_val_acc = math.inf, 0.0
-    # Training time is measured between evals (one sync per window, not per step), so evals are excluded.
-    train_time, iters_timed, window_iters, window_start = 0.0, 0, 0, 0.0
-    eval_time = {"loss": 0.0, "predictions": 0.0}  # what the eval steps cost, for time/*_s
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would cost throughput
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    x, y = data.get_batch("train", t.batch_size, m.block_size, batch_gen)
     for it in range(t.max_iters + 1):
         lr = get_lr(it, t)
         if it % t.eval_interval == 0 or it == t.max_iters:
-            window_t = 0.0
-            if window_iters:
-                sync()
-                window_t = time.perf_counter() - window_start
-                train_time += window_t
-                iters_timed += window_iters
-            if progress:
-                progress({"event": "evaluating", "iter": it, "max_iters": t.max_iters})
-            model.eval()
-            t0 = time.perf_counter()
-            tr_loss, tr_acc = evaluate(fwd, eval_batches["train"], device, autocast)
-            va_loss, va_acc = evaluate(fwd, eval_batches["val"], device, autocast)
-            eval_time["loss"] += time.perf_counter() - t0
-            model.train()
-            if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
-                raise DivergenceError(f"loss diverged (NaN/inf) at iteration {it}: val loss {va_loss}")
-            tps = tokens_per_iter * window_iters / window_t if window_t > 0 else 0.0
-            row = {"train/loss": tr_loss, "val/loss": va_loss, "train/acc": tr_acc, "val/acc": va_acc,
-                   "lr": lr, "tokens_per_s": tps}
-            history.append({"step": it, **row})
-            best_val_loss, best_val_acc = min(best_val_loss, va_loss), max(best_val_acc, va_acc)
-            tracker.log_metrics(row, step=it)
-            if t.predictions:
-                model.eval()
-                t0 = time.perf_counter()
-                probs = predict(fwd, eval_set, device, autocast, last_only=device.type == "cpu" and not t.compile)
-                eval_time["predictions"] += time.perf_counter() - t0
-                model.train()
-                tracker.log_predictions(it, probs, eval_set.targets.numpy())
-            if progress:
-                progress({"event": "eval", "iter": it, "max_iters": t.max_iters, **row})
-            window_iters = 0
-            sync()
-            window_start = time.perf_counter()
+            tokens_per_s = timer.stop()  # evals are not training time
+            emit(Evaluating(it, t.max_iters))
+            emit(evaluate_at(it, t.max_iters, lr, tokens_per_s))
+            timer.start()
         if it == t.max_iters:
             break
-
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast():
-            _, loss = fwd(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        x, y = data.get_batch("train", t.batch_size, m.block_size, batch_gen)  # prefetch while backward runs
-        loss.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        nonfinite |= ~torch.isfinite(loss.detach())
-        if (it + 1) % check_every == 0 or it + 1 == t.max_iters:
-            if bool(nonfinite):
-                raise DivergenceError(
-                    f"loss diverged (NaN/inf) by iteration {it} (lr {lr:.3g}); lower train.lr or check the data"
-                )
-        window_iters += 1
+        loss = train_step(it, lr)
+        timer.count()
         if it % 10 == 0 or (t.log_interval and it % t.log_interval == 0):
             _report_iter(it, float(loss.detach()), lr, t, tracker, progress)
 
-    last = history[-1]
-    metrics = {
-        "final/train_loss": last["train/loss"],
-        "final/val_loss": last["val/loss"],
-        "final/train_acc": last["train/acc"],
-        "final/val_acc": last["val/acc"],
-        "best/val_loss": best_val_loss,
-        "best/val_acc": best_val_acc,
-        "time/train_s": train_time,
-        "time/loss_evals_s": eval_time["loss"],
-        "time/prediction_evals_s": eval_time["predictions"],
-        "tokens_per_s_mean": tokens_per_iter * iters_timed / train_time if train_time > 0 else 0.0,
-    }
+    metrics = {**evaluate_at.final_metrics(), **timer.metrics(), **evaluate_at.time_metrics()}
     tracker.log_metrics(metrics, step=t.max_iters)
-    return metrics, history
+    return metrics, evaluate_at.history
+
+
+class EvalStep:
+    """An eval step: loss and top-1 accuracy on fixed train and val batches, then (if ``eval_set`` is given) the
+    predictions on the evaluation set; everything goes to the tracker. Keeps the history, the best values and
+    what the evals cost. A NaN or infinite loss raises ``DivergenceError``."""
+
+    def __init__(self, model: CharLM, fwd, batches: dict[str, list], eval_set: EvalSet | None, device: torch.device,
+                 autocast, tracker: Tracker, last_only: bool):
+        self.model, self.fwd, self.batches, self.eval_set = model, fwd, batches, eval_set
+        self.device, self.autocast, self.tracker, self.last_only = device, autocast, tracker, last_only
+        self.history: list[dict[str, float]] = []
+        self.best_val_loss, self.best_val_acc = math.inf, 0.0
+        self.loss_s = self.predictions_s = 0.0
+
+    def __call__(self, it: int, max_iters: int, lr: float, tokens_per_s: float) -> Evaluated:
+        self.model.eval()
+        t0 = time.perf_counter()
+        tr_loss, tr_acc = evaluate(self.fwd, self.batches["train"], self.device, self.autocast)
+        va_loss, va_acc = evaluate(self.fwd, self.batches["val"], self.device, self.autocast)
+        self.loss_s += time.perf_counter() - t0
+        self.model.train()
+        if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
+            raise DivergenceError(f"loss diverged (NaN/inf) at iteration {it}: val loss {va_loss}")
+        ev = Evaluated(it, max_iters, tr_loss, va_loss, tr_acc, va_acc, lr, tokens_per_s)
+        self.history.append({"step": it, **ev.metrics()})
+        self.best_val_loss, self.best_val_acc = min(self.best_val_loss, va_loss), max(self.best_val_acc, va_acc)
+        self.tracker.log_metrics(ev.metrics(), step=it)
+        if self.eval_set is not None:
+            self.model.eval()
+            t0 = time.perf_counter()
+            probs = predict(self.fwd, self.eval_set, self.device, self.autocast, last_only=self.last_only)
+            self.predictions_s += time.perf_counter() - t0
+            self.model.train()
+            self.tracker.log_predictions(it, probs, self.eval_set.targets.numpy())
+        return ev
+
+    def final_metrics(self) -> dict[str, float]:
+        last = self.history[-1]
+        return {"final/train_loss": last["train/loss"], "final/val_loss": last["val/loss"],
+                "final/train_acc": last["train/acc"], "final/val_acc": last["val/acc"],
+                "best/val_loss": self.best_val_loss, "best/val_acc": self.best_val_acc}
+
+    def time_metrics(self) -> dict[str, float]:
+        return {"time/loss_evals_s": self.loss_s, "time/prediction_evals_s": self.predictions_s}
+
+
+class OptimizerStep:
+    """One training iteration: forward, backward (the next batch is drawn meanwhile), grad clipping, AdamW.
+
+    A NaN or infinite loss raises ``DivergenceError``: checked every step on CPU, every 25 steps elsewhere (a
+    CUDA sync per step would cost throughput), and at the last step."""
+
+    def __init__(self, model: CharLM, fwd, optimizer: torch.optim.Optimizer, data: CharDataset, t,
+                 block_size: int, device: torch.device, autocast, data_seed: int):
+        self.model, self.fwd, self.optimizer, self.data, self.t = model, fwd, optimizer, data, t
+        self.block_size, self.device, self.autocast = block_size, device, autocast
+        self.batch_gen = torch.Generator().manual_seed(data_seed)  # the training batch order
+        self.x, self.y = data.get_batch("train", t.batch_size, block_size, self.batch_gen)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.check_every = 1 if device.type == "cpu" else 25
+
+    def __call__(self, it: int, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast():
+            _, loss = self.fwd(self.x.to(self.device, non_blocking=True), self.y.to(self.device, non_blocking=True))
+        self.x, self.y = self.data.get_batch("train", self.t.batch_size, self.block_size, self.batch_gen)
+        loss.backward()
+        if self.t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite |= ~torch.isfinite(loss.detach())
+        checked = (it + 1) % self.check_every == 0 or it + 1 == self.t.max_iters
+        if checked and bool(self.nonfinite):
+            raise DivergenceError(
+                f"loss diverged (NaN/inf) by iteration {it} (lr {lr:.3g}); lower train.lr or check the data")
+        return loss
+
+
+class ThroughputTimer:
+    """Training time between evals, with one device sync per window (not per step), so evals are excluded."""
+
+    def __init__(self, device: torch.device, tokens_per_iter: int):
+        self.device, self.tokens_per_iter = device, tokens_per_iter
+        self.train_s, self.iters = 0.0, 0
+        self._window_iters, self._window_start = 0, 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._window_iters = 0
+        self._sync()
+        self._window_start = time.perf_counter()
+
+    def count(self) -> None:
+        self._window_iters += 1
+
+    def stop(self) -> float:
+        """Ends the window: its tokens per second (0 when no iteration ran in it)."""
+        if not self._window_iters:
+            return 0.0
+        self._sync()
+        window_s = time.perf_counter() - self._window_start
+        self.train_s += window_s
+        self.iters += self._window_iters
+        return self.tokens_per_iter * self._window_iters / window_s if window_s > 0 else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        mean = self.tokens_per_iter * self.iters / self.train_s if self.train_s > 0 else 0.0
+        return {"time/train_s": self.train_s, "tokens_per_s_mean": mean}

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from nanoact.cli import cli
+from nanoact.errors import Terminated
 
 COMMANDS = ["train", "sweep", "status", "experiments", "report", "ui", "params", "models", "activations"]
 
@@ -48,3 +49,50 @@ def test_experiments_lists_grid_sizes():
     assert r.exit_code == 0
     for name, n in [("smoke", 6), ("partial", 9), ("cpu", 50), ("full", 9), ("zoo", 108), ("sources", 48)]:
         assert any(line.split()[0] == name and line.split()[1] == str(n) for line in r.output.splitlines())
+
+
+@pytest.mark.parametrize("exc, code, said", [(KeyboardInterrupt(), 130, "aborted"),
+                                             (Terminated("SIGTERM"), 143, "interrupted (SIGTERM)")])
+def test_an_interruption_exits_with_the_shells_code(monkeypatch, capsys, exc, code, said):
+    """click would say "Aborted!" and exit 1; the entry point exits 128 + the signal's number."""
+    import sys
+
+    from nanoact import cli as cli_module
+
+    def interrupted():
+        raise exc
+
+    monkeypatch.setattr("nanoact.models.model_names", interrupted)
+    monkeypatch.setattr(sys, "argv", ["nanoact", "models"])
+    with pytest.raises(SystemExit) as e:
+        cli_module.main()
+    assert e.value.code == code and capsys.readouterr().err.strip() == said
+
+
+def test_a_store_password_is_masked_in_the_error_line_and_a_bug_keeps_its_traceback():
+    """The stores a command was given are recorded in ctx.meta and masked in its one `error:` line."""
+    import click
+
+    from nanoact.cli_group import NanoactGroup, remember_store
+    from nanoact.errors import NanoactError
+
+    url = "postgresql://u:s3cr3t-pw@h/db"
+
+    @click.group(cls=NanoactGroup)
+    def group():
+        pass
+
+    @group.command()
+    def fails():
+        remember_store(url)
+        raise NanoactError(f"cannot open {url}:\n  refused (password s3cr3t-pw)")
+
+    @group.command()
+    def bug():
+        raise KeyError("x")
+
+    r = CliRunner().invoke(group, ["fails"])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == "error: cannot open postgresql://u:***@h/db: refused (password ***)\n"
+    r = CliRunner().invoke(group, ["bug"])
+    assert r.exit_code == 1 and isinstance(r.exception, KeyError)

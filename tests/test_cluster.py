@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from nanoact import cluster, sweep
 from nanoact.cli import cli
+from nanoact import events as E
 from nanoact.errors import ConfigError
 from nanoact.sweep import state as S
 
@@ -90,7 +91,7 @@ def test_nanoact_sweep_refuses_an_unsafe_store_in_one_line(tmp_path, monkeypatch
     for k, v in ARRAY.items():
         monkeypatch.setenv(k, v)
     r = CliRunner().invoke(cli, ["sweep", "--file", str(p)])
-    assert isinstance(r.exception, ConfigError) and "the Optuna journal" in str(r.exception), r.output
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "the Optuna journal" in r.stderr, r.output
     assert not (tmp_path / "mlruns").exists()  # refused before anything was created
 
 
@@ -121,7 +122,7 @@ def test_sigterm_ends_the_cell_as_interrupted_and_runs_record_slurm_ids(tmp_path
     sent = []
 
     def events(ev):  # in the worker's (main) thread, mid-cell: as Slurm's scancel or --signal would
-        if ev["event"] == "iter" and ev["iter"] >= 5 and not sent:
+        if isinstance(ev, E.CellTraining) and isinstance(ev.event, E.Iterated) and ev.event.iter >= 5 and not sent:
             sent.append(ev)
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -272,14 +272,25 @@ def test_stopped_coordinator_lease_holder_on_a_new_study_is_one_error(tmp_path):
         holder.wait()
 
 
-def test_workers_above_the_cores_are_refused_unless_oversubscribed(tmp_path):
+def _sweep_in_process(tmp_path: Path, monkeypatch, p: Path, *args: str):
+    """``nanoact sweep --file P ARGS`` run in this process from ``tmp_path``: (exit code, its ``error:`` lines)."""
+    from click.testing import CliRunner
+
+    from nanoact.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    r = CliRunner().invoke(cli, ["sweep", "--file", str(p), *args])
+    assert "Traceback" not in r.output, r.output
+    return r.exit_code, [line for line in r.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_workers_above_the_cores_are_refused_unless_oversubscribed(tmp_path, monkeypatch):
     """`--workers 1000` (a typo for 10) once started 1,000 torch processes: refused before anything is created."""
     p = write_sweep(tmp_path, iters=4, grid='"train.seed" = [1]')
     n = (os.cpu_count() or 1) + 1
-    r = subprocess.run(_sweep_cmd(p, "--workers", str(n)), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                       timeout=120)
-    (err,) = _errors(r)
-    assert r.returncode == 2 and f"--workers {n} is more than the" in err and "--oversubscribe" in err
+    code, (err,) = _sweep_in_process(tmp_path, monkeypatch, p, "--workers", str(n))
+    assert code == 2 and f"--workers {n} is more than the" in err and "--oversubscribe" in err
     assert not (tmp_path / "mlruns").exists()  # nothing created
 
 
@@ -304,16 +315,14 @@ def test_workers_are_capped_at_the_cells_left_to_run(tmp_path):
     (("--set", "eval.seed=99999999999999999999"), "eval.seed must be in [0, 4294967295]"),
     ((), "train.seed must be in [0, 4294967295]"),  # in the grid
 ])
-def test_seeds_and_model_sizes_out_of_range_are_refused_before_any_run(tmp_path, bad, words):
+def test_seeds_and_model_sizes_out_of_range_are_refused_before_any_run(tmp_path, monkeypatch, bad, words):
     """`train.seed = 99999999999999999999` passed --dry-run and failed at training time as a FAILED run
     ("Overflow when unpacking long long"); so did `n_layer = 100000`. Now config validation refuses them."""
     grid = '"train.seed" = [99999999999999999999]' if not bad else '"train.seed" = [1]'
     p = write_sweep(tmp_path, iters=4, grid=grid)
     for extra in (["--dry-run"], []):
-        r = subprocess.run(_sweep_cmd(p, *bad, *extra), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                           timeout=120)
-        (err,) = _errors(r)
-        assert r.returncode == 2 and words in err, r.stdout + r.stderr
+        code, (err,) = _sweep_in_process(tmp_path, monkeypatch, p, *bad, *extra)
+        assert code == 2 and words in err, err
     assert not (tmp_path / "mlruns").exists()  # no study, no run
 
 

@@ -30,7 +30,6 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """``nanoact ARGS`` through the real entry point (its top-level error handling included)."""
     capsys.readouterr()  # only what this command prints
     monkeypatch.setattr(sys, "argv", ["nanoact", *args])
-    monkeypatch.setattr(cli, "_STORES", [])
     code = 0
     try:
         cli.main()

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from nanoact import sweep
 from nanoact.cli import cli
+from nanoact.cli_group import UserError
 from nanoact.errors import ConfigError
 
 from conftest import TEXT
@@ -165,19 +166,28 @@ def test_malformed_sweep_files_name_the_problem(tmp_path, body, match):
     with pytest.raises(ConfigError, match=match):
         sweep.load_sweep(path=p)
     out = CliRunner().invoke(cli, ["sweep", "--file", str(p)], standalone_mode=False, catch_exceptions=True)
-    assert isinstance(out.exception, ConfigError)
+    assert isinstance(out.exception, UserError) and isinstance(out.exception.__cause__, ConfigError)
 
 
-def test_cli_errors_are_one_line_exit_2(tmp_path):
+def test_cli_errors_are_one_line_exit_2(tmp_path, monkeypatch):
     p = tmp_path / "bad.toml"
     p.write_text('[grid]\n"model.activation" = ["Relu"]')
+    monkeypatch.chdir(tmp_path)
     for args in (["sweep", "--file", str(p)], ["sweep", "--experiment", "nope"],
                  ["train", "--activation", "swish(gamma=2)"], ["train", "--set", "model.n_layer=two"]):
-        r = subprocess.run([sys.executable, "-m", "nanoact.cli", *args], capture_output=True, text=True,
-                           cwd=tmp_path, timeout=120)
-        assert r.returncode == 2, (args, r.stderr)
-        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-        assert "Traceback" not in r.stderr
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.stdout == "" and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not list(tmp_path.glob("mlruns"))  # refused before anything was created
+
+
+def test_the_entry_point_prints_one_error_line_and_exits_2(tmp_path):
+    """The one test of the real entry point (``python -m nanoact.cli``) in a fresh interpreter; the others run
+    the command in process."""
+    r = subprocess.run([sys.executable, "-m", "nanoact.cli", "train", "--set", "model.n_layer=two"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr == "error: model.n_layer: expected int, got 'two'\n"
 
 
 def test_changed_config_is_not_mixed_into_an_existing_study(tmp_path):

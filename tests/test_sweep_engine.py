@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from nanoact import sweep
+from nanoact.events import Planned
 from nanoact.sweep import state as S
 from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.leases import open_leases
@@ -298,6 +299,6 @@ def test_cells_queued_by_a_stopped_call_count_as_to_run(tmp_path):
     assert len(dry.planned) == 3 and dry.count(S.CellStatus.WAITING) == 3
     events = []
     res = sweep.run(spec, sweep.SweepOptions(), events.append)
-    (plan,) = [e for e in events if e["event"] == "plan"]
-    assert (plan["done"], plan["todo"], plan["running"]) == (0, 3, 0)
+    (plan,) = [e for e in events if isinstance(e, Planned)]
+    assert (plan.done, plan.todo, plan.running) == (0, 3, 0)
     assert res.trained == 3 and res.complete

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from nanoact.events import Notice, Planned
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import finish, load_study, prepare
 from nanoact.sweep.interrupt import exit_code, interruptible
@@ -16,8 +17,8 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
     """Run (or resume) a sweep: every cell of ``spec``'s grid trained exactly once, each in its own MLflow run.
 
     ``spec`` is a ``SweepSpec`` or a built-in experiment's name; neither it nor ``options`` is changed.
-    ``events`` receives progress as dicts (``plan``, ``cell_start``, ``iter``, ``eval``, ``cell_done``,
-    ``cell_failed``, ``recovered``, ``idle``, ...); nothing is printed. A Ctrl-C or a SIGTERM (``kill``, Slurm)
+    ``events`` receives progress as ``nanoact.events`` dataclasses (``Planned``, ``CellStarted``, ``CellTraining``,
+    ``CellDone``, ``CellFailed``, ``Recovered``, ``Idle``, ...); nothing is printed. A Ctrl-C or a SIGTERM (``kill``, Slurm)
     ends the call with ``result.interrupted`` set (the cell that was training is marked interrupted and runs
     again); ``result.exit_code`` is then 130 or 143. Called off the main thread, SIGTERM keeps its handler.
     """
@@ -35,13 +36,13 @@ def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | 
     result, ctx = prepare(spec, opts, emit)
     if ctx is None or opts.init_only:
         return result
-    emit({"event": "plan", "total": len(result.states), "done": result.count(S.CellStatus.DONE),
-          "todo": result.count(S.CellStatus.WAITING), "running": result.count(S.CellStatus.RUNNING),
-          "recovered": result.recovered})  # todo: queued now or by an earlier call that was stopped
+    emit(Planned(total=len(result.states), done=result.count(S.CellStatus.DONE),
+                 todo=result.count(S.CellStatus.WAITING), running=result.count(S.CellStatus.RUNNING),
+                 recovered=tuple(result.recovered)))
     workers = min(opts.workers, max(result.count(S.CellStatus.WAITING), 1))  # no worker without a cell to take
     if workers < opts.workers:
-        emit({"event": "notice", "detail": f"starting {workers} worker(s), not {opts.workers}: only "
-              f"{result.count(S.CellStatus.WAITING)} cell(s) to run"})
+        emit(Notice(f"starting {workers} worker(s), not {opts.workers}: only "
+                    f"{result.count(S.CellStatus.WAITING)} cell(s) to run"))
     devices = opts.devices[:workers] if opts.devices else None
     try:
         if workers == 1:

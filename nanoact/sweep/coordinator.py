@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanoact.errors import NanoactError
+from nanoact.events import Recovered, Waiting, Warned
 from nanoact.sweep import recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
@@ -48,7 +49,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
     if opts.dry_run:
         return _plan_only(spec, opts), None
     for line in check_stores(opts.storage_url, uri):  # refuses stores unsafe for the hosts that may share them
-        events({"event": "warning", "detail": line})
+        events(Warned(line))
     check_tracking_server(uri)
     tracking.open_store(uri)
     storage = open_storage(opts.storage_url)
@@ -61,7 +62,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         recovered = recover(handle)  # each dead trial under its own cell's lease
         recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
-            events({"event": "recovered", "detail": line})
+            events(Recovered(line))
         lease = None if stalled else _hold_coordinator(spec, leases, events)
         if lease is not None:
             try:
@@ -70,8 +71,7 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
                 lease.release()
         else:
             planned = []
-            events({"event": "waiting", "detail": f"{_stalled(spec, leases)}; training the cells already queued, "
-                    "enqueueing none"})
+            events(Waiting(f"{_stalled(spec, leases)}; training the cells already queued, enqueueing none"))
         states = S.cell_states(spec, study.get_trials(deepcopy=False))
     finally:
         leases.close()
@@ -99,9 +99,9 @@ def _open_study(spec: SweepSpec, storage_url: str | None, storage, leases: Lease
 
 def _hold_coordinator(spec: SweepSpec, leases: Leases, events: EventFn):
     """The coordinator lease, or None after ``COORDINATOR_WAIT_S`` (saying once, after a second, who holds it)."""
-    return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events({
-        "event": "waiting", "detail": f"the coordinator lease of study {spec.study_name} is held by "
-        f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s"}))
+    return hold(leases, COORDINATOR, timeout=recovery.COORDINATOR_WAIT_S, on_wait=lambda: events(Waiting(
+        f"the coordinator lease of study {spec.study_name} is held by "
+        f"{leases.holder(COORDINATOR) or 'another process'}; waiting up to {recovery.COORDINATOR_WAIT_S:.0f} s")))
 
 
 def _stalled(spec: SweepSpec, leases: Leases) -> NanoactError:
@@ -334,7 +334,7 @@ def requeue_lost(spec: SweepSpec, handle: StudyHandle, events: EventFn) -> bool:
     that may be stopped. (A live holder holds it for a few storage writes; waiting that long lets a worker that
     settled a trial enqueue its cell after a holder that enqueued before the trial was settled.)"""
     for line in recover(handle):
-        events({"event": "recovered", "detail": line})
+        events(Recovered(line))
     lease = hold(handle.leases, COORDINATOR, timeout=REQUEUE_WAIT_S)
     if lease is None:
         return False

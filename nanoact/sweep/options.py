@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
 
 from nanoact.errors import ConfigError
+from nanoact.events import EventFn  # noqa: F401 (where the sweep modules import it from)
 from nanoact.sweep.spec import SweepSpec
 
-EventFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from nanoact.errors import Terminated
+from nanoact.events import CellTraining, Event, Iterated, WorkerDied, WorkerEnded, WorkerFailed
 from nanoact.sweep import interrupt
 from nanoact.sweep.interrupt import exit_code, interruptible
 from nanoact.sweep.options import EventFn, WorkerContext, worker_contexts
@@ -46,7 +47,7 @@ def run_pool(ctx: WorkerContext, workers: int, devices: tuple[str, ...] | None, 
     for p in procs:
         p.join()
         if p.exitcode not in (0, None, 2):
-            events({"event": "worker_died", "worker": p.name, "exitcode": p.exitcode})
+            events(WorkerDied(p.name, p.exitcode))
     if errors:
         from nanoact.errors import NanoactError
 
@@ -59,11 +60,11 @@ def _relay(q, events: EventFn, totals: list[int], errors: list[str]) -> None:
         ev = q.get(timeout=0.5)
     except queue.Empty:
         return
-    if ev["event"] == "worker_error":
-        errors.append(ev["error"])
-    elif ev["event"] == "worker_end":
-        totals[0] += ev["trained"]
-        totals[1] += ev["failed"]
+    if isinstance(ev, WorkerFailed):
+        errors.append(ev.error)
+    elif isinstance(ev, WorkerEnded):
+        totals[0] += ev.trained
+        totals[1] += ev.failed
     else:
         events(ev)
 
@@ -73,8 +74,8 @@ def _worker_main(ctx: WorkerContext, q: Any) -> None:  # pragma: no cover - runs
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def send(ev: dict[str, Any]) -> None:
-        if ev["event"] != "iter":  # per-iteration events stay in the worker: the parent shows cells and evals
+    def send(ev: Event) -> None:
+        if not (isinstance(ev, CellTraining) and isinstance(ev.event, Iterated)):  # the parent shows cells and evals
             q.put(ev)
 
     from nanoact.errors import NanoactError
@@ -85,6 +86,6 @@ def _worker_main(ctx: WorkerContext, q: Any) -> None:  # pragma: no cover - runs
     except KeyboardInterrupt as e:
         sys.exit(exit_code(e))
     except NanoactError as e:  # e.g. the database stayed away: one line from the parent, not a child's traceback
-        q.put({"event": "worker_error", "worker": ctx.worker_name, "error": str(e)})
+        q.put(WorkerFailed(ctx.worker_name, str(e)))
         sys.exit(2)
-    q.put({"event": "worker_end", "worker": ctx.worker_name, "trained": trained, "failed": failed})
+    q.put(WorkerEnded(ctx.worker_name, trained, failed))

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from nanoact.cluster import slurm_tags
+from nanoact import events as E
 from nanoact.errors import interrupt_reason
 from nanoact.sweep import interrupt
 from nanoact.sweep import recovery
@@ -59,8 +60,8 @@ class Worker:
     def study(self):
         return self.handle.study
 
-    def _emit(self, event: str, **fields: Any) -> None:
-        self.events({"event": event, "worker": self.ctx.worker_name, **fields})
+    def _emit(self, kind: type, **fields: Any) -> None:
+        self.events(kind(worker=self.ctx.worker_name, **fields))
 
     def _wait_for_work(self) -> bool:
         """The queue is empty: True once a cell waits again (a dead worker's, re-enqueued), False when nothing
@@ -80,14 +81,13 @@ class Worker:
             if not busy and (skipped is None or time.monotonic() - skipped > recovery.COORDINATOR_WAIT_S):
                 return False
             if not told:
-                self._emit("idle", running=len(busy))
+                self._emit(E.Idle, running=len(busy))
                 told = True
             time.sleep(self.poll_s)
             interrupt.check()
 
     def _requeue_lost(self) -> bool:
-        return requeue_lost(self.ctx.spec, self.handle,
-                     lambda ev: self.events({**ev, "worker": self.ctx.worker_name}))
+        return requeue_lost(self.ctx.spec, self.handle, self.events)
 
     def _attempt(self, trial, lease) -> None:
         """Train the popped trial's cell, holding its lease until the trial is told."""
@@ -131,20 +131,20 @@ class Worker:
 
             with open(self.ctx.train_log, "a") as f:  # the trainer's own count, independent of MLflow and Optuna
                 f.write(f"{key}\t{trial.number}\t{self.ctx.worker_name}:{os.getpid()}\n")
-        self._emit("cell_start", key=key, trial=trial.number)
+        self._emit(E.CellStarted, key=key, trial=trial.number)
 
         checked = [time.monotonic()]
 
-        def on_train(ev: dict[str, Any]) -> None:
+        def on_train(ev: E.Event) -> None:
             interrupt.check()  # a signal whose exception a finalizer swallowed
             if time.monotonic() - checked[0] > LEASE_CHECK_S:  # a deleted lock file is taken again at once
                 checked[0] = time.monotonic()
                 if not lease.check():  # said once; telling the trial at the end finds out what became of it
-                    self._emit("lease_lost", key=key, trial=trial.number)
+                    self._emit(E.LeaseLost, key=key, trial=trial.number)
                     checked[0] = math.inf
-            if ev["event"] == "eval":
-                trial.report(ev["val/loss"], step=ev["iter"])  # optuna-dashboard's learning curves
-            self._emit(ev["event"], key=key, **{k: v for k, v in ev.items() if k != "event"})
+            if isinstance(ev, E.Evaluated):
+                trial.report(ev.val_loss, step=ev.iter)  # optuna-dashboard's learning curves
+            self._emit(E.CellTraining, key=key, event=ev)
 
         try:
             res = train(cfg, data=self._dataset(cfg), tracker=tracker, progress=on_train,
@@ -209,10 +209,10 @@ class Worker:
             return
         if final is not None:
             self.trained += 1
-            self._emit("cell_done", key=key, metrics=final)
+            self._emit(E.CellDone, key=key, metrics=final)
         elif not interrupted:
             self.failed += 1
-            self._emit("cell_failed", key=key, error=error)
+            self._emit(E.CellFailed, key=key, error=error)
 
     def _lost(self, trial, key: str, run_id: str | None) -> None:
         from nanoact import tracking
@@ -220,7 +220,7 @@ class Worker:
         if run_id:
             tracking.end_run(self.ctx.tracking_uri, run_id, "KILLED", "finished after its trial was settled as "
                              "dead (the worker lost its lease); the cell was handed on, whose run counts")
-        self._emit("cell_lost", key=key, trial=trial.number)
+        self._emit(E.CellLost, key=key, trial=trial.number)
 
 
 def cell_run_name(cfg, spec) -> str:
