@@ -14,6 +14,7 @@ from nanoact.cli_group import SET_HELP, NanoactGroup, remember_store, store_uri
 from nanoact.cli_sweep import experiments_command, status_command, sweep_command
 from nanoact.errors import NanoactError
 
+
 @click.group(cls=NanoactGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nanoact")
 @click.option("-v", "--verbose", is_flag=True, help="Show library log messages.")
@@ -280,7 +281,6 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     masked in everything printed. Stop with Ctrl-C.
     """
     from nanoact import server
-    from nanoact.tracking.store import check_database
     from nanoact.tracking_uri import display_url
 
     server.check_port_free(host, port)  # else another server's /health answer would read as "ready"

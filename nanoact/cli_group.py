@@ -35,8 +35,7 @@ def remember_store(url: str | None) -> None:
 def store_uri(tracking_uri: str | None) -> str:
     """Resolve the tracking URI; credentials in an http(s) URI move to MLflow's env vars (never into MLflow's
     own messages, run links or tags)."""
-    from nanoact.tracking_uri import move_credentials_to_env
-    from nanoact.tracking_uri import resolve_tracking_uri
+    from nanoact.tracking_uri import move_credentials_to_env, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     remember_store(uri)

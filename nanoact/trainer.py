@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from nanoact import runtime, wiring
-from nanoact.runtime import autocast_for, resolve_device, resolve_dtype  # noqa: F401 (the trainer's API too)
 from nanoact.config import RunConfig, validate
 from nanoact.data import CharDataset, EvalSet, corpus_source
 from nanoact.errors import DivergenceError, interrupt_reason
 from nanoact.events import Evaluated, Evaluating, EventFn, Iterated
 from nanoact.models import CharLM, build_model
-from nanoact.tracking import NullTracker, Tracker, provenance_tags
-from nanoact.tracking import schema
+from nanoact.runtime import autocast_for, resolve_device, resolve_dtype  # noqa: F401 (the trainer's API too)
+from nanoact.tracking import NullTracker, Tracker, provenance_tags, schema
+
 
 @dataclass
 class TrainResult:

@@ -12,15 +12,13 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from mlflow import MlflowClient
+from test_sweep import _wait_for_lines, child_runs, write_sweep
 
 from nanoact import cluster, sweep
-from nanoact.cli import cli
 from nanoact import events as E
+from nanoact.cli import cli
 from nanoact.errors import ConfigError
 from nanoact.sweep import state as S
-
-from test_sweep import _wait_for_lines, child_runs, write_sweep
 
 MOUNTS = r"""overlay / overlay rw,relatime,lowerdir=/a:/b 0 0
 tmpfs /tmp tmpfs rw,nosuid 0 0

@@ -21,19 +21,18 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from services import PW, nanoact_server, postgres
+from test_sweep import write_sweep
 
+from nanoact import events as E
 from nanoact import server, sweep, tracking_uri
 from nanoact.cli import cli
-from nanoact import events as E
 from nanoact.errors import ConfigError, NanoactError
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import prepare, requeue_lost
 from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.leases import open_leases
 from nanoact.sweep.worker import Worker
-
-from services import PW, nanoact_server, postgres
-from test_sweep import write_sweep
 
 TPW = "Tr-s3cr3t-9Kz"  # a password in the tracking URL (basic auth, ignored by the server)
 GRID_12 = '"model.activation" = ["relu", "gelu", "swish"]\n"train.seed" = [1, 2, 3, 4]'

@@ -9,13 +9,12 @@ import logging
 import multiprocessing as mp
 
 import pytest
+from conftest import tiny_overrides
 
 from nanoact import events as E
 from nanoact.config import RunConfig, apply_overrides
 from nanoact.progress import Progress, SweepProgress
 from nanoact.trainer import train
-
-from conftest import tiny_overrides
 
 EVAL = E.Evaluated(10, 20, 2.0, 2.1, 0.3, 0.25, 1e-3, 5000.0)
 SAMPLES = [

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-
-from nanoact import sweep
-
 from test_sweep import _wait_for_lines, child_runs, uri, write_sweep
 from test_sweep_engine import _env, _study, _sweep_cmd, assert_settled
+
+from nanoact import sweep
 
 JOURNAL = Path("mlruns") / "optuna-journal.log"
 
@@ -223,7 +222,8 @@ def test_ctrl_c_ends_the_parent_run_the_coordinator_made_with_cells_still_queued
 def _hold_coordinator_lease(tmp_path: Path) -> subprocess.Popen:
     """A process that takes the study's coordinator lease and is then stopped (SIGSTOP), as a suspended laptop or
     a worker frozen inside a coordinator step would be."""
-    code = ("import sys, time; from nanoact.sweep.leases import open_leases; from nanoact.sweep.recovery import COORDINATOR; "
+    code = ("import sys, time; from nanoact.sweep.leases import open_leases; "
+            "from nanoact.sweep.recovery import COORDINATOR; "
             f"l = open_leases({str(tmp_path / JOURNAL)!r}, 'tiny').try_hold(COORDINATOR); "
             "print(l is not None, flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

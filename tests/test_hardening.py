@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
-import subprocess
 import sqlite3
+import subprocess
 import sys
 import time
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from test_sweep import write_sweep
 
 from nanoact import server
 from nanoact.tracking import view_filter, view_key
-
-from test_sweep import write_sweep
 
 GRID = '"model.activation" = ["relu", "gelu"]\n"train.seed" = [1, 2]'
 

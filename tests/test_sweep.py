@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TEXT
 from mlflow import MlflowClient
 
 from nanoact import sweep
@@ -20,12 +21,11 @@ from nanoact.cli import cli
 from nanoact.cli_group import UserError
 from nanoact.errors import ConfigError
 
-from conftest import TEXT
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_sweep(tmp_path: Path, *, iters: int = 20, grid: str | None = None, name: str = "tiny", extra: str = "") -> Path:
+def write_sweep(tmp_path: Path, *, iters: int = 20, grid: str | None = None, name: str = "tiny",
+                extra: str = "") -> Path:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     grid = grid or '"model.activation" = ["relu", "gelu", "swish"]\n"train.seed" = [1, 2]'

@@ -15,6 +15,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from test_sweep import _wait_for_lines, child_runs, uri, write_sweep
 
 from nanoact import sweep
 from nanoact.events import Planned
@@ -22,13 +23,12 @@ from nanoact.sweep import state as S
 from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.leases import open_leases
 
-from test_sweep import _wait_for_lines, child_runs, uri, write_sweep
-
 TESTS = Path(__file__).resolve().parent
 
 
 def _study(tmp_path: Path, name: str = "tiny"):
-    return optuna.load_study(study_name=name, storage=sweep.open_storage(str(tmp_path / "mlruns" / "optuna-journal.log")))
+    journal = str(tmp_path / "mlruns" / "optuna-journal.log")
+    return optuna.load_study(study_name=name, storage=sweep.open_storage(journal))
 
 
 def check_record(study, runs) -> None:

@@ -18,8 +18,8 @@ def run(spec: SweepSpec | str, options: SweepOptions | None = None, events: Even
 
     ``spec`` is a ``SweepSpec`` or a built-in experiment's name; neither it nor ``options`` is changed.
     ``events`` receives progress as ``nanoact.events`` dataclasses (``Planned``, ``CellStarted``, ``CellTraining``,
-    ``CellDone``, ``CellFailed``, ``Recovered``, ``Idle``, ...); nothing is printed. A Ctrl-C or a SIGTERM (``kill``, Slurm)
-    ends the call with ``result.interrupted`` set (the cell that was training is marked interrupted and runs
+    ``CellDone``, ``CellFailed``, ``Recovered``, ``Idle``, ...); nothing is printed. A Ctrl-C or a SIGTERM (``kill``,
+    Slurm) ends the call with ``result.interrupted`` set (the cell that was training is marked interrupted and runs
     again); ``result.exit_code`` is then 130 or 143. Called off the main thread, SIGTERM keeps its handler.
     """
     with interruptible():

@@ -20,9 +20,9 @@ from nanoact.errors import NanoactError
 from nanoact.events import Recovered, Waiting, Warned
 from nanoact.sweep import recovery
 from nanoact.sweep import state as S
-from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
 from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.leases import Leases, hold, open_leases
+from nanoact.sweep.options import EventFn, SweepOptions, WorkerContext
 from nanoact.sweep.recovery import COORDINATOR, MAX_DEATHS, close_interrupted, recover
 from nanoact.sweep.spec import SweepSpec
 from nanoact.sweep.storage import open_storage, storage_exists
@@ -269,9 +269,8 @@ def _parent_run(spec: SweepSpec, handle: StudyHandle, exp_id: str) -> str:
 
 
 def _new_parent_run(spec: SweepSpec, uri: str, exp_id: str, nonce: str) -> str:
-    from nanoact import tracking
-
     import nanoact
+    from nanoact import tracking
 
     axes = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
     note = (f"Sweep {spec.study_name}: {len(spec.cells())} cells ({axes}), one child run each. "

@@ -9,7 +9,6 @@ from nanoact.events import EventFn  # noqa: F401 (where the sweep modules import
 from nanoact.sweep.spec import SweepSpec
 
 
-
 @dataclass(frozen=True)
 class SweepOptions:
     """Args:

@@ -13,18 +13,16 @@ import math
 import time
 from typing import Any
 
-from nanoact.cluster import slurm_tags
 from nanoact import events as E
+from nanoact.cluster import slurm_tags
 from nanoact.errors import interrupt_reason
-from nanoact.sweep import interrupt
-from nanoact.sweep import recovery
+from nanoact.sweep import interrupt, recovery
 from nanoact.sweep import state as S
 from nanoact.sweep.coordinator import requeue_lost
 from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.options import EventFn, WorkerContext
 from nanoact.sweep.spec import Cell
 from nanoact.tracking import schema
-
 
 LEASE_CHECK_S = 0.5  # how often a training worker checks that it still holds its cell's lease
 
