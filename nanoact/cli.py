@@ -281,12 +281,13 @@ def server_command(backend_store_uri, artifacts_destination, host, port, allowed
     masked in everything printed. Stop with Ctrl-C.
     """
     from nanoact import server
+    from nanoact.tracking.store import check_database
     from nanoact.tracking_uri import display_url
 
     server.check_port_free(host, port)  # else another server's /health answer would read as "ready"
     spec = server.server_spec(backend_store_uri, artifacts_destination, host, port, allowed_hosts, server_workers)
     remember_store(spec.backend_store_uri)
-    server.check_database(spec.backend_store_uri)
+    check_database(spec.backend_store_uri)
     if not server.is_loopback(host):
         click.echo(f"warning: listening on {host}, beyond loopback. MLflow has no authentication by default: anyone "
                    f"who reaches port {port} can read and change runs." + ("" if allowed_hosts else

@@ -17,8 +17,13 @@ def test_report_on_a_sweep_with_an_extra_axis(tmp_path):
             '"train.seed" = [1, 2, 3]')
     p = write_sweep(tmp_path, iters=10, grid=grid)
     assert sweep.run(sweep.load_sweep(path=p)).complete
-    with pytest.raises(NanoactError, match=r"varies model.name .*--where model.name=charlm"):
-        run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r0")
+    # the whole grid: each model analysed as its own activation x seed design, and the factorial section first
+    whole = run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r0", allow_anomalies=True)
+    fac = json.loads(whole.summary_json.read_text())["factorial"]
+    assert fac["factor"] == "model.name" and fac["levels"] == ["charlm", "minigpt"] and fac["seeds"] == "crossed"
+    assert "factorial/final_val_loss/interaction" in {h["id"] for h in fac["hypotheses"]}
+    md = whole.report_md.read_text()
+    assert md.index("## Does the activation effect depend on model.name?") < md.index("## Level `model.name=charlm`")
     res = run_report(["tiny"], tracking_uri=uri(tmp_path), out_dir=tmp_path / "r1",
                      where={"model.name": "minigpt"}, allow_anomalies=True)
     summary = json.loads(res.summary_json.read_text())

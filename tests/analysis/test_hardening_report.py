@@ -25,7 +25,6 @@ SMALL = dict(activations=("relu", "gelu"), seeds=(1, 2, 3), n_contexts=64, steps
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["nanoact", *args])
-    monkeypatch.setattr(cli, "_STORES", [])
     try:
         cli.main()
         code = 0
