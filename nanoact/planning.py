@@ -279,6 +279,48 @@ def study_lines(spec, check, n_done: int, storage: str) -> list[str]:
     return lines
 
 
+@dataclass
+class _Tally:
+    """Estimated times summed over cells (CPU only over the cells a measurement exists for)."""
+
+    cpu: float = 0.0
+    gpu: float = 0.0
+    cells: int = 0
+    measured: int = 0
+
+    def add(self, est: Estimate, n: int) -> None:
+        self.cells += n
+        self.gpu += est.gpu_s * n
+        if est.cpu is not None:
+            self.cpu += est.cpu_s * n
+            self.measured += n
+
+    def words(self) -> str:
+        part = f" ({self.measured} of {self.cells} cells measured)" if self.measured < self.cells else ""
+        return (f"cpu {_dur(self.cpu)}{part}" if self.measured else "cpu unknown") + f"; {GPU_NAME} {_dur(self.gpu)}"
+
+
+def _config_lines(label: str, n: int, cfg: RunConfig, est: Estimate, runs: StoreRuns) -> list[str]:
+    m, t = cfg.model, cfg.train
+    lines = [f"  {label} ({n} cell(s)):",
+             f"    {est.n_params:,} parameters; activations saved for backward at batch {t.batch_size} x block "
+             f"{m.block_size}: {_gib(est.activation_bytes)} (float32); weights + grads + AdamW state: "
+             f"{_gib(est.state_bytes)}"]
+    if est.cpu is not None:
+        c = est.cpu
+        lines.append(f"    cpu: {_dur(est.cpu_s)} per cell, from {c.n_runs} finished CPU run(s) of this model and "
+                     f"batch in the store ({c.s_per_iter * 1e3:.0f} ms/iter, {c.s_per_context * 1e3:.1f} ms per eval "
+                     "context)")
+    elif runs.problem:
+        lines.append(f"    cpu: unknown, the store could not be read ({runs.problem})")
+    else:
+        lines.append("    cpu: no finished CPU run of this model and batch size in the store to measure from")
+    lines.append(f"    {GPU_NAME} (bf16 peak {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at an assumed {ASSUMED_MFU:.0%} MFU): "
+                 f"{_dur(est.gpu_s)} per cell for {(est.train_flops + est.eval_flops) / 1e15:.2f} PFLOP "
+                 f"({est.train_flops / 1e15:.2f} training, {est.eval_flops / 1e15:.2f} evals)")
+    return lines
+
+
 def describe(spec, tracking_uri: str, planned: set[str] | None = None) -> list[str]:
     """Lines for ``--dry-run``: one block per distinct config (cells differing only in seeds share it), and the
     grid's totals (and, given the cells that would run, theirs)."""
@@ -293,8 +335,7 @@ def describe(spec, tracking_uri: str, planned: set[str] | None = None) -> list[s
     other_axes = [k for k in spec.grid if k not in SEED_KEYS]
     lines = [f"estimates per cell ({len(groups)} distinct config(s); cells that differ only in "
              f"{', '.join(seed_axes) or 'seeds'} share one), computed, not measured, except the CPU times:"]
-    total_cpu, total_gpu, cpu_cells = 0.0, 0.0, 0
-    left_cpu, left_gpu, left_cells, left_measured = 0.0, 0.0, 0, 0
+    grid, left = _Tally(), _Tally()
     for i, members in enumerate(groups.values()):
         if i == MAX_CONFIGS:
             lines.append(f"  ... {len(groups) - MAX_CONFIGS} more distinct config(s) not estimated (at most "
@@ -303,40 +344,11 @@ def describe(spec, tracking_uri: str, planned: set[str] | None = None) -> list[s
         cell, cfg = members[0]
         est = estimate(cfg, vocab_size(cfg), runs)
         label = "|".join(f"{k}={cell.values[k]}" for k in other_axes) or "every cell"
-        m, t = cfg.model, cfg.train
-        lines.append(f"  {label} ({len(members)} cell(s)):")
-        lines.append(f"    {est.n_params:,} parameters; activations saved for backward at batch {t.batch_size} x "
-                     f"block {m.block_size}: {_gib(est.activation_bytes)} (float32); weights + grads + AdamW "
-                     f"state: {_gib(est.state_bytes)}")
-        if est.cpu is not None:
-            c = est.cpu
-            lines.append(f"    cpu: {_dur(est.cpu_s)} per cell, from {c.n_runs} finished CPU run(s) of this model "
-                         f"and batch in the store ({c.s_per_iter * 1e3:.0f} ms/iter, "
-                         f"{c.s_per_context * 1e3:.1f} ms per eval context)")
-            total_cpu += est.cpu_s * len(members)
-            cpu_cells += len(members)
-        elif runs.problem:
-            lines.append(f"    cpu: unknown, the store could not be read ({runs.problem})")
-        else:
-            lines.append("    cpu: no finished CPU run of this model and batch size in the store to measure from")
-        lines.append(f"    {GPU_NAME} (bf16 peak {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s at an assumed "
-                     f"{ASSUMED_MFU:.0%} MFU): {_dur(est.gpu_s)} per cell for "
-                     f"{(est.train_flops + est.eval_flops) / 1e15:.2f} "
-                     f"PFLOP ({est.train_flops / 1e15:.2f} training, {est.eval_flops / 1e15:.2f} evals)")
-        total_gpu += est.gpu_s * len(members)
-        n_left = len(members) if planned is None else sum(c.key in planned for c, _ in members)
-        left_cells += n_left
-        if est.cpu is not None:
-            left_cpu += est.cpu_s * n_left
-            left_measured += n_left
-        left_gpu += est.gpu_s * n_left
+        lines += _config_lines(label, len(members), cfg, est, runs)
+        grid.add(est, len(members))
+        left.add(est, len(members) if planned is None else sum(c.key in planned for c, _ in members))
     if len(groups) <= MAX_CONFIGS:
-        n = len(spec.cells())
-        cpu_part = (f"cpu {_dur(total_cpu)}" + (f" ({cpu_cells} of {n} cells measured)" if cpu_cells < n else "")
-                    if cpu_cells else "cpu unknown")
-        lines.append(f"grid total, one worker: {cpu_part}; {GPU_NAME} {_dur(total_gpu)} (assumed MFU)")
-        if planned is not None and 0 < left_cells < n:
-            measured = f" ({left_measured} of {left_cells} cells measured)" if left_measured < left_cells else ""
-            left = f"cpu {_dur(left_cpu)}{measured}" if left_measured else "cpu unknown"
-            lines.append(f"the {left_cells} cell(s) that would run, one worker: {left}; {GPU_NAME} {_dur(left_gpu)}")
+        lines.append(f"grid total, one worker: {grid.words()} (assumed MFU)")
+        if planned is not None and 0 < left.cells < grid.cells:
+            lines.append(f"the {left.cells} cell(s) that would run, one worker: {left.words()}")
     return lines

@@ -235,7 +235,16 @@ def _analyse_all(reader, experiments: list[str], where: Mapping[str, str] | None
     return analyses, None
 
 
-def run_report(  # over 60 lines with the docstring of its ten options; the body is about 40
+def _plots(analyses: list[ExperimentAnalysis], factorial, out: Path, say
+           ) -> tuple[fr.FactorialSection, dict[str, str]] | None:
+    """Every analysis's PNGs (``an.plots``) and the factorial section's, as (section, its files) or None."""
+    for an in analyses:
+        say(f"{an.key}: plotting")
+        rd.make_plots(an, out, f"{safe_dirname(an.label or an.er.name)}_" if len(analyses) > 1 else "")
+    return (factorial, fr.make_plots(factorial, out)) if factorial is not None else None
+
+
+def run_report(  # over 60 lines only by its signature and the docstring of its ten options; the body is ~30
     experiments: list[str],
     *,
     tracking_uri: str | None = None,
@@ -284,13 +293,9 @@ def run_report(  # over 60 lines with the docstring of its ten options; the body
     if out_dir is None:
         out = _default_subfolder(out, analyses, where)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
-    many = len(analyses) > 1
-    for an in analyses:
-        say(f"{an.key}: plotting")
-        rd.make_plots(an, out, f"{safe_dirname(an.label or an.er.name)}_" if many else "")
-    if factorial is not None:
-        factorial_plots = fr.make_plots(factorial, out)
-    anomalies = [(f"{an.key}: " if many else "") + a for an in analyses for g in an.guards for a in g.anomalies()]
+    fac = _plots(analyses, factorial, out, say)
+    anomalies = [(f"{an.key}: " if len(analyses) > 1 else "") + a
+                 for an in analyses for g in an.guards for a in g.anomalies()]
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
     if factorial is not None and not anomalies:
         headline = f"On {' + '.join(experiments)}, {fr.headline(factorial)}."
@@ -298,7 +303,6 @@ def run_report(  # over 60 lines with the docstring of its ten options; the body
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
     say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
-    fac = (factorial, factorial_plots) if factorial is not None else None
     report_md, summary_json = _write(*args, notes, fac)
     if log_to_parent:
         files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
