@@ -13,6 +13,7 @@ import click
 from nanoact.cli_group import SET_HELP, NanoactGroup, remember_store, store_uri
 from nanoact.cli_sweep import experiments_command, status_command, sweep_command
 from nanoact.errors import NanoactError
+from nanoact.tracking import schema as S
 
 
 @click.group(cls=NanoactGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,10 +84,10 @@ def train_command(model, activation, seed, overrides, tracking_uri, experiment_n
     mt = res.metrics
     click.echo(f"parameters: {res.n_params:,} | device: {res.device} ({res.dtype}) | activation modules: "
                f"{', '.join(sorted(set(res.activation_modules)))}")
-    best = "" if mt["best/val_loss"] == mt["final/val_loss"] else f", best val loss {mt['best/val_loss']:.4f}"
+    best = "" if mt[S.BEST_VAL_LOSS] == mt[S.FINAL_VAL_LOSS] else f", best val loss {mt[S.BEST_VAL_LOSS]:.4f}"
     click.echo(f"final: train loss {mt['final/train_loss']:.4f}, val loss {mt['final/val_loss']:.4f}, "
                f"val acc {mt['final/val_acc']:.4f}{best}")
-    ms = 1000 * mt["time/train_s"] / max(t.max_iters, 1)
+    ms = 1000 * mt[S.TIME_TRAIN_S] / max(t.max_iters, 1)
     click.echo(f"speed: {mt['tokens_per_s_mean']:,.0f} tokens/s, {ms:.1f} ms/iter (evals excluded); "
                f"wall time {mt['time/wall_s']:.1f} s")
     if tracker is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Union
 
+from nanoact.tracking import schema as S
+
 # -- one training run (nanoact.trainer) ----------------------------------------------------------------------
 
 
@@ -47,8 +49,8 @@ class Evaluated:
 
     def metrics(self) -> dict[str, float]:
         """The row the tracker logs at this step, under the run schema's metric names."""
-        return {"train/loss": self.train_loss, "val/loss": self.val_loss, "train/acc": self.train_acc,
-                "val/acc": self.val_acc, "lr": self.lr, "tokens_per_s": self.tokens_per_s}
+        return {S.TRAIN_LOSS: self.train_loss, S.VAL_LOSS: self.val_loss, S.TRAIN_ACC: self.train_acc,
+                S.VAL_ACC: self.val_acc, S.LR: self.lr, S.TOKENS_PER_S: self.tokens_per_s}
 
 
 TrainEvent = Union[Iterated, Evaluating, Evaluated]

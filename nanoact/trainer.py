@@ -212,7 +212,7 @@ def _report_iter(it: int, loss: float, lr: float, t, tracker: Tracker, progress:
     """The current batch's loss and the lr: to the tracker every ``log_interval`` iterations (between evals; an
     eval step logs its own), to the progress callback every 10."""
     if t.log_interval and it % t.log_interval == 0 and it % t.eval_interval != 0:
-        tracker.log_metrics({"train/loss_iter": loss, "lr": lr}, step=it)
+        tracker.log_metrics({schema.TRAIN_LOSS_ITER: loss, schema.LR: lr}, step=it)
     if progress and it % 10 == 0:
         progress(Iterated(it, t.max_iters, loss, lr))
 
@@ -292,12 +292,12 @@ class EvalStep:
 
     def final_metrics(self) -> dict[str, float]:
         last = self.history[-1]
-        return {"final/train_loss": last["train/loss"], "final/val_loss": last["val/loss"],
-                "final/train_acc": last["train/acc"], "final/val_acc": last["val/acc"],
-                "best/val_loss": self.best_val_loss, "best/val_acc": self.best_val_acc}
+        return {schema.FINAL_TRAIN_LOSS: last[schema.TRAIN_LOSS], schema.FINAL_VAL_LOSS: last[schema.VAL_LOSS],
+                schema.FINAL_TRAIN_ACC: last[schema.TRAIN_ACC], schema.FINAL_VAL_ACC: last[schema.VAL_ACC],
+                schema.BEST_VAL_LOSS: self.best_val_loss, schema.BEST_VAL_ACC: self.best_val_acc}
 
     def time_metrics(self) -> dict[str, float]:
-        return {"time/loss_evals_s": self.loss_s, "time/prediction_evals_s": self.predictions_s}
+        return {schema.TIME_LOSS_EVALS_S: self.loss_s, schema.TIME_PREDICTION_EVALS_S: self.predictions_s}
 
 
 class OptimizerStep:
@@ -366,4 +366,4 @@ class ThroughputTimer:
 
     def metrics(self) -> dict[str, float]:
         mean = self.tokens_per_iter * self.iters / self.train_s if self.train_s > 0 else 0.0
-        return {"time/train_s": self.train_s, "tokens_per_s_mean": mean}
+        return {schema.TIME_TRAIN_S: self.train_s, schema.TOKENS_PER_S_MEAN: mean}

@@ -17,6 +17,7 @@ from nanoact.analysis.divergence import METRICS
 from nanoact.analysis.executive import FAMILY_WORDS, executive_summary, grid_words, headline, shares_of
 from nanoact.analysis.formatting import fixed, md_table, mean_sd, plural, utc_time
 from nanoact.analysis.render_stats import pd_section, sources_section, stats_section
+from nanoact.tracking import schema as S
 
 __all__ = ["comparison_md", "experiment_md", "guard_md", "headline", "make_plots"]
 
@@ -47,7 +48,7 @@ def _config_section(an, level: str) -> list[str]:
             common[k] = vals.pop()
         elif k not in ("activation", "seed", "model.activation", "train.seed"):
             varying[k] = vals
-    n_params = {a: sorted({r.tags.get("nanoact.n_params", "n/a") for r in runs if r.activation == a}) for a in acts}
+    n_params = {a: sorted({r.tags.get(S.N_PARAMS, "n/a") for r in runs if r.activation == a}) for a in acts}
     lines = [f"{level} Configuration", "",
              f"- experiment `{an.er.name}` (id {an.er.experiment_id}); analysed: {grid_words(an)}; {len(runs)} runs",
              f"- grid: {plural(len(an.er.activations), 'activation')} × {plural(len(an.er.seeds), 'seed')} = "
@@ -75,11 +76,11 @@ def _config_section(an, level: str) -> list[str]:
 def _runs_section(an, level: str) -> list[str]:
     runs = an.runs
     best = [] if an.best_equals_final else ["best val loss"]
-    rows = [[f"`{r.run_id}`", r.activation, r.seed, fixed(r.metric("final/train_loss")),
-             fixed(r.metric("final/val_loss"))]
-            + ([] if an.best_equals_final else [fixed(r.metric("best/val_loss"))])
-            + [fixed(r.metric("final/train_acc")), fixed(r.metric("final/val_acc")),
-               fixed(an.eval_acc.get(r.run_id, math.nan)), fixed(r.metric("time/train_s"), 1)] for r in runs]
+    rows = [[f"`{r.run_id}`", r.activation, r.seed, fixed(r.metric(S.FINAL_TRAIN_LOSS)),
+             fixed(r.metric(S.FINAL_VAL_LOSS))]
+            + ([] if an.best_equals_final else [fixed(r.metric(S.BEST_VAL_LOSS))])
+            + [fixed(r.metric(S.FINAL_TRAIN_ACC)), fixed(r.metric(S.FINAL_VAL_ACC)),
+               fixed(an.eval_acc.get(r.run_id, math.nan)), fixed(r.metric(S.TIME_TRAIN_S), 1)] for r in runs]
     lines = [f"{level} Per-trial results", ""]
     if an.best_equals_final:
         lines += ["Best val loss equals final val loss for every run, so it is not shown separately.", ""]
@@ -99,10 +100,10 @@ def _per_activation_section(an, level: str) -> list[str]:
     rows = []
     for a in sorted({r.activation for r in runs}):
         rs = [r for r in runs if r.activation == a]
-        rows.append([a, len(rs), _over_seeds(rs, "final/train_loss"), _over_seeds(rs, "final/val_loss")]
-                    + ([] if an.best_equals_final else [_over_seeds(rs, "best/val_loss")])
-                    + [_over_seeds(rs, "final/train_acc"), _over_seeds(rs, "final/val_acc"),
-                       _over_seeds(rs, "time/train_s", 1), ", ".join(f"`{r.run_id[:8]}`" for r in rs)])
+        rows.append([a, len(rs), _over_seeds(rs, S.FINAL_TRAIN_LOSS), _over_seeds(rs, S.FINAL_VAL_LOSS)]
+                    + ([] if an.best_equals_final else [_over_seeds(rs, S.BEST_VAL_LOSS)])
+                    + [_over_seeds(rs, S.FINAL_TRAIN_ACC), _over_seeds(rs, S.FINAL_VAL_ACC),
+                       _over_seeds(rs, S.TIME_TRAIN_S, 1), ", ".join(f"`{r.run_id[:8]}`" for r in rs)])
     header = ["activation", "n", "final train loss", "final val loss", *best, "final train acc", "final val acc",
               "train time (s)", "runs"]
     return [f"{level} Per-activation results (mean ± s.d. over seeds)", "", md_table(header, rows), ""]
@@ -110,12 +111,12 @@ def _per_activation_section(an, level: str) -> list[str]:
 
 def _compute_section(an, level: str) -> list[str]:
     runs = an.runs
-    rows = [(f"`{r.run_id}`", r.activation, r.seed, fixed(r.metric("time/wall_s"), 1),
-             fixed(r.metric("time/train_s"), 1), fixed(r.metric("tokens_per_s_mean"), 0),
-             r.tags.get("nanoact.device", "n/a")) for r in runs]
+    rows = [(f"`{r.run_id}`", r.activation, r.seed, fixed(r.metric(S.TIME_WALL_S), 1),
+             fixed(r.metric(S.TIME_TRAIN_S), 1), fixed(r.metric(S.TOKENS_PER_S_MEAN), 0),
+             r.tags.get(S.DEVICE, "n/a")) for r in runs]
     lines = [f"{level} Compute accounting", "",
              md_table(["run id", "activation", "seed", "wall (s)", "train (s)", "tokens/s", "device"], rows), ""]
-    total = float(np.nansum([r.metric("time/wall_s") for r in runs]))
+    total = float(np.nansum([r.metric(S.TIME_WALL_S) for r in runs]))
     return lines + [f"Total wall time of the analysed runs: {total:.1f} s ({total / 60:.1f} min).", ""]
 
 
@@ -198,11 +199,11 @@ def make_plots(an, out, prefix: str) -> None:
     runs = an.runs
     acts = sorted({r.activation for r in runs})
     curves = {a: {m: {r.seed: tuple(zip(*r.history[m])) if r.history.get(m) else ((), ())
-                      for r in runs if r.activation == a} for m in ("train/loss", "val/loss")} for a in acts}
+                      for r in runs if r.activation == a} for m in (S.TRAIN_LOSS, S.VAL_LOSS)} for a in acts}
     figs = {"loss_curves": pl.loss_curves(curves, f"{an.key}: loss curves, mean ± 1 s.d. over seeds")}
-    keys = {"final/val_loss": "final val loss", "final/val_acc": "final val acc"}
+    keys = {S.FINAL_VAL_LOSS: "final val loss", S.FINAL_VAL_ACC: "final val acc"}
     if not an.best_equals_final:
-        keys["best/val_loss"] = "best val loss"
+        keys[S.BEST_VAL_LOSS] = "best val loss"
     values = {label: {a: {r.seed: r.metric(key) for r in runs if r.activation == a} for a in acts}
               for key, label in keys.items()}
     figs["final_metrics"] = pl.final_metrics(values, title=f"{an.key}: final metrics by activation "
@@ -214,7 +215,7 @@ def make_plots(an, out, prefix: str) -> None:
     figs["within_pd_steps"] = pl.within_pd_over_steps(an.steps, within, METRICS,
                                                       f"{an.key}: mean within-activation PD between seeds "
                                                       "(± jackknife SE)")
-    figs["accuracy_vs_pd"] = pl.accuracy_vs_pd([r.metric("final/val_acc") for r in runs], an.pd_score,
+    figs["accuracy_vs_pd"] = pl.accuracy_vs_pd([r.metric(S.FINAL_VAL_ACC) for r in runs], an.pd_score,
                                                [r.activation for r in runs], f"{an.key}: accuracy vs PD")
     for key, fig in figs.items():
         fname = f"{prefix}{key}.png"

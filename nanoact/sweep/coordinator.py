@@ -199,7 +199,7 @@ def _complete(spec: SweepSpec, study, storage) -> None:
                                   json.loads(json.dumps(spec.fingerprinted(), default=str)))
     # the fingerprint last: a study that has it is complete
     for k, v in {"nanoact.experiment": spec.name, "nanoact.description": spec.description,
-                 "nanoact.grid": spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():
+                 schema.GRID: spec.grid, "nanoact.source": spec.source, U_FINGERPRINT: spec.fingerprint()}.items():
         study.set_user_attr(k, v)
 
 
