@@ -1,6 +1,6 @@
 """Re-analyse a committed report's stored numbers with the current tests, without its MLflow store.
 
-    python scripts/reanalyse_summary.py docs/results/cpu/summary.json
+    python scripts/reanalyse_summary.py docs/results/sources/summary.json
 
 A report's summary.json keeps every run's final val loss and accuracy and the run-by-run pd_tv matrix at the
 final step (``heatmap``). This script runs the current loss statistics, PD tests, source split and hypothesis
@@ -19,7 +19,7 @@ from nanoact.analysis import pdtests as pt
 from nanoact.analysis import render as rd
 from nanoact.analysis.hypotheses import build_hypotheses
 from nanoact.analysis.sources import analyse_sources, is_sources_grid
-from nanoact.analysis.stats import analyse_outcome
+from nanoact.analysis.outcome import analyse_outcome
 
 
 def main(path: str) -> None:
