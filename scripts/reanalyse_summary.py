@@ -18,8 +18,8 @@ import numpy as np
 from nanoact.analysis import pdtests as pt
 from nanoact.analysis import render as rd
 from nanoact.analysis.hypotheses import build_hypotheses
-from nanoact.analysis.sources import analyse_sources, is_sources_grid
 from nanoact.analysis.outcome import analyse_outcome
+from nanoact.analysis.sources import analyse_sources, is_sources_grid
 
 
 def main(path: str) -> None:
