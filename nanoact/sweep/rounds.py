@@ -57,10 +57,11 @@ def interim(spec_n: SweepSpec, tracking_uri: str, progress: Callable[[str], None
     """(``Interim``, its contrasts) for the round's runs, read from MLflow with the report's own analysis."""
     from nanoact.analysis import sequential as sq
     from nanoact.analysis.experiment import analyse_experiment
-    from nanoact.analysis.runs import ArtifactFetcher, make_client
+    from nanoact.analysis.predictions import ArtifactFetcher
+    from nanoact.tracking.store import Store
 
-    client = make_client(tracking_uri)
-    an = analyse_experiment(client, spec_n.name, ArtifactFetcher(client), progress, study=spec_n.study_name,
+    reader = Store(tracking_uri).reader()
+    an = analyse_experiment(reader, spec_n.name, ArtifactFetcher(reader), progress, study=spec_n.study_name,
                             tracking_uri=tracking_uri)
     loss = next((o for o in an.outcomes if o.outcome == "final_val_loss"), None)
     contrasts = sq.primary_contrasts(spec_n.seed_rule, loss.y if loss else None,
