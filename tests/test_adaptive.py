@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from test_sweep import write_sweep
 
 from nanoact.errors import ConfigError
 from nanoact.sweep import load_sweep
-
-from test_sweep import write_sweep
 
 RULE = '[seeds]\nstart = 3\nstep = 2\nmax = 7\ntarget = { final_val_loss = 0.005, pd_tv = 0.002 }\n'
 
