@@ -275,7 +275,8 @@ def _apply_rule(spec: SweepSpec, rule, listed: list | None, where: str) -> Sweep
     integers after the largest of them (or train.seed, train.seed + 1, ... of the base config) up to ``max``."""
     other = [k for k in spec.grid if k != SEED_AXIS and _independent(k)]
     if other:
-        raise ConfigError(f"{where}: a seed rule grows {SEED_AXIS}; it cannot be combined with the grid axis {other[0]}")
+        raise ConfigError(f"{where}: a seed rule grows {SEED_AXIS}; it cannot be combined with the grid axis "
+                          f"{other[0]}")
     pool = [int(s) for s in listed] if listed else [spec.base.train.seed]
     if len(pool) > rule.max:
         pool = pool[:rule.max]
