@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from nanoact.events import RoundAnalysing, RoundDecided
 from nanoact.sweep import state as S
 from nanoact.sweep.spec import SEED_AXIS, SweepSpec
+from nanoact.tracking import schema
 
 A_ROUND = "nanoact.round."  # study user attr per round: nanoact.round.1, nanoact.round.2, ...
 
@@ -70,20 +73,41 @@ def interim(spec_n: SweepSpec, tracking_uri: str, progress: Callable[[str], None
 
 
 def record(interim_, contrasts) -> dict[str, Any]:
-    """The study attr of a round: what was reached, what was decided, and each primary contrast."""
+    """The study attr of a round: what was reached, what was decided, and each primary contrast; ``at`` (ms) is
+    the timestamp its parent-run metrics are logged with, so logging them again writes the same rows."""
     finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 - JSON has no inf
     return {"seeds": interim_.n_seeds, "widest": {k: finite(v) for k, v in interim_.widest.items()},
             "met": dict(interim_.met), "stop": interim_.stop, "reason": interim_.reason,
             "next_seeds": interim_.next_seeds, "projected": dict(interim_.projected),
-            "contrasts": [[c.metric, c.name, c.estimate, finite(c.half_width)] for c in contrasts]}
+            "contrasts": [[c.metric, c.name, c.estimate, finite(c.half_width)] for c in contrasts],
+            "at": int(time.time() * 1000)}
+
+
+def decided(spec: SweepSpec, rnd: int, rec: Mapping[str, Any]) -> RoundDecided:
+    """The progress event of a recorded round."""
+    sched = spec.seed_rule.schedule()
+    new = 0 if rec["stop"] else len(spec.with_seed_count(rec["next_seeds"]).cells()) - len(
+        spec.with_seed_count(rec["seeds"]).cells())
+    widest = {k: math.inf if v is None else v for k, v in rec["widest"].items()}
+    return RoundDecided(rnd, sched[rnd - 2] if rnd > 1 else 0, rec["seeds"], widest, dict(spec.seed_rule.targets),
+                        dict(rec["met"]), rec["stop"], rec["reason"], rec["next_seeds"], new)
+
+
+def finished(spec: SweepSpec, study) -> bool:
+    """Whether the rule has no round left to run: its newest recorded round stopped (always True without a rule)."""
+    if spec.seed_rule is None:
+        return True
+    done = recorded_rounds(study)
+    return bool(done) and done[max(done)]["stop"]
 
 
 def advance(spec: SweepSpec, study, hold_coordinator: Callable[[], Any], enqueue: Callable[[SweepSpec], list[str]],
-            tracking_uri: str, events: Callable[[dict], None],
-            compute: Callable[..., Any] = interim) -> bool:
+            tracking_uri: str, parent_run_id: str, events: Callable[[Any], None],
+            compute: Callable[..., Any] = interim) -> bool | None:
     """After a round: decide and, unless the targets are met or the maximum is reached, enqueue the next round.
-    True when cells were enqueued (there is work again). ``hold_coordinator()`` returns a lease (``release()``) or
-    None; ``enqueue(spec_n)`` enqueues the missing cells of a round, holding it."""
+    True when cells were enqueued (there is work again); None when another process held the coordinator lease
+    (it, or the next call, records the round). ``hold_coordinator()`` returns a lease (``release()``) or None;
+    ``enqueue(spec_n)`` enqueues the missing cells of a round, holding it."""
     if spec.seed_rule is None:
         return False
     n = seed_count(spec, study)
@@ -93,32 +117,55 @@ def advance(spec: SweepSpec, study, hold_coordinator: Callable[[], Any], enqueue
     rnd = spec.seed_rule.schedule().index(n) + 1
     if rnd in recorded_rounds(study):  # decided to stop (else seed_count would be past n)
         return False
-    events({"event": "round_analysing", "round": rnd, "seeds": n})
-    look, contrasts = compute(spec_n, tracking_uri, lambda line: events({"event": "round_progress", "detail": line}))
+    sync_parent(spec, study, tracking_uri, parent_run_id)  # the declared grid the interim's guard reads
+    events(RoundAnalysing(rnd, n))
+    look, contrasts = compute(spec_n, tracking_uri, lambda line: None)
     lease = hold_coordinator()
     if lease is None:
-        return False  # another process holds it: it, or the next call, records the round
+        return None
+    mine = False
     try:
         if rnd not in recorded_rounds(study):  # attrs are read through the storage: a record made meanwhile shows
             study.set_user_attr(f"{A_ROUND}{rnd}", record(look, contrasts))
-            events({"event": "round", "round": rnd, "interim": look,
-                    "targets": dict(spec.seed_rule.targets)})
-        if look.stop:
-            return False
-        return bool(enqueue(spec.with_seed_count(look.next_seeds)))
+            mine = True
+        enqueued = [] if look.stop else enqueue(spec.with_seed_count(look.next_seeds))
     finally:
         lease.release()
+    if mine:
+        events(decided(spec, rnd, recorded_rounds(study)[rnd]))
+    sync_parent(spec, study, tracking_uri, parent_run_id)  # no lease across MLflow calls
+    return bool(enqueued)
 
 
-def _enqueue_current(spec_n: SweepSpec, hold_coordinator, enqueue) -> bool:
+def _enqueue_current(spec_n: SweepSpec, hold_coordinator, enqueue) -> bool | None:
     """A round whose cells are not all enqueued (a kill after its record): enqueue the missing ones."""
     lease = hold_coordinator()
     if lease is None:
-        return False
+        return None
     try:
         return bool(enqueue(spec_n))
     finally:
         lease.release()
+
+
+def sync_parent(spec: SweepSpec, study, tracking_uri: str, parent_run_id: str) -> None:
+    """The parent run as the study's records say: its declared grid (tag ``nanoact.grid``, which `nanoact report`'s
+    grid guard reads) and cell count at the current round, the rule (tag ``nanoact.seed_rule``), and each recorded
+    round's widest half-widths as metrics ``interim/<metric>/half_width`` stepped by round. Idempotent (a round's
+    metrics carry its recorded timestamp), so whoever comes next redoes it after a kill."""
+    if spec.seed_rule is None:
+        return
+    from nanoact.tracking.store import Store
+
+    store, spec_n = Store(tracking_uri), current(spec, study)
+    run = store.client.get_run(parent_run_id)
+    for k, v in {schema.GRID: grid_json(spec_n), schema.N_CELLS: str(len(spec_n.cells())),
+                 schema.SEED_RULE: json.dumps(spec.seed_rule.to_dict())}.items():
+        if run.data.tags.get(k) != v:
+            store.set_tag(parent_run_id, k, v)
+    store.log_metrics(parent_run_id, [(f"interim/{k}/half_width", v, rec["at"], rnd)
+                                      for rnd, rec in sorted(recorded_rounds(study).items())
+                                      for k, v in rec["widest"].items() if v is not None])
 
 
 def grid_json(spec_n: SweepSpec) -> str:
