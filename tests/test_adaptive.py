@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from test_sweep import write_sweep
 
@@ -58,3 +65,122 @@ def test_a_rule_cannot_grow_seeds_of_a_crossed_grid(tmp_path):
     p = _file(tmp_path, RULE, '"train.init_seed" = [1, 2]\n"train.data_seed" = [1, 2]')
     with pytest.raises(ConfigError, match="cannot be combined with the grid axis train.init_seed"):
         load_sweep(path=p)
+
+
+# -- rounds, end to end (subprocesses on a tiny recipe) -----------------------------------------------------------
+# 2 activations, 4 iterations: the widest 95% half-width of the loss difference is about ±0.006 at 3 seeds and
+# ±0.004 at 5 (deterministic on CPU), so a target of ±0.005 is met in round 2.
+GROW = '[seeds]\nstart = 3\nstep = 2\nmax = 7\ntarget = { final_val_loss = 0.005 }\n'
+TESTS = Path(__file__).resolve().parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("NANOACT_STORAGE", None)
+    return env
+
+
+def _grow_file(tmp_path) -> Path:
+    p = write_sweep(tmp_path, iters=4, grid='"model.activation" = ["relu", "gelu"]\n"train.seed" = [1, 2, 3]')
+    p.write_text(p.read_text() + GROW)
+    return p
+
+
+def _sweep(p: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanoact.cli", "sweep", "--file", str(p), *extra], cwd=p.parent,
+                          capture_output=True, text=True, timeout=600, env=_env(**env))
+
+
+def _study(p: Path):
+    import optuna
+
+    from nanoact.sweep import open_storage
+
+    return optuna.load_study(study_name="tiny", storage=open_storage(str(p.parent / "mlruns/optuna-journal.log")))
+
+
+def _check_rounds(p: Path) -> dict:
+    """The recorded rounds follow the rule and decide as their half-widths say; every cell of the seeds reached
+    has exactly one trial, COMPLETE; the parent run declares the grown grid and logs the interim half-widths."""
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    from nanoact.sweep import rounds
+
+    spec, study = load_sweep(path=p), _study(p)
+    recs = rounds.recorded_rounds(study)
+    assert sorted(recs) == list(range(1, len(recs) + 1)) and len(recs) >= 2
+    target = spec.seed_rule.targets["final_val_loss"]
+    for i, rec in recs.items():
+        assert rec["seeds"] == spec.seed_rule.schedule()[i - 1]
+        assert rec["met"]["final_val_loss"] == (rec["widest"]["final_val_loss"] <= target)
+        assert rec["stop"] == (i == len(recs))
+        assert rec["next_seeds"] == (rec["seeds"] if rec["stop"] else spec.seed_rule.schedule()[i])
+    last = recs[max(recs)]
+    assert last["reason"] in ("target met", "max seeds reached")
+    cells = sorted(c.key for c in spec.with_seed_count(last["seeds"]).cells())
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.user_attrs["grid_key"] for t in trials) == cells  # one trial per cell, none twice
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    c = MlflowClient(f"sqlite:///{p.parent}/mlruns/mlflow.db")
+    parent = c.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert json.loads(parent.data.tags["nanoact.grid"])["train.seed"] == list(range(1, last["seeds"] + 1))
+    assert study.user_attrs["nanoact.grid"]["train.seed"] == list(range(1, last["seeds"] + 1))
+    assert json.loads(parent.data.tags["nanoact.seed_rule"]) == spec.seed_rule.to_dict()
+    hist = c.get_metric_history(parent.info.run_id, "interim/final_val_loss/half_width")
+    assert sorted((m.step, m.value) for m in hist) == [(i, r["widest"]["final_val_loss"]) for i, r in recs.items()]
+    assert parent.info.status == "FINISHED"
+    return recs
+
+
+@pytest.mark.slow
+def test_a_sweep_grows_in_rounds_to_a_met_target_with_one_trial_per_cell(tmp_path):
+    p = _grow_file(tmp_path)
+    r = _sweep(p)
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = _check_rounds(p)
+    assert [rec["seeds"] for rec in recs.values()] == [3, 5] and recs[2]["reason"] == "target met"
+    out = r.stdout + r.stderr  # progress lines go where the terminal shows them
+    assert "round 1: 3 seeds; widest final_val_loss ±" in out and "next: 2 more seeds (4 cells" in out
+    assert "round 2: 3 -> 5 seeds; widest final_val_loss ±" in out and "✓; stop: target met" in out
+    st = subprocess.run([sys.executable, "-m", "nanoact.cli", "status", "--file", str(p)], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120, env=_env())
+    assert "10/10 cells done" in st.stdout and "round 2: 3 -> 5 seeds" in st.stdout, st.stdout + st.stderr
+    assert "projected seeds per activation to meet each target: final_val_loss" in st.stdout
+    again = _sweep(p)  # a rerun of a finished rule trains nothing and records nothing
+    out = again.stdout + again.stderr
+    assert again.returncode == 0 and "round 1:" not in out and "round 3" not in out, out
+    assert rounds_of(p) == recs
+
+
+def rounds_of(p: Path) -> dict:
+    from nanoact.sweep import rounds
+
+    return rounds.recorded_rounds(_study(p))
+
+
+@pytest.mark.slow
+def test_kill_9_between_a_rounds_record_and_its_enqueue_then_a_rerun_continues(tmp_path):
+    p = _grow_file(tmp_path)
+    r = _sweep(p, "--plugin", "kill_plugin", NANOACT_KILL_AT="round")
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    study = _study(p)
+    assert list(rounds_of(p)) == [1] and rounds_of(p)[1]["next_seeds"] == 5  # recorded, the next round not queued
+    assert len(study.get_trials(deepcopy=False)) == 6
+    r = _sweep(p)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "round 1:" not in out and "round 2: 3 -> 5 seeds" in out  # round 1 is not decided again
+    recs = _check_rounds(p)
+    assert [rec["seeds"] for rec in recs.values()] == [3, 5]
+
+
+@pytest.mark.slow
+def test_two_workers_enqueue_no_round_twice(tmp_path):
+    p = _grow_file(tmp_path)
+    r = _sweep(p, "--workers", "2", "--oversubscribe")
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = _check_rounds(p)  # one trial per cell: no round's cells enqueued twice
+    for i in recs:
+        assert (r.stdout + r.stderr).count(f"round {i}: ") == 1  # decided and announced once
