@@ -184,3 +184,35 @@ def test_two_workers_enqueue_no_round_twice(tmp_path):
     recs = _check_rounds(p)  # one trial per cell: no round's cells enqueued twice
     for i in recs:
         assert (r.stdout + r.stderr).count(f"round {i}: ") == 1  # decided and announced once
+
+
+def test_a_round_is_one_line_against_its_targets():
+    from nanoact.events import RoundDecided
+    from nanoact.progress import round_line
+
+    ev = RoundDecided(2, 3, 5, {"final_val_loss": 0.0071, "pd_tv": 0.0015}, {"final_val_loss": 0.005, "pd_tv": 0.002},
+                      {"final_val_loss": False, "pd_tv": True}, False, "", 7, 10)
+    assert round_line(ev, 90.0) == ("round 2: 3 -> 5 seeds; widest final_val_loss ±0.0071 (target ±0.005); "
+                                    "pd_tv ±0.0015 ✓; next: 2 more seeds (10 cells, ~15m00s)")
+    first = RoundDecided(1, 0, 3, {"final_val_loss": float("inf")}, {"final_val_loss": 0.005},
+                         {"final_val_loss": False}, True, "max seeds reached", 3, 0)
+    assert round_line(first) == "round 1: 3 seeds; widest final_val_loss ±inf (target ±0.005); stop: max seeds reached"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--until", "final_val_loss"], "expected METRIC=HALF_WIDTH"),
+    (["--until", "final_val_loss=abc"], "expected METRIC=HALF_WIDTH"),
+    (["--until", "val_loss=0.01"], "unknown metric 'val_loss'"),
+    (["--until", "pd_tv=-1"], "must be a positive number"),
+    (["--until", "pd_tv=0.1", "--until", "pd_tv=0.2"], "pd_tv is given twice"),
+    (["--max-seeds", "9"], "--max-seeds needs a target"),
+])
+def test_bad_until_options_are_one_error_line_exit_2(tmp_path, args, msg):
+    from click.testing import CliRunner
+
+    from nanoact.cli import cli
+
+    p = write_sweep(tmp_path, grid='"model.activation" = ["relu", "gelu"]\n"train.seed" = [1, 2, 3]')
+    r = CliRunner().invoke(cli, ["sweep", "--file", str(p), *args, "--dry-run"])
+    assert r.exit_code == 2 and msg in r.output, r.output
+    assert not (tmp_path / "mlruns").exists()  # nothing created

@@ -116,6 +116,8 @@ def _stalled(spec: SweepSpec, leases: Leases) -> NanoactError:
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
     study = load_study(spec, opts.storage_url)
     check = study_check(spec, study, open_storage(opts.storage_url) if study is not None else None)
+    if study is not None and check.matches:
+        spec = rounds.current(spec, study)  # a seed rule's current round
     states = S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
     # WAITING: queued by an earlier call and not yet taken, so it runs too
     todo = [s.cell.key for s in states if s.state == S.CellStatus.WAITING or _to_enqueue(s.state, opts.retry_failed)]
