@@ -162,18 +162,26 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         click.echo(f"study {res.study_name} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
                    "command without --init")
         return
+    _print_outcome(res)
+    _print_next(res, spec, tracking_uri,
+                f"{_spec_args(experiment, sweep_file, overrides, study, storage, rule)}{_tracking_arg(tracking_uri)}")
+    sys.exit(res.exit_code)
+
+
+def _print_next(res, spec, tracking_uri, resume_args: str) -> None:
+    """What to run next: the report when the grid is done, else the command that resumes it."""
     from nanoact.sweep import CellStatus
 
-    _print_outcome(res)
     if res.complete:
         args = _mlflow_args(spec, tracking_uri)
         click.echo(f"next: nanoact report {args}    (statistics and plots)\n"
                    f"      nanoact ui {args}        (the runs in the MLflow UI)")
     elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING, CellStatus.FAILED):
         retry = " --retry-failed" if res.count(CellStatus.FAILED) else ""
-        click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage, rule)}"
-                   f"{_tracking_arg(tracking_uri)}{retry}")
-    sys.exit(res.exit_code)
+        click.echo(f"resume with: nanoact sweep {resume_args}{retry}")
+    elif res.rounds_left:
+        click.echo("the seed rule's next round is being decided or enqueued by another process; `nanoact status "
+                   f"{resume_args}` shows the rounds")
 
 
 DRY_RUN_LISTED = 1000  # cells a dry run lists one by one
