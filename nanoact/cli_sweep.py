@@ -180,8 +180,8 @@ def _print_next(res, spec, tracking_uri, resume_args: str) -> None:
         retry = " --retry-failed" if res.count(CellStatus.FAILED) else ""
         click.echo(f"resume with: nanoact sweep {resume_args}{retry}")
     elif res.rounds_left:
-        click.echo("the seed rule's next round is being decided or enqueued by another process; `nanoact status "
-                   f"{resume_args}` shows the rounds")
+        click.echo("the seed rule's next round is being decided or enqueued by another process; `nanoact status` "
+                   "(with the same --experiment/--file, --set, --study, --until, --max-seeds and --storage) shows it")
 
 
 DRY_RUN_LISTED = 1000  # cells a dry run lists one by one

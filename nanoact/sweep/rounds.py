@@ -125,14 +125,15 @@ def advance(spec: SweepSpec, study, hold_coordinator: Callable[[], Any], enqueue
         return None
     mine = False
     try:
-        if rnd not in recorded_rounds(study):  # attrs are read through the storage: a record made meanwhile shows
-            study.set_user_attr(f"{A_ROUND}{rnd}", record(look, contrasts))
-            mine = True
-        enqueued = [] if look.stop else enqueue(spec.with_seed_count(look.next_seeds))
+        rec = recorded_rounds(study).get(rnd)  # attrs are read through the storage: a record made meanwhile shows
+        if rec is None:
+            rec, mine = record(look, contrasts), True
+            study.set_user_attr(f"{A_ROUND}{rnd}", rec)
+        enqueued = [] if rec["stop"] else enqueue(spec.with_seed_count(rec["next_seeds"]))  # the record rules
     finally:
         lease.release()
     if mine:
-        events(decided(spec, rnd, recorded_rounds(study)[rnd]))
+        events(decided(spec, rnd, rec))
     sync_parent(spec, study, tracking_uri, parent_run_id)  # no lease across MLflow calls
     return bool(enqueued)
 
