@@ -216,3 +216,41 @@ def test_bad_until_options_are_one_error_line_exit_2(tmp_path, args, msg):
     r = CliRunner().invoke(cli, ["sweep", "--file", str(p), *args, "--dry-run"])
     assert r.exit_code == 2 and msg in r.output, r.output
     assert not (tmp_path / "mlruns").exists()  # nothing created
+
+
+class _Lease:
+    def release(self) -> None:
+        pass
+
+
+def test_two_processes_deciding_one_round_record_and_enqueue_it_once(tmp_path, monkeypatch):
+    """Process B decides round 1 while A computes its interim (the race two idle workers run): A then finds B's
+    record under the lease, records nothing, announces nothing, and enqueues no cell twice."""
+    import optuna
+
+    from nanoact.analysis.sequential import decide
+    from nanoact.sweep import coordinator, rounds
+
+    monkeypatch.setattr(rounds, "sync_parent", lambda *a: None)  # the MLflow side is covered end to end above
+    spec = load_sweep(path=_file(tmp_path))
+    study = optuna.create_study()
+    coordinator.enqueue_round(spec, study)
+    for _ in spec.cells():
+        study.tell(study.ask(), 1.0)
+    seen: list = []
+    look = decide(spec.seed_rule, 3, {"final_val_loss": [0.01], "pd_tv": [0.001]})
+
+    def advance(compute):
+        return rounds.advance(spec, study, _Lease, lambda s: coordinator.enqueue_round(s, study), "", "",
+                              seen.append, compute)
+
+    def b_decides_meanwhile(spec_n, uri, progress):
+        assert advance(lambda *a: (look, [])) is True  # B records and enqueues round 2
+        return decide(spec.seed_rule, 3, {"final_val_loss": [0.001], "pd_tv": [0.001]}), []  # A would stop
+
+    assert advance(b_decides_meanwhile) is False
+    assert list(rounds.recorded_rounds(study)) == [1] and rounds.recorded_rounds(study)[1]["next_seeds"] == 5
+    keys = [t.user_attrs["grid_key"] for t in study.get_trials(deepcopy=False)]
+    assert sorted(keys) == sorted(c.key for c in spec.with_seed_count(5).cells())  # one trial per cell
+    assert [type(e).__name__ for e in seen] == ["RoundAnalysing", "RoundAnalysing", "RoundDecided"]
+    assert study.user_attrs["nanoact.grid"]["train.seed"] == [42, 43, 44, 45, 46]
