@@ -40,6 +40,8 @@ def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | 
                  todo=result.count(S.CellStatus.WAITING), running=result.count(S.CellStatus.RUNNING),
                  recovered=tuple(result.recovered)))
     workers = min(opts.workers, max(result.count(S.CellStatus.WAITING), 1))  # no worker without a cell to take
+    if result.rounds_left:  # a seed rule's next rounds bring cells for every worker
+        workers = opts.workers
     if workers < opts.workers:
         emit(Notice(f"starting {workers} worker(s), not {opts.workers}: only "
                     f"{result.count(S.CellStatus.WAITING)} cell(s) to run"))

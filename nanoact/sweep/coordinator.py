@@ -77,7 +77,8 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         states = S.cell_states(spec_n, study.get_trials(deepcopy=False))
     finally:
         leases.close()
-    result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered)
+    result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered,
+                           rounds_left=not rounds.finished(spec, study))
     return result, WorkerContext(spec, opts.storage_url, uri, exp_id, parent, plugins=opts.plugins,
                                  train_log=opts.train_log, system_metrics=opts.system_metrics)
 
