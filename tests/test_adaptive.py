@@ -152,6 +152,16 @@ def test_a_sweep_grows_in_rounds_to_a_met_target_with_one_trial_per_cell(tmp_pat
     out = again.stdout + again.stderr
     assert again.returncode == 0 and "round 1:" not in out and "round 3" not in out, out
     assert rounds_of(p) == recs
+    rep = subprocess.run([sys.executable, "-m", "nanoact.cli", "report", "--experiment", "tiny", "--allow-anomalies",
+                          "--out", str(tmp_path / "rep")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=_env())
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Sequential design (seeds on demand)" in md and "2 round(s) ran (3 -> 5 seeds per activation); it " \
+        "stopped because every target was met" in md
+    seq = json.loads((tmp_path / "rep" / "summary.json").read_text())["per_experiment"]["tiny"]["sequential"]
+    assert seq["stopped"] == "target met" and [r["seeds"] for r in seq["rounds"]] == [3, 5] and seq["kappa"] > 1
+    assert seq["contrasts"][0]["half_width"] == recs[2]["widest"]["final_val_loss"]  # the widened one decided
 
 
 def rounds_of(p: Path) -> dict:
@@ -254,3 +264,17 @@ def test_two_processes_deciding_one_round_record_and_enqueue_it_once(tmp_path, m
     assert sorted(keys) == sorted(c.key for c in spec.with_seed_count(5).cells())  # one trial per cell
     assert [type(e).__name__ for e in seen] == ["RoundAnalysing", "RoundAnalysing", "RoundDecided"]
     assert study.user_attrs["nanoact.grid"]["train.seed"] == [42, 43, 44, 45, 46]
+
+
+def test_the_reports_sequential_section_says_when_the_sweep_has_not_stopped():
+    from nanoact.analysis.sequential_report import render_md
+
+    d = {"describe": "start 3 seeds", "kappa": 1.2, "found": True, "where": "x", "stopped": None,
+         "rule": {"target": {"final_val_loss": 0.005}},
+         "rounds": [{"round": 1, "seeds": 3, "widest": {"final_val_loss": 0.007}, "met": {"final_val_loss": False},
+                     "stop": False, "reason": "", "next_seeds": 5}],
+         "contrasts": [{"metric": "final_val_loss", "contrast": "gelu - relu", "estimate": 0.001, "half_width": 0.007}]}
+    text = "\n".join(render_md(d))
+    assert "it has not stopped" in text and "interim" in text and "not detected (the CI includes 0)" in text
+    assert "| 1 | 3 | ±0.007 | add seeds: 5 per activation |" in text
+    assert "could not be read" in "\n".join(render_md({**d, "found": False}))
