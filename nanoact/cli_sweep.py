@@ -27,12 +27,40 @@ def _storage_options(f):
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")(f)
 
 
-def _load_spec(experiment, sweep_file, overrides=(), study=None, on_count=None):
+def _targets(ctx, param, values) -> dict[str, float]:
+    """--until METRIC=HALF_WIDTH, repeatable: {metric: half-width} (a metric given twice is refused)."""
+    out: dict[str, float] = {}
+    for v in values:
+        metric, eq, hw = v.partition("=")
+        try:
+            width = float(hw)
+        except ValueError:
+            width = None
+        if not eq or width is None:
+            raise click.BadParameter(f"{v!r}: expected METRIC=HALF_WIDTH, e.g. final_val_loss=0.005")
+        if metric in out:
+            raise click.BadParameter(f"{metric} is given twice")
+        out[metric] = width
+    return out
+
+
+def _rule_options(f):
+    f = click.option("--max-seeds", type=click.IntRange(min=3), default=None, metavar="N",
+                     help="Seeds per activation the rule may reach (replaces [seeds] max).")(f)
+    return click.option("--until", "until", multiple=True, metavar="METRIC=HALF_WIDTH", callback=_targets,
+                        help="Seeds on demand: add seeds in rounds until every primary contrast of METRIC "
+                             "(final_val_loss or pd_tv) has a 95% CI half-width at most HALF_WIDTH, or --max-seeds "
+                             "is reached; repeatable; replaces the sweep file's [seeds] target (README: seeds on "
+                             "demand).")(f)
+
+
+def _load_spec(experiment, sweep_file, overrides=(), study=None, on_count=None, until=None, max_seeds=None):
     from nanoact.sweep import load_sweep
 
     if (experiment is None) == (sweep_file is None):
         raise click.UsageError("give exactly one of --experiment NAME or --file PATH")
-    return load_sweep(experiment, sweep_file, overrides, on_count=on_count).with_study(study)
+    spec = load_sweep(experiment, sweep_file, overrides, on_count=on_count).with_study(study)
+    return spec.with_seed_rule(until or None, max_seeds)
 
 
 def _grid_size_check(large_grid: bool):
@@ -61,6 +89,7 @@ def _grid_size_check(large_grid: bool):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @_storage_options
 @click.option("--study", default=None, help="Optuna study name (default: the experiment name).")
+@_rule_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine; CPU threads are split between them.")
 @click.option("--devices", default=None, help="One device per worker, comma-separated, e.g. cuda:0,cuda:1.")
@@ -78,13 +107,18 @@ def _grid_size_check(large_grid: bool):
 @click.option("--train-log", type=click.Path(dir_okay=False), default=None,
               help="Append one line per cell a worker starts training to this file (an audit of what ran).")
 @click.option("--system-metrics", is_flag=True, help="Also record CPU/memory/GPU use in each run (needs psutil).")
-def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, workers, devices, oversubscribe,
-                  retry_failed, dry_run, large_grid, init_only, plugins, train_log, system_metrics) -> None:
+def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, study, until, max_seeds, workers, devices,
+                  oversubscribe, retry_failed, dry_run, large_grid, init_only, plugins, train_log,
+                  system_metrics) -> None:
     """Train every cell of an experiment's grid exactly once, tracking each in MLflow.
 
     Running the same command again trains only the missing cells, and the cells of workers that died (a worker
     that dies releases its cell's lease, so any later or concurrent sweep on the same storage takes the cell
     over; a run that had already finished is adopted, not retrained).
+
+    With a seed rule (a [seeds] table, or --until), seeds are added in rounds: when a round's last cell is done,
+    its interim analysis decides whether every targeted 95% half-width is met, and if not the next round's
+    seeds are enqueued; one line per round says where the widths stand.
     """
     import importlib
 
@@ -98,7 +132,9 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
         except ImportError as e:
             raise click.BadParameter(f"cannot import {mod!r}: {e}", param_hint="--plugin") from None
     remember_store(storage)
-    spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid))
+    spec = _load_spec(experiment, sweep_file, overrides, study, on_count=_grid_size_check(large_grid), until=until,
+                      max_seeds=max_seeds)
+    rule = (until, max_seeds)
     uri = store_uri(tracking_uri)
     opts = sweep.SweepOptions(storage_url=storage, tracking_uri=uri, workers=workers, retry_failed=retry_failed,
                               dry_run=dry_run, init_only=init_only,
@@ -107,34 +143,45 @@ def sweep_command(experiment, sweep_file, overrides, storage, tracking_uri, stud
     where = (f"tracking {display_url(uri)}; storage "
              f"{display_url(storage) if storage else sweep.default_storage_path()}")
     if dry_run:
-        file_spec = _load_spec(experiment, sweep_file, (), study) if overrides else spec
+        file_spec = _load_spec(experiment, sweep_file, (), study, until=until, max_seeds=max_seeds) if overrides \
+            else spec
         _print_dry_run(spec, file_spec, sweep.run(spec, opts), uri, where, storage)
         return
     click.echo(f"experiment {spec.name}: {where}")
+    if spec.seed_rule is not None:
+        click.echo(f"seeds on demand: {spec.seed_rule.describe()}")
     progress = SweepProgress()
     res = sweep.run(spec, opts, progress)
     if res.interrupted:
         how = "SIGTERM" if res.exit_code == 143 else "Ctrl-C"
         progress.line(f"interrupted ({how}): the current cell is marked KILLED and runs again; resume with: "
-                      "nanoact sweep " + _spec_args(experiment, sweep_file, overrides, study, storage)
+                      "nanoact sweep " + _spec_args(experiment, sweep_file, overrides, study, storage, rule)
                       + _tracking_arg(tracking_uri))
         sys.exit(res.exit_code)
     if init_only:
         click.echo(f"study {res.study_name} ready: {len(res.planned)} cell(s) enqueued; start workers with the same "
                    "command without --init")
         return
+    _print_outcome(res)
+    _print_next(res, spec, tracking_uri,
+                f"{_spec_args(experiment, sweep_file, overrides, study, storage, rule)}{_tracking_arg(tracking_uri)}")
+    sys.exit(res.exit_code)
+
+
+def _print_next(res, spec, tracking_uri, resume_args: str) -> None:
+    """What to run next: the report when the grid is done, else the command that resumes it."""
     from nanoact.sweep import CellStatus
 
-    _print_outcome(res)
     if res.complete:
         args = _mlflow_args(spec, tracking_uri)
         click.echo(f"next: nanoact report {args}    (statistics and plots)\n"
                    f"      nanoact ui {args}        (the runs in the MLflow UI)")
     elif res.count(CellStatus.INTERRUPTED, CellStatus.MISSING, CellStatus.FAILED):
         retry = " --retry-failed" if res.count(CellStatus.FAILED) else ""
-        click.echo(f"resume with: nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
-                   f"{_tracking_arg(tracking_uri)}{retry}")
-    sys.exit(res.exit_code)
+        click.echo(f"resume with: nanoact sweep {resume_args}{retry}")
+    elif res.rounds_left:
+        click.echo("the seed rule's next round is being decided or enqueued by another process; `nanoact status` "
+                   "(with the same --experiment/--file, --set, --study, --until, --max-seeds and --storage) shows it")
 
 
 DRY_RUN_LISTED = 1000  # cells a dry run lists one by one
@@ -195,17 +242,20 @@ def _print_outcome(res) -> None:
 @_experiment_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--study", default=None, help="Optuna study name (default: the experiment name).")
+@_rule_options
 @click.option("--storage", default=None, envvar="NANOACT_STORAGE", help="Optuna storage (as for sweep).")
-def status_command(experiment, sweep_file, overrides, study, storage) -> None:
-    """A table of cells with their state, MLflow run id, final val loss and wall time."""
+def status_command(experiment, sweep_file, overrides, study, until, max_seeds, storage) -> None:
+    """A table of cells with their state, MLflow run id, final val loss and wall time; with a seed rule, the
+    cells of the current round and each round recorded so far (seeds, widest half-widths against their targets,
+    decision, projected seeds)."""
     from nanoact import sweep
     from nanoact.sweep.storage import storage_location
 
-    spec = _load_spec(experiment, sweep_file, overrides, study)
+    spec = _load_spec(experiment, sweep_file, overrides, study, until=until, max_seeds=max_seeds)
     read = storage_location(storage)
     states = sweep.status(spec, storage_url=storage)  # creates nothing
     click.echo(f"study {spec.study_name} in Optuna storage {read.display()}")
-    resume = f"nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage)}"
+    resume = f"nanoact sweep {_spec_args(experiment, sweep_file, overrides, study, storage, (until, max_seeds))}"
     if all(s.state == sweep.CellStatus.MISSING for s in states):
         where = "" if read.exists() else ": that storage does not exist"
         click.echo(f"nothing has run yet for study {spec.study_name} ({len(states)} cells){where}. If it ran "
@@ -219,6 +269,7 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
         click.echo(f"{s.cell.key:52s} {str(s.state):11s} {tn:>5s} {s.run_id or '-':32s} {vl:>8s} {wt:>7s}")
     done = sum(s.state == sweep.CellStatus.DONE for s in states)
     click.echo(f"{done}/{len(states)} cells done")
+    _print_rounds(spec, storage)
     holder = sweep.coordinator_holder(spec, storage)
     if holder:
         click.echo(f"the coordinator lease (study set-up, enqueueing) is held by {holder}")
@@ -230,7 +281,32 @@ def status_command(experiment, sweep_file, overrides, study, storage) -> None:
         click.echo(f"resume with: {resume}" + (" --retry-failed" if failed else ""))
 
 
-def _spec_args(experiment, sweep_file, overrides=(), study=None, storage=None) -> str:
+def _print_rounds(spec, storage) -> None:
+    """A seed rule's recorded rounds, one line each as the sweep printed them, and the seeds projected to meet
+    each target (half-width ~ 1/sqrt(seeds), from the newest round)."""
+    from nanoact import sweep
+    from nanoact.progress import round_line
+
+    if spec.seed_rule is None:
+        if sweep.rounds_recorded(spec, storage, ruled=False):
+            click.echo("this study grows its seeds by a rule: pass the sweep's --until/--max-seeds to see its rounds")
+        return
+    recorded = sweep.rounds_recorded(spec, storage)
+    click.echo(f"seeds on demand: {spec.seed_rule.describe()}")
+    if not recorded:
+        click.echo(f"round 1 ({spec.seed_rule.start} seeds per activation) not decided yet")
+        return
+    for ev, _ in recorded:
+        click.echo(round_line(ev))
+    ev, projected = recorded[-1]
+    if not ev.stop:
+        click.echo(f"round {ev.round + 1} ({ev.next_seeds} seeds per activation) running")
+    click.echo("projected seeds per activation to meet each target: "
+               + ", ".join(f"{k} {n}" + (" (the maximum)" if n >= spec.seed_rule.max else "")
+                           for k, n in projected.items()))
+
+
+def _spec_args(experiment, sweep_file, overrides=(), study=None, storage=None, rule=((), None)) -> str:
     """The options that select a study, as typed again: --experiment/--file, every --set, --study, --storage
     (a password in a storage URL is masked: keep it in ~/.pgpass, docs/DISTRIBUTED.md)."""
     from nanoact.tracking_uri import display_url
@@ -239,6 +315,10 @@ def _spec_args(experiment, sweep_file, overrides=(), study=None, storage=None) -
     for o in overrides:
         args += ["--set", o]
     args += ["--study", study] if study else []
+    until, max_seeds = rule
+    for metric, hw in (until or {}).items():
+        args += ["--until", f"{metric}={hw}"]
+    args += ["--max-seeds", str(max_seeds)] if max_seeds is not None else []
     args += ["--storage", display_url(storage)] if storage else []
     return shlex.join(args)
 

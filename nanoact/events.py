@@ -172,8 +172,32 @@ class WorkerEnded:
     failed: int
 
 
+@dataclass(frozen=True)
+class RoundAnalysing:
+    """Every cell of a round of a seed rule is done: its interim analysis starts (it reads MLflow)."""
+
+    round: int
+    seeds: int
+
+
+@dataclass(frozen=True)
+class RoundDecided:
+    """A round's interim decision, as recorded in the study (``nanoact.sweep.rounds``)."""
+
+    round: int
+    previous_seeds: int  # seeds per activation before this round (0 for the first)
+    seeds: int
+    widest: dict[str, float]  # metric -> widest widened 95% half-width of its primary contrasts
+    targets: dict[str, float]
+    met: dict[str, bool]
+    stop: bool
+    reason: str  # "target met", "max seeds reached", or "" when going on
+    next_seeds: int
+    new_cells: int  # cells the next round adds (0 when stopping)
+
+
 SweepEvent = Union[Planned, Note, CellStarted, CellTraining, CellDone, CellFailed, Idle, LeaseLost, CellLost,
-                   WorkerDied, WorkerFailed, WorkerEnded]
+                   WorkerDied, WorkerFailed, WorkerEnded, RoundAnalysing, RoundDecided]
 Event = Union[TrainEvent, SweepEvent]
 EventFn = Callable[[Event], None]
 """What the trainer and the sweep call with each event."""

@@ -79,6 +79,26 @@ def fmt_secs(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _hw(x: float | None) -> str:
+    return "±inf" if x is None or x == float("inf") else f"±{x:.2g}"
+
+
+def round_line(ev: E.RoundDecided, per_cell_s: float | None = None) -> str:
+    """``round 2: 3 -> 5 seeds; widest final_val_loss ±0.007 (target ±0.005); pd_tv ±0.0015 ✓; next: 2 more
+    seeds (4 cells, ~3m00s)``: the widest widened 95% half-width of each targeted metric against its target."""
+    seeds = f"{ev.previous_seeds} -> {ev.seeds} seeds" if ev.previous_seeds else f"{ev.seeds} seeds"
+    parts = []
+    for i, (k, t) in enumerate(ev.targets.items()):
+        w = _hw(ev.widest.get(k))
+        parts.append(f"{'widest ' if i == 0 else ''}{k} {w} " + ("✓" if ev.met.get(k) else f"(target ±{t:g})"))
+    if ev.stop:
+        nxt = f"stop: {ev.reason}"
+    else:
+        eta = f", ~{fmt_secs(per_cell_s * ev.new_cells)}" if per_cell_s else ""
+        nxt = f"next: {ev.next_seeds - ev.seeds} more seeds ({ev.new_cells} cells{eta})"
+    return f"round {ev.round}: {seeds}; {'; '.join(parts)}; {nxt}"
+
+
 class SweepProgress(Progress):
     """Cells done/total, the current cell's iteration, and an ETA for the whole sweep."""
 
@@ -118,6 +138,13 @@ class SweepProgress(Progress):
         elif isinstance(ev, E.CellFailed):
             self.finished_here += 1
             self.line(f"FAILED {ev.key}: {ev.error}")
+        elif isinstance(ev, E.RoundAnalysing):
+            self.line(f"round {ev.round} done ({ev.seeds} seeds per activation): interim analysis")
+        elif isinstance(ev, E.RoundDecided):
+            per = sum(self.cell_times) / len(self.cell_times) if self.cell_times else None
+            self.line(round_line(ev, per))
+            self.total += ev.new_cells
+            self.todo += ev.new_cells
         else:
             self._note(ev)
 

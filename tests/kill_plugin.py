@@ -7,6 +7,8 @@
   disk, so the worker can neither log to its run nor end it (the Optuna journal still takes its short appends).
 - ``created``: in the coordinator step, right after the study is created, before its attrs are set;
 - ``parent``: in the coordinator step, right after the parent run is created, before the study records it;
+- ``round``: in a worker, after a seed rule's round is recorded in the study, before the next round is enqueued
+  (the coordinator lease held);
 - ``journal_full``: not a kill: an append to the Optuna journal writes half its bytes and fails as on a full disk.
 ``NANOACT_RECONNECT_S`` shortens how long a worker waits for a lost database (60 s).
 ``NANOACT_COORDINATOR_WAIT_S`` shortens the longest wait for the coordinator lease (60 s).
@@ -93,6 +95,15 @@ elif _STAGE == "popped":
     StudyHandle.pop = pop_then_die
 elif _STAGE == "finished":
     worker.Worker._end = end_but_die_first
+elif _STAGE == "round":
+    _enqueue_round = worker.enqueue_round
+
+    def enqueue_round_but_die_first(spec_n, study, **kw):  # called by rounds.advance after its record
+        if _due():
+            _die()
+        return _enqueue_round(spec_n, study, **kw)
+
+    worker.enqueue_round = enqueue_round_but_die_first
 
 
 def _fill_the_store() -> None:

@@ -24,7 +24,9 @@ SAMPLES = [
     E.CellDone("w0", "relu/s1", {"final/val_loss": 2.0, "final/val_acc": 0.3, "time/wall_s": 1.5}),
     E.CellFailed("w0", "relu/s1", "DivergenceError: loss diverged"), E.Idle("w0", 2), E.LeaseLost("w0", "k", 1),
     E.CellLost("w0", "k", 1), E.WorkerDied("nanoact-worker-1", -9), E.WorkerFailed("w1", "no database"),
-    E.WorkerEnded("w1", 2, 0),
+    E.WorkerEnded("w1", 2, 0), E.RoundAnalysing(1, 3),
+    E.RoundDecided(1, 0, 3, {"final_val_loss": 0.0071}, {"final_val_loss": 0.005}, {"final_val_loss": False}, False,
+                   "", 5, 4),
 ]
 
 
@@ -63,7 +65,9 @@ def test_the_sweep_renderer_words_every_event():
     text = out.getvalue()
     for words in ("4 cells: 1 done already, 3 to run", "[2/4] relu/s1 (trial 3)", "step 10: val loss 2.1000",
                   "[2/4] done relu/s1: val loss 2.0000", "FAILED relu/s1: DivergenceError", "warning: x",
-                  "queue empty; waiting for 2 cell(s)", "worker nanoact-worker-1 exited with code -9"):
+                  "queue empty; waiting for 2 cell(s)", "worker nanoact-worker-1 exited with code -9",
+                  "round 1 done (3 seeds per activation): interim analysis",
+                  "round 1: 3 seeds; widest final_val_loss ±0.0071 (target ±0.005); next: 2 more seeds (4 cells"):
         assert words in text, text
     assert not show._failed
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,7 @@ class ExperimentAnalysis:
     dtypes: str | None = None  # compute dtype(s) of the runs (train.dtype_resolved, else train.dtype)
     plots: dict[str, str] = field(default_factory=dict)  # name -> file name
     label: str = ""  # one level of a factorial grid ("model.name=charlm"); empty for a whole experiment
+    sequential: dict[str, Any] | None = None  # a seeds-on-demand sweep's rule and rounds (sequential_report)
 
     @property
     def key(self) -> str:

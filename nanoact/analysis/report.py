@@ -22,6 +22,7 @@ import numpy as np
 from nanoact.analysis import factorial as fa
 from nanoact.analysis import factorial_report as fr
 from nanoact.analysis import render as rd
+from nanoact.analysis import sequential_report as seqrep
 from nanoact.analysis import summary as sm
 from nanoact.analysis.equivalence import Margins
 from nanoact.analysis.experiment import ExperimentAnalysis, analyse_experiment
@@ -95,6 +96,8 @@ def _write(out: Path, experiments: list[str], uri: str, analyses: list[Experimen
     for an in analyses:
         if multi:
             md += [f"## {'Level' if an.label else 'Experiment'} `{an.label or an.er.name}`", ""]
+        if an.sequential is not None:
+            md += seqrep.render_md(an.sequential, "###" if multi else "##")
         md += rd.experiment_md(an, "###" if multi else "##", notes[an.er.name])
     report_md = out / "report.md"
     report_md.write_text("\n".join(md) + "\n")
@@ -290,6 +293,8 @@ def run_report(  # over 60 lines only by its signature and the docstring of its 
     out = report_dir(experiments, out_dir)
     opts = dict(study=study, storage=storage, tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
     analyses, factorial = _analyse_all(reader, experiments, where, say, opts)
+    for an in analyses:  # a seeds-on-demand sweep: its rounds and widened primary intervals
+        an.sequential = seqrep.design(reader.client, an.parent_run_id, storage, uri)
     if out_dir is None:
         out = _default_subfolder(out, analyses, where)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind

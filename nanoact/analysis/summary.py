@@ -111,6 +111,7 @@ def experiment_summary(an: ExperimentAnalysis) -> dict[str, Any]:
         "margins": {"pd_rel": an.margins.pd_rel, "loss": an.margins.loss},
         "runs": _runs(an), "activations_summary": _activations(an), "pd_tests": _pd(an),
         "sources": asdict(an.sources) if an.sources is not None else None,
+        "sequential": an.sequential,
         "same_seed_pd": an.cross, "pairs": _pairs(an),
         "heatmap": {"step": an.final_step, "run_ids": [r.run_id for r in an.runs], "pd_tv": an.heatmap},
         "grid": _grid(an),

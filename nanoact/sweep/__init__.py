@@ -17,7 +17,7 @@ The modules, one job each:
 Tracking: one MLflow parent run per study, one child run per cell attempt (docs/TRACKING.md).
 """
 
-from nanoact.sweep.api import coordinator_holder, run, status
+from nanoact.sweep.api import coordinator_holder, rounds_recorded, run, status
 from nanoact.sweep.options import SweepOptions, WorkerContext, check_devices, worker_contexts
 from nanoact.sweep.spec import (
                                 Cell,
@@ -35,7 +35,7 @@ from nanoact.sweep.storage import default_storage_path, open_storage
 
 __all__ = [
     "Cell", "CellState", "CellStatus", "SweepOptions", "SweepResult", "SweepSpec", "WorkerContext",
-    "coordinator_holder",
+    "coordinator_holder", "rounds_recorded",
     "cell_states", "check_devices", "default_storage_path", "experiment_names", "grid_key", "load_sweep",
     "open_storage", "parse_sweep", "run", "status", "builtin_sweeps_dir", "experiments", "is_builtin",
     "worker_contexts",

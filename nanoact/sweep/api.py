@@ -40,6 +40,8 @@ def _run(spec: SweepSpec | str, options: SweepOptions | None, events: EventFn | 
                  todo=result.count(S.CellStatus.WAITING), running=result.count(S.CellStatus.RUNNING),
                  recovered=tuple(result.recovered)))
     workers = min(opts.workers, max(result.count(S.CellStatus.WAITING), 1))  # no worker without a cell to take
+    if result.rounds_left:  # a seed rule's next rounds bring cells for every worker
+        workers = opts.workers
     if workers < opts.workers:
         emit(Notice(f"starting {workers} worker(s), not {opts.workers}: only "
                     f"{result.count(S.CellStatus.WAITING)} cell(s) to run"))
@@ -75,9 +77,25 @@ def _check_devices_here(devices: tuple[str, ...]) -> None:
 
 
 def status(spec: SweepSpec, storage_url: str | None = None) -> list[S.CellState]:
-    """Cell states without changing anything (no study or file is created)."""
+    """Cell states (of a seed rule's current round) without changing anything (no study or file is created)."""
+    from nanoact.sweep import rounds
+
     study = load_study(spec, storage_url)
-    return S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
+    if study is None:
+        return S.cell_states(spec, None)
+    return S.cell_states(rounds.current(spec, study), study.get_trials(deepcopy=False))
+
+
+def rounds_recorded(spec: SweepSpec, storage_url: str | None = None, ruled: bool = True) -> list:
+    """A seed rule's recorded rounds, oldest first, as ``(RoundDecided, projected seeds per metric)``; with
+    ``ruled=False`` (a spec without the rule) the bare records. Nothing is created."""
+    from nanoact.sweep import rounds
+
+    study = load_study(spec, storage_url)
+    done = rounds.recorded_rounds(study) if study is not None else {}
+    if not ruled:
+        return [done[k] for k in sorted(done)]
+    return [(rounds.decided(spec, k, done[k]), done[k]["projected"]) for k in sorted(done)]
 
 
 def coordinator_holder(spec: SweepSpec, storage_url: str | None = None) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from nanoact.errors import NanoactError
 from nanoact.events import Recovered, Waiting, Warned
-from nanoact.sweep import recovery
+from nanoact.sweep import recovery, rounds
 from nanoact.sweep import state as S
 from nanoact.sweep.handle import StudyHandle
 from nanoact.sweep.leases import Leases, hold, open_leases
@@ -60,22 +60,25 @@ def prepare(spec: SweepSpec, opts: SweepOptions, events: EventFn) -> tuple[S.Swe
         exp_id = tracking.ensure_experiment(uri, spec.name, experiment_tags(spec))
         parent = _parent_run(spec, handle, exp_id)
         recovered = recover(handle)  # each dead trial under its own cell's lease
-        recovered += close_interrupted(S.cell_states(spec, study.get_trials(deepcopy=False)), uri)
+        spec_n = rounds.current(spec, study)  # a seed rule's current round; its next is left to the workers
+        recovered += close_interrupted(S.cell_states(spec_n, study.get_trials(deepcopy=False)), uri)
         for line in recovered:
             events(Recovered(line))
         lease = None if stalled else _hold_coordinator(spec, leases, events)
         if lease is not None:
             try:
-                planned = enqueue(spec, study, retry_failed=opts.retry_failed)
+                planned = enqueue_round(spec_n, study, retry_failed=opts.retry_failed)
             finally:
                 lease.release()
         else:
             planned = []
             events(Waiting(f"{_stalled(spec, leases)}; training the cells already queued, enqueueing none"))
-        states = S.cell_states(spec, study.get_trials(deepcopy=False))
+        rounds.sync_parent(spec, study, uri, parent)  # redone after a kill between a round's record and this
+        states = S.cell_states(spec_n, study.get_trials(deepcopy=False))
     finally:
         leases.close()
-    result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered)
+    result = S.SweepResult(spec.study_name, exp_id, parent, states, planned=planned, recovered=recovered,
+                           rounds_left=not rounds.finished(spec, study))
     return result, WorkerContext(spec, opts.storage_url, uri, exp_id, parent, plugins=opts.plugins,
                                  train_log=opts.train_log, system_metrics=opts.system_metrics)
 
@@ -114,6 +117,8 @@ def _stalled(spec: SweepSpec, leases: Leases) -> NanoactError:
 def _plan_only(spec: SweepSpec, opts: SweepOptions) -> S.SweepResult:
     study = load_study(spec, opts.storage_url)
     check = study_check(spec, study, open_storage(opts.storage_url) if study is not None else None)
+    if study is not None and check.matches:
+        spec = rounds.current(spec, study)  # a seed rule's current round
     states = S.cell_states(spec, study.get_trials(deepcopy=False) if study is not None else None)
     # WAITING: queued by an earlier call and not yet taken, so it runs too
     todo = [s.cell.key for s in states if s.state == S.CellStatus.WAITING or _to_enqueue(s.state, opts.retry_failed)]
@@ -317,6 +322,14 @@ def enqueue(spec: SweepSpec, study, *, retry_failed: bool = False, max_deaths: i
     return todo
 
 
+def enqueue_round(spec_n: SweepSpec, study, **kw) -> list[str]:
+    """``enqueue`` for the cells of a seed rule's current round, after setting the study's declared grid (user
+    attr ``nanoact.grid``) to the round's seeds. Call it holding the coordinator lease."""
+    if spec_n.seed_rule is not None and study.user_attrs.get(schema.GRID) != spec_n.grid:
+        study.set_user_attr(schema.GRID, spec_n.grid)
+    return enqueue(spec_n, study, **kw)
+
+
 def _to_enqueue(state: S.CellStatus, retry_failed: bool) -> bool:
     """Missing and interrupted cells are enqueued; failed ones too with ``retry_failed``."""
     return state in S.TO_RUN or (retry_failed and state == S.CellStatus.FAILED)
@@ -338,7 +351,7 @@ def requeue_lost(spec: SweepSpec, handle: StudyHandle, events: EventFn) -> bool:
     if lease is None:
         return False
     try:
-        enqueue(spec, handle.study, max_deaths=MAX_DEATHS)
+        enqueue_round(rounds.current(spec, handle.study), handle.study, max_deaths=MAX_DEATHS)
     finally:
         lease.release()
     return True
@@ -349,7 +362,10 @@ def finish(spec: SweepSpec, ctx: WorkerContext, result: S.SweepResult) -> S.Swee
     from nanoact import tracking
 
     study = load_study(spec, ctx.storage_url)
-    result.states = S.cell_states(spec, study.get_trials(deepcopy=False))
+    result.states = S.cell_states(rounds.current(spec, study), study.get_trials(deepcopy=False))
+    result.rounds_left = not rounds.finished(spec, study)
+    if result.rounds_left and not result.interrupted and result.count(S.CellStatus.FAILED) == 0:
+        return result  # another process is deciding or enqueueing the next round: the parent run goes on
     # after Ctrl-C, cells still queued wait for the next call: the parent run ends unless a cell is running
     if result.count(*S.BUSY) == 0 or (result.interrupted and result.count(S.CellStatus.RUNNING) == 0):
         status = "KILLED" if result.interrupted else ("FINISHED" if result.complete else "FAILED")

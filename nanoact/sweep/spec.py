@@ -21,7 +21,9 @@ from nanoact.config import RunConfig, apply_overrides, from_dict, load_toml, set
 from nanoact.errors import ConfigError, NanoactError
 
 GRID_VALUE_TYPES = (str, int, float, bool)
-SWEEP_KEYS = {"name", "description", "study", "config", "grid"}
+SWEEP_KEYS = {"name", "description", "study", "config", "grid", "seeds"}
+SEEDS_KEYS = {"start", "step", "max", "target"}
+SEED_AXIS = "train.seed"  # the axis a [seeds] rule grows
 # where and how fast a cell runs, not what it computes: may change between resumed invocations
 NOT_FINGERPRINTED = {"train.threads", "train.device", "train.compile", "train.log_interval"}
 # keys added after studies existed: at these values they change nothing a cell computes, so they stay out of the
@@ -55,6 +57,8 @@ class SweepSpec:
     description: str = ""
     study: str = ""
     source: str = ""
+    seed_rule: Any = None  # a ``nanoact.sweep.seeds.SeedRule``: train.seed grows in rounds (then ``seed_pool`` holds
+    seed_pool: tuple[int, ...] = ()  # every seed it may use, in order; the grid holds the first n of them)
     _cells: list[Cell] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -80,12 +84,46 @@ class SweepSpec:
         for k, (new, old) in FORMER_DEFAULTS.items():
             if base.get(k) == new:
                 base[k] = old
-        return {"base": base, "grid": self.grid}
+        if self.seed_rule is None:
+            return {"base": base, "grid": self.grid}
+        # a growing seed axis: the fingerprint covers the rule and every seed it may use, not the round reached
+        return {"base": base, "grid": {**self.grid, SEED_AXIS: list(self.seed_pool)}, "seeds": self.seed_rule.to_dict()}
 
     def fingerprint(self) -> str:
         """Identifies the base config and grid: a study must not silently mix two different experiments."""
         payload = json.dumps(self.fingerprinted(), sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.grid.get(SEED_AXIS, ()))
+
+    def with_seed_count(self, n: int) -> SweepSpec:
+        """The spec at a round of its seed rule: the first ``n`` seeds of the pool."""
+        if self.seed_rule is None or n == self.n_seeds:
+            return self
+        if not self.seed_rule.start <= n <= len(self.seed_pool):
+            raise ConfigError(f"{n} seeds is outside the rule's {self.seed_rule.start}..{len(self.seed_pool)}")
+        return replace(self, grid={**self.grid, SEED_AXIS: list(self.seed_pool[:n])}, _cells=[])
+
+    def with_seed_rule(self, targets: Mapping[str, float] | None, max_seeds: int | None) -> SweepSpec:
+        """The command line's ``--until METRIC=HALF_WIDTH`` and ``--max-seeds N``: they set or replace the sweep
+        file's targets and maximum (start and step stay the file's, else 3 and 2)."""
+        from nanoact.sweep.seeds import SeedRule
+
+        if not targets and max_seeds is None:
+            return self
+        old = self.seed_rule
+        if old is None and not targets:
+            raise ConfigError("--max-seeds needs a target: --until METRIC=HALF_WIDTH, or a [seeds] table in the file")
+        listed = self.grid.get(SEED_AXIS) if old is None else list(self.seed_pool[:old.start])
+        start = old.start if old else min(3, len(listed)) if listed else 3
+        step = old.step if old else 2
+        top = max_seeds if max_seeds is not None else (old.max if old else len(listed) if listed else None)
+        if top is None:
+            raise ConfigError("--until needs --max-seeds when the grid lists no train.seed")
+        rule = SeedRule(start, step, top, dict(targets) if targets else dict(old.targets))
+        return _apply_rule(replace(self, seed_rule=None), rule, listed, self.source or "command line")
 
     def with_study(self, study: str | None) -> SweepSpec:
         if not study:
@@ -200,9 +238,52 @@ def parse_sweep(raw: Mapping[str, Any], where: str = "sweep", default_name: str 
     if on_count is not None:
         on_count(math.prod(len(v) for v in grid.values()), grid)
     spec = SweepSpec(name=name, base=base, grid=grid, description=description, study=study, source=where)
+    if "seeds" in raw:
+        spec = _apply_rule(spec, _parse_rule(raw["seeds"], grid, where), grid.get(SEED_AXIS), where)
     if check_names:
         _check_cells(spec, where)
     return spec
+
+
+def _parse_rule(raw: Any, grid: Mapping[str, list], where: str):
+    """The ``[seeds]`` table: start (default 3), step (default 2), max (default: the listed train.seed values),
+    target (required: metric -> 95% half-width)."""
+    from nanoact.sweep.seeds import SeedRule
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: [seeds] must be a table with start, step, max and target")
+    unknown = set(raw) - SEEDS_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: [seeds]: unknown key {sorted(unknown)[0]!r}; valid keys: "
+                          f"{', '.join(sorted(SEEDS_KEYS))}")
+    target = raw.get("target")
+    if not isinstance(target, Mapping):
+        raise ConfigError(f"{where}: [seeds] needs target = {{ final_val_loss = 0.005, pd_tv = 0.002 }} (95% CI "
+                          "half-widths)")
+    listed = grid.get(SEED_AXIS)
+    top = raw.get("max", len(listed) if listed else None)
+    if top is None:
+        raise ConfigError(f"{where}: [seeds] needs max (or list the seeds in [grid] {SEED_AXIS})")
+    try:
+        return SeedRule(raw.get("start", 3), raw.get("step", 2), top, dict(target))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _apply_rule(spec: SweepSpec, rule, listed: list | None, where: str) -> SweepSpec:
+    """The spec at the rule's first round: the seed pool is the listed train.seed values, continued by the
+    integers after the largest of them (or train.seed, train.seed + 1, ... of the base config) up to ``max``."""
+    other = [k for k in spec.grid if k != SEED_AXIS and _independent(k)]
+    if other:
+        raise ConfigError(f"{where}: a seed rule grows {SEED_AXIS}; it cannot be combined with the grid axis "
+                          f"{other[0]}")
+    pool = [int(s) for s in listed] if listed else [spec.base.train.seed]
+    if len(pool) > rule.max:
+        pool = pool[:rule.max]
+    while len(pool) < rule.max:
+        pool.append(max(pool) + 1)
+    return replace(spec, grid={**spec.grid, SEED_AXIS: pool[:rule.start]}, seed_rule=rule, seed_pool=tuple(pool),
+                   _cells=[])
 
 
 def _axis(base: RunConfig, key: str, values: Any, where: str, check_names: bool = True) -> list[Any]:

@@ -78,6 +78,7 @@ class SweepResult:
     recovered: list[str] = field(default_factory=list)  # what recovery did to dead workers' trials, one line each
     interrupted: bool = False
     interrupt_exit: int = 130  # 128 + the signal that interrupted it: 130 Ctrl-C (SIGINT), 143 SIGTERM
+    rounds_left: bool = False  # a seed rule has not decided to stop yet (its next round is another process's)
     study_check: Any = None  # a dry run's ``coordinator.StudyCheck``: does the study exist, would it accept this
 
     def count(self, *states: CellStatus) -> int:
@@ -85,7 +86,7 @@ class SweepResult:
 
     @property
     def complete(self) -> bool:
-        return all(s.state == CellStatus.DONE for s in self.states)
+        return not self.rounds_left and all(s.state == CellStatus.DONE for s in self.states)
 
     @property
     def exit_code(self) -> int:

@@ -16,11 +16,13 @@ from typing import Any
 from nanoact import events as E
 from nanoact.cluster import slurm_tags
 from nanoact.errors import interrupt_reason
-from nanoact.sweep import interrupt, recovery
+from nanoact.sweep import interrupt, recovery, rounds
 from nanoact.sweep import state as S
-from nanoact.sweep.coordinator import requeue_lost
+from nanoact.sweep.coordinator import REQUEUE_WAIT_S, enqueue_round, requeue_lost
 from nanoact.sweep.handle import StudyHandle
+from nanoact.sweep.leases import hold
 from nanoact.sweep.options import EventFn, WorkerContext
+from nanoact.sweep.recovery import COORDINATOR
 from nanoact.sweep.spec import Cell
 from nanoact.tracking import schema
 
@@ -45,7 +47,7 @@ class Worker:
         try:
             while True:
                 interrupt.check()
-                popped = self.handle.pop(self.ctx.spec.grid)
+                popped = self.handle.pop(rounds.optuna_axes(self.ctx.spec))
                 if popped is not None:
                     self._attempt(*popped)
                     self._requeue_lost()  # a busy worker, too, hands on the cells of workers that died
@@ -62,18 +64,20 @@ class Worker:
         self.events(kind(worker=self.ctx.worker_name, **fields))
 
     def _wait_for_work(self) -> bool:
-        """The queue is empty: True once a cell waits again (a dead worker's, re-enqueued), False when nothing
-        runs any more."""
-        from optuna.trial import TrialState
-
+        """The queue is empty: True once a cell waits again (a dead worker's, re-enqueued, or the next round of a
+        seed rule, enqueued here or elsewhere), False when nothing runs any more and no round is left to enqueue."""
         told, skipped = False, None  # since when enqueueing was skipped (the coordinator lease held elsewhere)
         while True:
             if self._requeue_lost():
                 skipped = None
             elif skipped is None:
                 skipped = time.monotonic()
-            busy = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-            if any(t.state == TrialState.WAITING for t in busy):
+            busy = self._busy()
+            if not busy:  # the round is over: decide it, and enqueue the next (or find another process did)
+                if self._advance() is None and skipped is None:
+                    skipped = time.monotonic()
+                busy = self._busy()
+            if any(t.state.name == "WAITING" for t in busy):
                 time.sleep(self.poll_s / 5)  # its cell may be held a moment (being trained, or checked)
                 return True
             if not busy and (skipped is None or time.monotonic() - skipped > recovery.COORDINATOR_WAIT_S):
@@ -84,8 +88,21 @@ class Worker:
             time.sleep(self.poll_s)
             interrupt.check()
 
+    def _busy(self) -> list:
+        from optuna.trial import TrialState
+
+        return self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+
+    def _advance(self) -> bool | None:
+        """A seed rule's round, decided and the next enqueued (``rounds.advance``)."""
+        spec, study = self.ctx.spec, self.study
+        return rounds.advance(
+            spec, study, lambda: hold(self.handle.leases, COORDINATOR, timeout=REQUEUE_WAIT_S),
+            lambda spec_n: enqueue_round(spec_n, study), self.ctx.tracking_uri, self.ctx.parent_run_id,
+            self.events)
+
     def _requeue_lost(self) -> bool:
-        return requeue_lost(self.ctx.spec, self.handle, self.events)
+        return requeue_lost(self.ctx.spec, self.handle, self.events)  # the cells of the current round
 
     def _attempt(self, trial, lease) -> None:
         """Train the popped trial's cell, holding its lease until the trial is told."""

@@ -56,6 +56,7 @@ HOST = "nanoact.host"
 GRID = "nanoact.grid"  # the declared axes as JSON (also an Optuna study user attr)
 SWEEP_SOURCE = "nanoact.sweep_source"
 N_CELLS = "nanoact.n_cells"
+SEED_RULE = "nanoact.seed_rule"  # a seeds-on-demand sweep's rule as JSON (start, step, max, target)
 STUDY_NONCE = "nanoact.study_nonce"  # finds a parent run whose creator was killed before recording it
 # an experiment's
 GRID_AXIS_PREFIX = "nanoact.grid."  # + an axis: its values as JSON
