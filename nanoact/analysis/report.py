@@ -247,7 +247,7 @@ def _plots(analyses: list[ExperimentAnalysis], factorial, out: Path, say
     return (factorial, fr.make_plots(factorial, out)) if factorial is not None else None
 
 
-def run_report(  # over 60 lines only by its signature and the docstring of its ten options; the body is ~30
+def run_report(  # over 60 lines only by its signature and the docstring of its ten options; the body is ~37
     experiments: list[str],
     *,
     tracking_uri: str | None = None,
