@@ -268,17 +268,12 @@ class LevelContrast:
 
 
 def _jack(stat: Callable[[np.ndarray], np.ndarray], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """stat(d) and its delete-one-seed jackknife SE; ``d`` is (..., k, n, k, n) with the seed on axes -3, -1."""
-    n = d.shape[-1]
-    est = np.asarray(stat(d))
-    if n < 3:
-        return est, np.full(est.shape, np.nan), 0
-    loo = []
-    for j in range(n):
-        keep = np.delete(np.arange(n), j)
-        loo.append(stat(np.take(np.take(d, keep, axis=-3), keep, axis=-1)))
-    loo = np.stack(loo)
-    return est, np.sqrt((n - 1) / n * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0)), n - 1
+    """stat(d), its delete-one-seed jackknife SE and df (``pdtests.grouped_jackknife`` with the seed as the unit);
+    ``d`` is (..., k, n, k, n) with the seed on axes -3, -1."""
+    from nanoact.analysis import pdtests as pt
+
+    se, dfree = pt.grouped_jackknife(stat, d, pt.seed_groupings(d.shape[-1]))
+    return np.asarray(stat(d)), se, dfree
 
 
 def level_contrasts(tables: Sequence[np.ndarray], levels: Sequence[str], estimand: str,

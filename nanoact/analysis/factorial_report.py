@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanoact.analysis import factorial as fa
+from nanoact.analysis.formatting import fixed, p_text
 from nanoact.analysis.hypotheses import Hypothesis, adjust
 from nanoact.analysis.stats import ALPHA
 
@@ -167,12 +168,7 @@ def hypotheses(sec: FactorialSection) -> list[Hypothesis]:
     return out
 
 
-def _f(x: float, d: int = 4) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{d}f}"
-
-
-def _p(p: float) -> str:
-    return "n/a" if not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"= {p:.4f}")
+_f, _p = fixed, p_text  # the report's number and p-value formats
 
 
 def _named(text: str, factor: str) -> str:
