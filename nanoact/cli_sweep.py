@@ -198,6 +198,8 @@ def _print_dry_run(spec, file_spec, res, uri: str, where: str, storage: str | No
 
     click.echo(f"experiment {spec.name} (study {spec.study_name}): {len(res.states)} cells; axes: "
                + ", ".join(f"{k} = {v}" for k, v in spec.grid.items()))
+    if spec.seed_rule is not None:
+        click.echo(f"seeds on demand: {spec.seed_rule.describe()}; the cells below are round 1's")
     refused = not res.study_check.matches
     planned = set() if refused else set(res.planned)
     for s in res.states[:DRY_RUN_LISTED]:

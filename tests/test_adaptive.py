@@ -278,3 +278,14 @@ def test_the_reports_sequential_section_says_when_the_sweep_has_not_stopped():
     assert "it has not stopped" in text and "interim" in text and "not detected (the CI includes 0)" in text
     assert "| 1 | 3 | ±0.007 | add seeds: 5 per activation |" in text
     assert "could not be read" in "\n".join(render_md({**d, "found": False}))
+
+
+def test_the_dry_run_names_the_rule(tmp_path):
+    from click.testing import CliRunner
+
+    from nanoact.cli import cli
+
+    r = CliRunner().invoke(cli, ["sweep", "--file", str(_file(tmp_path)), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "seeds on demand: start 3 seeds, add 2 per round up to 7" in r.output
+    assert "final_val_loss ±0.005, pd_tv ±0.002; the cells below are round 1's" in r.output

@@ -47,7 +47,8 @@ def test_params_full_nanotransformer():
 def test_experiments_lists_grid_sizes():
     r = CliRunner().invoke(cli, ["experiments"])
     assert r.exit_code == 0
-    for name, n in [("smoke", 6), ("partial", 9), ("cpu", 50), ("full", 9), ("zoo", 108), ("sources", 48)]:
+    sizes = [("smoke", 6), ("partial", 9), ("cpu", 50), ("full", 9), ("zoo", 108), ("sources", 48), ("adaptive", 9)]
+    for name, n in sizes:
         assert any(line.split()[0] == name and line.split()[1] == str(n) for line in r.output.splitlines())
 
 

@@ -13,7 +13,7 @@ from nanoact import sweep
 from nanoact.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = {"cpu", "full", "partial", "smoke", "sources", "zoo"}
+BUILTINS = {"adaptive", "cpu", "full", "partial", "smoke", "sources", "zoo"}
 
 
 def test_builtin_experiments_live_in_the_top_level_sweeps_folder():
