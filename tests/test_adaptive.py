@@ -289,3 +289,21 @@ def test_the_dry_run_names_the_rule(tmp_path):
     assert r.exit_code == 0, r.output
     assert "seeds on demand: start 3 seeds, add 2 per round up to 7" in r.output
     assert "final_val_loss ±0.005, pd_tv ±0.002; the cells below are round 1's" in r.output
+
+
+def test_a_factorial_level_from_a_seeds_on_demand_sweep_is_named_in_the_sections_notes(monkeypatch):
+    """Its fixed-design intervals are not widened for the stopping rule; the factorial section says so."""
+    from types import SimpleNamespace
+
+    from nanoact.analysis import report
+    from nanoact.analysis.factorial_report import FactorialSection
+
+    designs = {"fixed": None, "grown": {"describe": "start 3 seeds, add 2 per round up to 10"}}
+    monkeypatch.setattr(report.seqrep, "design", lambda client, run_id, storage, uri: designs[run_id])
+    analyses = [SimpleNamespace(key=k, parent_run_id=k, sequential="unset") for k in designs]
+    sec = FactorialSection("experiment", ["fixed", "grown"], ["relu", "gelu"], "nested", 3)
+    report._sequential_designs(analyses, sec, SimpleNamespace(client=None), None, "sqlite:///x.db")
+    assert [an.sequential for an in analyses] == [None, designs["grown"]]
+    assert sec.notes == ["grown is a seeds-on-demand sweep (start 3 seeds, add 2 per round up to 10): the intervals "
+                         "here are fixed-design (not widened for its stopping rule); its own Sequential design section "
+                         "gives the widened intervals of its primary contrasts"]

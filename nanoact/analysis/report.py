@@ -247,6 +247,18 @@ def _plots(analyses: list[ExperimentAnalysis], factorial, out: Path, say
     return (factorial, fr.make_plots(factorial, out)) if factorial is not None else None
 
 
+def _sequential_designs(analyses: list[ExperimentAnalysis], factorial, reader, storage: str | None, uri: str) -> None:
+    """A seeds-on-demand sweep's rounds and widened primary intervals (``an.sequential``); the factorial section,
+    whose intervals are fixed-design, says which of its levels came from such a sweep."""
+    for an in analyses:
+        an.sequential = seqrep.design(reader.client, an.parent_run_id, storage, uri)
+        if an.sequential is not None and factorial is not None:
+            factorial.notes.append(
+                f"{an.key} is a seeds-on-demand sweep ({an.sequential['describe']}): the intervals here are "
+                "fixed-design (not widened for its stopping rule); its own Sequential design section gives "
+                "the widened intervals of its primary contrasts")
+
+
 def run_report(  # over 60 lines only by its signature and the docstring of its ten options; the body is ~37
     experiments: list[str],
     *,
@@ -293,8 +305,7 @@ def run_report(  # over 60 lines only by its signature and the docstring of its 
     out = report_dir(experiments, out_dir)
     opts = dict(study=study, storage=storage, tracking_uri=uri, margins=margins, allow_mixed_dtypes=allow_mixed_dtypes)
     analyses, factorial = _analyse_all(reader, experiments, where, say, opts)
-    for an in analyses:  # a seeds-on-demand sweep: its rounds and widened primary intervals
-        an.sequential = seqrep.design(reader.client, an.parent_run_id, storage, uri)
+    _sequential_designs(analyses, factorial, reader, storage, uri)
     if out_dir is None:
         out = _default_subfolder(out, analyses, where)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed analysis leaves no empty folder behind
