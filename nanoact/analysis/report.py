@@ -259,7 +259,34 @@ def _sequential_designs(analyses: list[ExperimentAnalysis], factorial, reader, s
                 "the widened intervals of its primary contrasts")
 
 
-def run_report(  # over 60 lines only by its signature and the docstring of its ten options; the body is ~37
+def _check_experiments(experiments: list[str]) -> None:
+    if not experiments:
+        raise NanoactError("no experiment given; pass --experiment NAME")
+    if len(set(experiments)) != len(experiments):
+        raise NanoactError(f"experiment listed twice: {experiments}")
+
+
+def _write_and_log(store: Store, args: tuple, fac, where: Mapping[str, str] | None, log_to_parent: bool, say
+                   ) -> tuple[Path, Path]:
+    """Write report.md, report.html and summary.json (``args``: ``_write``'s first seven), then log them and the
+    PNGs to the parent runs; a run that cannot take them is named in the rewritten report's logging notes."""
+    out, experiments, _uri, analyses, headline = args[:5]
+    art_path = _artifact_path(experiments, where)
+    notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
+    say("writing report.md, report.html and summary.json")
+    report_md, summary_json = _write(*args, notes, fac)
+    if log_to_parent:
+        files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
+        files += [out / f for f in (fac[1].values() if fac else ())]
+        failed = _log_outputs(store, analyses, files, art_path, headline, say, describe=not where,
+                              per_activation=fac is None or multi_experiment(experiments))
+        if failed:
+            notes.update(failed)
+            report_md, summary_json = _write(*args, notes, fac)
+    return report_md, summary_json
+
+
+def run_report(
     experiments: list[str],
     *,
     tracking_uri: str | None = None,
@@ -294,10 +321,7 @@ def run_report(  # over 60 lines only by its signature and the docstring of its 
     Raises ``NanoactError`` for user-caused problems (unknown experiment, no finished runs, different eval sets,
     different compute dtypes without ``allow_mixed_dtypes``, unreadable or missing artifacts); then nothing is written.
     """
-    if not experiments:
-        raise NanoactError("no experiment given; pass --experiment NAME")
-    if len(set(experiments)) != len(experiments):
-        raise NanoactError(f"experiment listed twice: {experiments}")
+    _check_experiments(experiments)
     say = progress or (lambda _msg: None)
     uri = resolve_tracking_uri(tracking_uri)
     store = Store(uri)
@@ -315,18 +339,7 @@ def run_report(  # over 60 lines only by its signature and the docstring of its 
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
     if factorial is not None and not anomalies:
         headline = f"On {' + '.join(experiments)}, {fr.headline(factorial)}."
-    art_path = _artifact_path(experiments, where)
-    notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
-    say("writing report.md, report.html and summary.json")
     args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
-    report_md, summary_json = _write(*args, notes, fac)
-    if log_to_parent:
-        files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
-        files += [out / f for f in (fac[1].values() if fac else ())]
-        failed = _log_outputs(store, analyses, files, art_path, headline, say, describe=not where,
-                              per_activation=factorial is None or multi_experiment(experiments))
-        if failed:
-            notes.update(failed)
-            report_md, summary_json = _write(*args, notes, fac)
+    report_md, summary_json = _write_and_log(store, args, fac, where, log_to_parent, say)
     return ReportResult(out_dir=out, report_md=report_md, summary_json=summary_json, anomalies=anomalies,
                         headline=headline)
