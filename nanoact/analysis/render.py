@@ -171,14 +171,20 @@ def guard_md(analyses, multi: bool) -> list[str]:
                   + ", ".join(guard.name for _, guard in unverified) + ".", ""]
     else:
         lines += ["All guards passed.", ""]
-    rows = []
+    rows: dict[tuple, list[str]] = {}  # one row per guard outcome, naming the analyses it holds for
     for an in analyses:
         for guard in an.guards:
-            name = ((an.key + ": ") if multi else "") + guard.name
             more = len(guard.details) - 20
             detail = "<br>".join(guard.details[:20]) + (f"<br>… {more} more" if more > 0 else "")
-            rows.append((name, guard.title, "**FAIL**" if guard.status == "FAIL" else guard.status, detail or "—"))
-    return lines + [md_table(["guard", "checks", "result", "details"], rows), ""]
+            row = (guard.name, guard.title, "**FAIL**" if guard.status == "FAIL" else guard.status, detail or "—")
+            rows.setdefault(row, []).append(an.key)
+    def named(row: tuple, keys: list[str]) -> tuple:
+        if not multi:
+            return row
+        which = f"all {len(keys)}" if len(keys) == len(analyses) else ", ".join(keys)
+        return (f"{row[0]} ({which})", *row[1:])
+
+    return lines + [md_table(["guard", "checks", "result", "details"], [named(r, k) for r, k in rows.items()]), ""]
 
 
 def comparison_md(rows: list[dict[str, Any]]) -> list[str]:

@@ -152,3 +152,23 @@ def test_near_identity_guard_is_silent_on_the_committed_cpu_runs():
     res = pt.analyse_pd(np.array(e["heatmap"]["pd_tv"]), [r["activation"] for r in e["runs"]],
                         [r["seed"] for r in e["runs"]], "pd_tv", 2000, np.random.default_rng(0))
     assert gd.check_near_identity(res.activations, res.same_seed_ratio, len(set(res.seeds))).status == "PASS"
+
+
+def test_the_guards_table_of_many_levels_has_one_row_per_outcome_naming_its_levels():
+    """A guard that passes at every level is one row ("all 3"); where it fails at one, that level has its own row."""
+    from types import SimpleNamespace
+
+    from nanoact.analysis.guards import GuardResult
+    from nanoact.analysis.render import guard_md
+
+    def level(key, ok):
+        return SimpleNamespace(key=key, guards=[GuardResult("cells", "complete grid", True),
+                                                GuardResult("identical-predictions", "no twins", ok,
+                                                            [] if ok else ["relu/42 = gelu/42"])])
+
+    md = "\n".join(guard_md([level("m=a", True), level("m=b", False), level("m=c", True)], multi=True))
+    assert "| cells (all 3) | complete grid | PASS | — |" in md
+    assert "| identical-predictions (m=a, m=c) | no twins | PASS | — |" in md
+    assert "| identical-predictions (m=b) | no twins | **FAIL** | relu/42 = gelu/42 |" in md
+    assert "**GUARD FAILED: identical-predictions** (m=b)" in md
+    assert md.count("\n| ") == 4  # the header and three rows
