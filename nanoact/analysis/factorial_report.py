@@ -213,9 +213,17 @@ def verdicts(sec: FactorialSection) -> list[str]:
               f"the activation effect on final val loss is not detected within any of the {len(simple)} levels (RCBD F "
               "within each level, Holm across levels), which at these seeds is not evidence that it is absent")
     if sec.factor == "model.name":
-        size = (f"the architecture main effect has partial η² {_f(r.factor_term.partial_eta2, 2)} "
-                f"[{_f(r.factor_term.eta2_lo, 2)}, {_f(r.factor_term.eta2_hi, 2)}] against the activation's "
-                f"{_f(r.activation.partial_eta2, 2)} [{_f(r.activation.eta2_lo, 2)}, {_f(r.activation.eta2_hi, 2)}]")
+        level_means = np.asarray(r.means, dtype=float).mean(axis=0)  # each architecture's mean over activations
+        gaps = [h.estimate for h in simple]
+        spread = (f"the architectures' mean final val loss (over activations) spans {_f(np.ptp(level_means))} "
+                  f"({r.levels[int(np.argmin(level_means))]} lowest, {r.levels[int(np.argmax(level_means))]} highest), "
+                  f"against best-to-worst activation gaps of {_f(min(gaps))}–{_f(max(gaps))} within the architectures "
+                  "(ranges of means, descriptive)" if gaps else "")
+        f_term, a_term = r.factor_term, r.activation
+        size = (f"{spread}; " if spread else "") + (
+            f"the architecture main effect has partial η² {_f(f_term.partial_eta2, 2)} [{_f(f_term.eta2_lo, 2)}, "
+            f"{_f(f_term.eta2_hi, 2)}] against the activation's {_f(a_term.partial_eta2, 2)} [{_f(a_term.eta2_lo, 2)}, "
+            f"{_f(a_term.eta2_hi, 2)}]")
         verdict = ("contradicted: the architecture does not overwhelm every activation difference" if hits else
                    "not supported as stated: 'completely overwhelms' would need the activation differences within each "
                    "architecture to be shown small (an equivalence margin), and they were only not detected")
@@ -235,12 +243,12 @@ def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> lis
               "× seed, the interaction against the three-way residual" if sec.seeds == fa.CROSSED else
               "seeds nested in the levels (split-plot): the factor tested against seeds within levels, activation and "
               "the interaction against activation × seeds within levels")
-    md = [f"## Does the activation effect depend on {sec.factor}?", "",
-          f"{len(sec.levels)} levels of `{sec.factor}` ({', '.join(sec.levels)}) × {len(sec.activations)} "
-          "activations × "
-          f"{sec.n_seeds} seeds; {design}.", ""]
+    md = ["## Executive summary", ""] + [f"- {line}" for line in
+                                         verdicts(sec) + [interaction_sentence(sec, key) for key in sec.results]]
+    md += ["", f"## Does the activation effect depend on {sec.factor}?", "",
+           f"{len(sec.levels)} levels of `{sec.factor}` ({', '.join(sec.levels)}) × {len(sec.activations)} "
+           f"activations × {sec.n_seeds} seeds; {design}.", ""]
     md += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
-    md += verdicts(sec) + [""]
     for key, r in sec.results.items():
         md += [f"### {r.outcome}", "", interaction_sentence(sec, key), "",
                "| term | F | df | p | error term | partial η² [95% CI] |", "|---|---|---|---|---|---|"]

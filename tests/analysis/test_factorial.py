@@ -181,7 +181,12 @@ def test_the_section_claims_an_interaction_only_when_its_test_rejects():
     assert {"factorial/final_val_loss/interaction", "factorial/final_val_acc/interaction",
             "factorial/final_val_loss/simple/m0", "factorial/pd_tv/cross-vs-within/m0-m1"} <= ids
     assert "depends on model.name" in fr.interaction_sentence(sec)
-    assert "Claim 'architecture dominance'" in fr.verdicts(sec)[0] and "contradicted" in fr.verdicts(sec)[0]
+    verdict = fr.verdicts(sec)[0]
+    assert "Claim 'architecture dominance'" in verdict and "contradicted" in verdict
+    means = np.asarray(sec.results["final_val_loss"].means).mean(axis=0)  # the architectures' spread, in loss units
+    assert f"mean final val loss (over activations) spans {np.ptp(means):.4f}" in verdict
+    md = "\n".join(fr.render_md(sec))
+    assert md.index("## Executive summary") < md.index(verdict) < md.index("## Does the activation effect depend")
     quiet = fr.build_section(_levels(np.random.default_rng(21)), "model.name", fa.CROSSED)
     words = fr.interaction_sentence(quiet)
     if not next(h for h in quiet.hypotheses if h.id == "factorial/final_val_loss/interaction").significant:
