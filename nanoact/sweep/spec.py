@@ -172,7 +172,7 @@ def experiments(cwd: str | Path | None = None) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-BUILTIN_EXPERIMENTS = ("cpu", "full", "partial", "smoke", "sources", "zoo")  # the sweep files nanoact ships
+BUILTIN_EXPERIMENTS = ("adaptive", "cpu", "full", "partial", "smoke", "sources", "zoo")  # the sweep files nanoact ships
 
 
 def is_builtin(path: Path) -> bool:
