@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -157,6 +158,22 @@ def _check_dtypes(er: ExperimentRuns, notes: list[str], allow_mixed: bool) -> st
                      + "; ".join(f"{d}: {len(rs)} run(s)" for d, rs in sorted(groups.items()))
                      + "; differences between them include the dtype's")
     return ", ".join(sorted(groups)) or None
+
+
+def _note_thread_counts(er: ExperimentRuns, notes: list[str]) -> None:
+    """Runs trained at different CPU thread counts (the ``nanoact.device`` tag, e.g. "cpu (x86_64, 2 threads)"): a
+    note, since a thread count changes some kernels' summation order, hence a run's bits (measured for ReLU on
+    PyTorch's CPU build: scripts/thread_bits.py), so a run is reproduced exactly only at its own thread count. It
+    acts like one more source of run-to-run noise, not a bias, so it is not an error as mixed dtypes are."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in er.runs:
+        m = re.search(r"^cpu .*?(\d+) threads?\)", r.tags.get(schema.DEVICE, ""))
+        if m:
+            counts[m.group(1)] += 1
+    if len(counts) > 1:
+        notes.append("the CPU runs were trained at different thread counts ("
+                     + ", ".join(f"{n} run(s) at {t}" for t, n in sorted(counts.items(), key=lambda kv: int(kv[0])))
+                     + "; tag nanoact.device): a rerun reproduces a run bit for bit only at its recorded thread count")
 
 
 def _pair_list(runs: list[RunRecord]) -> list[tuple[int, int, str]]:
@@ -340,6 +357,7 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     notes: list[str] = []
     sha = _check_eval_hashes(er, notes)
     dtypes = _check_dtypes(er, notes, allow_mixed_dtypes)
+    _note_thread_counts(er, notes)
     runs = er.runs
     progress(f"{name}: reading metric histories of {len(runs)} runs")
     load_histories(client, runs)

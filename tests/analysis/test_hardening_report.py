@@ -236,3 +236,21 @@ def test_margins_reach_the_equivalence_tests(uri, artifacts, tmp_path):
     eq = {h["id"]: h for h in e["hypotheses"] if h["kind"] == "tost"}
     assert eq["final_val_loss/equivalence/gelu-relu"]["margin"] == 0.5
     assert eq["pd_tv/reproducibility_equivalence/gelu-relu"]["margin"] == 0.25
+
+
+def test_runs_at_different_cpu_thread_counts_get_a_note_not_an_error():
+    """A thread count changes a relu run's bits (scripts/thread_bits.py); the report says when counts are mixed."""
+    from types import SimpleNamespace
+
+    from nanoact.analysis.experiment import _note_thread_counts
+
+    def runs(*devices):
+        return SimpleNamespace(runs=[SimpleNamespace(tags={"nanoact.device": d}) for d in devices])
+
+    notes: list[str] = []
+    _note_thread_counts(runs("cpu (x86_64, 2 threads)", "cpu (x86_64, 1 threads)", "cpu (x86_64, 2 threads)"), notes)
+    assert notes == ["the CPU runs were trained at different thread counts (1 run(s) at 1, 2 run(s) at 2; tag "
+                     "nanoact.device): a rerun reproduces a run bit for bit only at its recorded thread count"]
+    same: list[str] = []
+    _note_thread_counts(runs("cpu (x86_64, 2 threads)", "cpu (x86_64, 2 threads)", "cuda (NVIDIA H100)"), same)
+    assert same == []
