@@ -285,7 +285,7 @@ def status_command(experiment, sweep_file, overrides, study, until, max_seeds, s
 
 def _print_rounds(spec, storage) -> None:
     """A seed rule's recorded rounds, one line each as the sweep printed them, and the seeds projected to meet
-    each target (half-width ~ 1/sqrt(seeds), from the newest round)."""
+    each target (``sequential.project``, from the newest round's widest half-widths)."""
     from nanoact import sweep
     from nanoact.progress import round_line
 

@@ -34,7 +34,8 @@ def design(client, parent_run_id: str | None, storage: str | None, tracking_uri:
     return {"rule": rule.to_dict(), "describe": rule.describe(), "kappa": sq.calibrate(rule.start, rule.step, rule.max),
             "found": study is not None, "where": where,
             "rounds": [{"round": i, **{k: recs[i][k] for k in ("seeds", "widest", "met", "stop", "reason",
-                                                                "next_seeds", "projected")}} for i in sorted(recs)],
+                                                                "next_seeds")},
+                        "projected": sq.project(rule, recs[i]["seeds"], recs[i]["widest"])} for i in sorted(recs)],
             "stopped": last["reason"] if last and last["stop"] else None,
             "contrasts": [dict(zip(("metric", "contrast", "estimate", "half_width"), c))
                           for c in (last["contrasts"] if last else [])]}

@@ -95,7 +95,10 @@ def rounds_recorded(spec: SweepSpec, storage_url: str | None = None, ruled: bool
     done = rounds.recorded_rounds(study) if study is not None else {}
     if not ruled:
         return [done[k] for k in sorted(done)]
-    return [(rounds.decided(spec, k, done[k]), done[k]["projected"]) for k in sorted(done)]
+    from nanoact.analysis.sequential import project
+
+    return [(rounds.decided(spec, k, done[k]), project(spec.seed_rule, done[k]["seeds"], done[k]["widest"]))
+            for k in sorted(done)]
 
 
 def coordinator_holder(spec: SweepSpec, storage_url: str | None = None) -> str | None:

@@ -147,7 +147,8 @@ def test_decide_follows_the_schedule_and_says_why_it_stops():
     assert rule.schedule() == (3, 5, 7, 8)
     go = sq.decide(rule, 3, {"final_val_loss": [0.004, 0.007], "pd_tv": [0.001]})
     assert not go.stop and go.next_seeds == 5 and go.met == {"final_val_loss": False, "pd_tv": True}
-    assert go.widest["final_val_loss"] == 0.007 and go.projected["final_val_loss"] == 6  # 3 * (7/5)^2 = 5.9
+    # 0.007 * (t(3)/2) / (t(2)/sqrt(3)) = 0.0045 <= 0.005: 4 seeds (1/sqrt(n) alone would say 3 * (7/5)^2 = 5.9)
+    assert go.widest["final_val_loss"] == 0.007 and go.projected["final_val_loss"] == 4
     done = sq.decide(rule, 5, {"final_val_loss": [0.005], "pd_tv": [0.002]})
     assert done.stop and done.reason == "target met" and done.round == 2
     cap = sq.decide(rule, 8, {"final_val_loss": [0.05], "pd_tv": [0.002]})
@@ -199,3 +200,14 @@ def test_primary_contrasts_are_the_reports_pairwise_loss_and_pd_estimands():
     assert pds[0].half_width == pytest.approx(kappa * stats.t.ppf(0.975, t.df) * t.se)
     look = sq.decide_on(rule, 5, cs)
     assert look.widest["pd_tv"] == max(c.half_width for c in pds)
+
+
+def test_the_projection_scales_the_half_width_with_the_t_quantile():
+    """hw(n) = hw(n0) (t(n - 1)/sqrt(n)) / (t(n0 - 1)/sqrt(n0)); the fewest n that meets the target, capped at max."""
+    from scipy import stats
+
+    rule = sq.SeedRule(3, 2, 10, {"final_val_loss": 0.01, "pd_tv": 0.008})
+    got = sq.project(rule, 3, {"final_val_loss": 0.031, "pd_tv": None})
+    scale = [0.031 * stats.t.ppf(0.975, n - 1) / np.sqrt(n) / (stats.t.ppf(0.975, 2) / np.sqrt(3)) for n in (8, 9)]
+    assert scale[0] > 0.01 >= scale[1] and got == {"final_val_loss": 9, "pd_tv": 10}  # an unknown width: the max
+    assert sq.project(rule, 5, {"final_val_loss": 0.009, "pd_tv": 0.5}) == {"final_val_loss": 5, "pd_tv": 10}
