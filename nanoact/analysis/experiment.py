@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nanoact.analysis import comparable
 from nanoact.analysis import divergence as dv
 from nanoact.analysis import guards as gd
 from nanoact.analysis import pdtests as pt
@@ -104,76 +104,6 @@ class _PDPass:
     self_pd: dict[str, dict[str, float]] = field(default_factory=dict)
     asym: list[tuple[str, str, str, float]] = field(default_factory=list)
     context_tv: dict[str, np.ndarray] = field(default_factory=dict)  # activation -> (N,) within-pair pd_tv per context
-
-
-def _check_eval_hashes(er: ExperimentRuns, notes: list[str]) -> str | None:
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
-    untagged = []
-    for r in er.runs:
-        h = r.tags.get(schema.EVAL_SET_SHA256)
-        (groups[h] if h else untagged).append(r)
-    if len(groups) > 1:
-        parts = []
-        for h, rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-            ids = ", ".join(f"{r.run_id} ({r.activation} s{r.seed})" for r in rs[:4])
-            more = f" and {len(rs) - 4} more" if len(rs) > 4 else ""
-            parts.append(f"eval set {h[:12]}…: {ids}{more}")
-        raise NanoactError(
-            f"experiment {er.name!r}: runs were evaluated on different evaluation sets, so their PD is meaningless "
-            f"— {'; '.join(parts)}; rerun them on one eval set or report them as separate experiments"
-        )
-    if untagged:
-        notes.append(f"{len(untagged)} run(s) lack the nanoact.eval_set_sha256 tag; their stored targets were "
-                     "compared instead: " + ", ".join(r.run_id for r in untagged))
-    return next(iter(groups), None)
-
-
-def run_dtype(r: RunRecord) -> str | None:
-    """The dtype a run computed in: param ``train.dtype_resolved``, or for runs logged before ``auto`` existed
-    their ``train.dtype`` (then always float32 or bfloat16); None when neither says."""
-    d = r.params.get("train.dtype_resolved") or r.params.get("train.dtype")
-    return d if d and d != "auto" else None
-
-
-def _check_dtypes(er: ExperimentRuns, notes: list[str], allow_mixed: bool) -> str | None:
-    """One compute dtype per analysis: PD between a bf16 and a float32 run measures the dtype as well as the
-    activation or seed. Mixed dtypes are an error unless ``allow_mixed`` (then a note says so)."""
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
-    unknown = []
-    for r in er.runs:
-        d = run_dtype(r)
-        (groups[d] if d else unknown).append(r)
-    if unknown:
-        notes.append(f"{len(unknown)} run(s) logged no train.dtype_resolved or train.dtype param; their compute dtype "
-                     "is unknown: " + ", ".join(r.run_id for r in unknown))
-    if len(groups) > 1:
-        parts = [f"{d}: " + ", ".join(f"{r.run_id} ({r.activation} s{r.seed})" for r in rs[:4])
-                 + (f" and {len(rs) - 4} more" if len(rs) > 4 else "") for d, rs in sorted(groups.items())]
-        if not allow_mixed:
-            raise NanoactError(
-                f"experiment {er.name!r}: runs computed in different dtypes ({'; '.join(parts)}), so PD and loss "
-                "differences mix the dtype with the activation and seed; rerun them in one dtype (--set "
-                "train.dtype=...), or pass --allow-mixed-dtypes to analyse them together anyway")
-        notes.append("runs computed in different dtypes were analysed together (--allow-mixed-dtypes): "
-                     + "; ".join(f"{d}: {len(rs)} run(s)" for d, rs in sorted(groups.items()))
-                     + "; differences between them include the dtype's")
-    return ", ".join(sorted(groups)) or None
-
-
-def _note_thread_counts(er: ExperimentRuns, notes: list[str]) -> None:
-    """Runs trained at different CPU thread counts (the ``nanoact.device`` tag, e.g. "cpu (x86_64, 2 threads)"): a
-    note, since a thread count changes some kernels' summation order, hence a run's bits (measured for ReLU on
-    PyTorch's CPU build: scripts/thread_bits.py), so a run is reproduced exactly only at its own thread count. It
-    acts like one more source of run-to-run noise, not a bias, so it is not an error as mixed dtypes are."""
-    counts: dict[str, int] = defaultdict(int)
-    for r in er.runs:
-        m = re.search(r"^cpu .*?(\d+) threads?\)", r.tags.get(schema.DEVICE, ""))
-        if m:
-            counts[m.group(1)] += 1
-    if len(counts) > 1:
-        notes.append("the CPU runs were trained at different thread counts ("
-                     + ", ".join(f"{n} run(s) at {t}" for t, n in sorted(counts.items(), key=lambda kv: int(kv[0])))
-                     + "; tag nanoact.device): a rerun reproduces a run bit for bit only at its recorded thread count")
 
 
 def _pair_list(runs: list[RunRecord]) -> list[tuple[int, int, str]]:
@@ -355,9 +285,9 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     """
     er = load_experiment(client, name, progress, study=study, where=where, storage=storage, tracking_uri=tracking_uri)
     notes: list[str] = []
-    sha = _check_eval_hashes(er, notes)
-    dtypes = _check_dtypes(er, notes, allow_mixed_dtypes)
-    _note_thread_counts(er, notes)
+    sha = comparable.eval_set(er, notes)
+    dtypes = comparable.dtypes(er, notes, allow_mixed_dtypes)
+    comparable.note_thread_counts(er, notes)
     runs = er.runs
     progress(f"{name}: reading metric histories of {len(runs)} runs")
     load_histories(client, runs)

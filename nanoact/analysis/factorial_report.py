@@ -18,6 +18,7 @@ from nanoact.analysis import factorial as fa
 from nanoact.analysis.formatting import fixed, p_text
 from nanoact.analysis.hypotheses import Hypothesis, adjust
 from nanoact.analysis.stats import ALPHA
+from nanoact.tracking import schema
 
 OUTCOMES = (("final_val_loss", "final val loss", True), ("final_val_acc", "final val acc", False))
 PD_ESTIMANDS = ("cross-vs-within", "activation-only")
@@ -32,6 +33,7 @@ class LevelData:
     pd_table: np.ndarray | None  # (k, n, k, n) pd_tv at the final step, PD between this level's runs only
     eval_set: str | None  # the evaluation set's hash: PD is compared between levels only when they share it
     run_ids: tuple[str, ...] = ()
+    n_params: dict[str, str] = field(default_factory=dict)  # activation -> its runs' tag nanoact.n_params
 
 
 @dataclass
@@ -48,6 +50,12 @@ class FactorialSection:
     pd_contrasts: list[fa.LevelContrast] = field(default_factory=list)
     pd_refused: str = ""
     hypotheses: list[Hypothesis] = field(default_factory=list)
+    n_params: dict[str, str] = field(default_factory=dict)  # level -> its parameter count(s) over the activations
+
+
+def _sizes(levels: Sequence[LevelData], acts: Sequence[str]) -> dict[str, str]:
+    """Each level's parameter count(s) over the analysed activations ("" when its runs do not say)."""
+    return {lv.level: ", ".join(sorted({lv.n_params[a] for a in acts if lv.n_params.get(a)}, key=int)) for lv in levels}
 
 
 def _common(levels: Sequence[LevelData], seeds: str) -> tuple[list[str], list[list[str]], list[str]]:
@@ -101,7 +109,7 @@ def build_section(levels: Sequence[LevelData], factor: str, seeds: str) -> Facto
     if len(levels) < 2 or len(acts) < 2 or len(used[0]) < 2:
         raise ValueError(f"a factorial analysis of {factor} needs 2+ levels, 2+ common activations and 2+ common "
                          f"seeds; have {len(levels)} level(s), {len(acts)} activation(s), {len(used[0])} seed(s)")
-    sec = FactorialSection(factor, names, acts, seeds, len(used[0]), notes)
+    sec = FactorialSection(factor, names, acts, seeds, len(used[0]), notes, n_params=_sizes(levels, acts))
     for key, label, lower in OUTCOMES:
         if all(key in lv.outcomes for lv in levels):
             y = _table(levels, acts, used, key)
@@ -171,6 +179,10 @@ def hypotheses(sec: FactorialSection) -> list[Hypothesis]:
 _f, _p = fixed, p_text  # the report's number and p-value formats
 
 
+def _count(sizes: str) -> str:
+    return ", ".join(f"{int(n):,}" for n in sizes.split(", "))
+
+
 def _named(text: str, factor: str) -> str:
     """A term's generic name with the factor's own name: "activation x factor x seed" -> "activation × model.name
     × seed"."""
@@ -229,6 +241,10 @@ def verdicts(sec: FactorialSection) -> list[str]:
                    "architecture to be shown small (an equivalence margin), and they were only not detected")
         return [f"**Claim 'architecture dominance'** (the architecture's capacity completely overwhelms any activation "
                 f"difference): {verdict}. {size[0].upper()}{size[1:]}; {within}."]
+    if sec.factor == "experiment" and len(set(sec.n_params.values())) == 1 and all(sec.n_params.values()):
+        return [f"**Replication, not a test across scales**: the experiments train models of one size "
+                f"({_count(next(iter(sec.n_params.values())))} parameters), so they do not speak to the claim "
+                f"'activation insensitivity persists at both scales'; {within}."]
     if sec.factor == "experiment":
         verdict = ("contradicted at " + ", ".join(h.subjects[0] for h in hits) if hits else
                    "not supported: insensitivity would need equivalence within each scale, and the activation effect "
@@ -303,7 +319,8 @@ def level_data(an, level: str) -> LevelData | None:
         pd = np.asarray(an.heatmap, dtype=np.float64)[np.ix_(rows, rows)].reshape(len(acts), len(seeds),
                                                                                 len(acts), len(seeds))
     eval_set = f"{an.eval_sha256}|{an.vocab_size}" if an.eval_sha256 else None
-    return LevelData(level, acts, seeds, tables, pd, eval_set, tuple(r.run_id for r in an.runs))
+    sizes = {r.activation: r.tags[schema.N_PARAMS] for r in an.runs if r.tags.get(schema.N_PARAMS, "").isdigit()}
+    return LevelData(level, acts, seeds, tables, pd, eval_set, tuple(r.run_id for r in an.runs), sizes)
 
 
 def from_analyses(analyses, levels: Sequence[str], factor: str, seeds: str) -> FactorialSection | None:
@@ -355,7 +372,7 @@ def summary(sec: FactorialSection) -> dict:
 
     return {
         "factor": sec.factor, "levels": sec.levels, "activations": sec.activations, "seeds": sec.seeds,
-        "n_seeds": sec.n_seeds, "notes": sec.notes, "pd_refused": sec.pd_refused or None,
+        "n_seeds": sec.n_seeds, "notes": sec.notes, "pd_refused": sec.pd_refused or None, "n_params": sec.n_params,
         "hypotheses": [asdict(h) for h in sec.hypotheses],
         "anova": {k: {"terms": [asdict(t) for t in r.terms()], "share": [r.share, r.share_lo, r.share_hi],
                       "means": r.means, "ci_half": r.ci_half} for k, r in sec.results.items()},

@@ -68,6 +68,7 @@ class SyntheticSpec:
     models: Sequence[str] = ()  # non-empty: the grid crosses these models (axis model.name), on one evaluation set
     data_seed: int = 0
     device: str = "cpu"
+    n_params: int = 100_000  # tag nanoact.n_params of an activation's runs: this + 1000 * len(its name)
 
 
 @dataclass
@@ -256,7 +257,7 @@ def _cell_tags(spec: SyntheticSpec, world: _World, a: str, s, src: str, grid_key
             S.ACTIVATION: a, S.SEED: str(seed), S.MODEL: spec.model, S.DATA_SHA256: "0" * 64,
             S.ACTIVATION_MODULES: MODULE_NAMES.get(src, f"{src}()"),
             S.ACTIVATION_MODULES_EXPECTED: MODULE_NAMES.get(a, f"{a}()"),
-            S.WIRING_CHECK: "passed", S.N_PARAMS: str(100_000 + 1000 * len(a)),
+            S.WIRING_CHECK: "passed", S.N_PARAMS: str(spec.n_params + 1000 * len(a)),
             S.DEVICE: spec.device, S.VERSION: "synthetic",
         })
     return tags

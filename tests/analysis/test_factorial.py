@@ -161,7 +161,7 @@ def test_pair_effects_and_the_two_plots(tmp_path):
         assert plots.save(fig, tmp_path / name).stat().st_size > 10_000
 
 
-def _levels(rng, f=3, k=3, n=4, planted=0.0, eval_sets=None):
+def _levels(rng, f=3, k=3, n=4, planted=0.0, eval_sets=None, sizes=None):
     from nanoact.analysis.factorial_report import LevelData
 
     acts = tuple(f"a{i}" for i in range(k))
@@ -170,7 +170,8 @@ def _levels(rng, f=3, k=3, n=4, planted=0.0, eval_sets=None):
     y[0, 0] += planted
     d = level_tables(rng, 1, f, k, n, loc=0.3)[0]
     return [LevelData(f"m{g}", acts, seeds, {"final_val_loss": y[:, g, :], "final_val_acc": 1 - y[:, g, :] / 3},
-                      d[g], (eval_sets or ["e"] * f)[g]) for g in range(f)]
+                      d[g], (eval_sets or ["e"] * f)[g], n_params=dict.fromkeys(acts, (sizes or ["1"] * f)[g]))
+            for g in range(f)]
 
 
 def test_the_section_claims_an_interaction_only_when_its_test_rejects():
@@ -198,7 +199,8 @@ def test_the_section_claims_an_interaction_only_when_its_test_rejects():
 def test_pd_is_not_compared_between_levels_with_different_evaluation_sets():
     from nanoact.analysis import factorial_report as fr
 
-    sec = fr.build_section(_levels(np.random.default_rng(22), f=2, eval_sets=["e1", "e2"]), "experiment", fa.NESTED)
+    levels = _levels(np.random.default_rng(22), f=2, eval_sets=["e1", "e2"], sizes=["765000", "10800000"])
+    sec = fr.build_section(levels, "experiment", fa.NESTED)
     assert "different evaluation sets" in sec.pd_refused and not sec.pd_contrasts
     assert not any(h.id.startswith("factorial/pd_tv") for h in sec.hypotheses)
     assert "Not compared: the levels were evaluated on different evaluation sets" in "\n".join(fr.render_md(sec))
@@ -245,10 +247,25 @@ def test_two_experiments_are_levels_of_the_factor_experiment(tmp_path):
     from nanoact.analysis.synthetic import SyntheticSpec, log_synthetic_runs
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    for name, data_seed in (("partial", 0), ("full", 1)):
-        log_synthetic_runs(uri, SyntheticSpec(experiment=name, data_seed=data_seed), artifact_root=tmp_path / name)
+    for name, data_seed, size in (("partial", 0, 765_000), ("full", 1, 10_800_000)):
+        log_synthetic_runs(uri, SyntheticSpec(experiment=name, data_seed=data_seed, n_params=size),
+                           artifact_root=tmp_path / name)
     r = run_report(["partial", "full"], tracking_uri=uri, out_dir=tmp_path / "out")
     fac = json.loads(r.summary_json.read_text())["factorial"]
     assert fac["factor"] == "experiment" and fac["seeds"] == "nested"
     assert "different evaluation sets" in fac["pd_refused"]
     assert "activation insensitivity persists at both scales" in r.report_md.read_text()
+
+
+def test_experiments_of_one_model_size_are_a_replication_not_a_test_across_scales():
+    from nanoact.analysis import factorial_report as fr
+
+    sec = fr.build_section(_levels(np.random.default_rng(23), f=2, sizes=["804096", "804096"]), "experiment",
+                           fa.NESTED)
+    verdict = fr.verdicts(sec)[0]
+    assert verdict.startswith("**Replication, not a test across scales**: the experiments train models of one size "
+                              "(804,096 parameters), so they do not speak to the claim")
+    assert fr.summary(sec)["n_params"] == {"m0": "804096", "m1": "804096"}
+    scales = fr.build_section(_levels(np.random.default_rng(23), f=2, sizes=["804096", "10800000"]), "experiment",
+                              fa.NESTED)
+    assert fr.verdicts(scales)[0].startswith("**Claim 'activation insensitivity persists at both scales'**")

@@ -242,15 +242,15 @@ def test_runs_at_different_cpu_thread_counts_get_a_note_not_an_error():
     """A thread count changes a relu run's bits (scripts/thread_bits.py); the report says when counts are mixed."""
     from types import SimpleNamespace
 
-    from nanoact.analysis.experiment import _note_thread_counts
+    from nanoact.analysis.comparable import note_thread_counts
 
     def runs(*devices):
         return SimpleNamespace(runs=[SimpleNamespace(tags={"nanoact.device": d}) for d in devices])
 
     notes: list[str] = []
-    _note_thread_counts(runs("cpu (x86_64, 2 threads)", "cpu (x86_64, 1 threads)", "cpu (x86_64, 2 threads)"), notes)
+    note_thread_counts(runs("cpu (x86_64, 2 threads)", "cpu (x86_64, 1 threads)", "cpu (x86_64, 2 threads)"), notes)
     assert notes == ["the CPU runs were trained at different thread counts (1 run(s) at 1, 2 run(s) at 2; tag "
                      "nanoact.device): a rerun reproduces a run bit for bit only at its recorded thread count"]
     same: list[str] = []
-    _note_thread_counts(runs("cpu (x86_64, 2 threads)", "cpu (x86_64, 2 threads)", "cuda (NVIDIA H100)"), same)
+    note_thread_counts(runs("cpu (x86_64, 2 threads)", "cpu (x86_64, 2 threads)", "cuda (NVIDIA H100)"), same)
     assert same == []
