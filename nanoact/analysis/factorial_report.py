@@ -179,6 +179,11 @@ def hypotheses(sec: FactorialSection) -> list[Hypothesis]:
 _f, _p = fixed, p_text  # the report's number and p-value formats
 
 
+def _small(x: float) -> str:
+    """A share: 2 decimals, or 2 significant digits below 0.01 (so 0.00009 is not printed as 0.00)."""
+    return f"{x:.{1 - math.floor(math.log10(abs(x)))}f}" if 0 < abs(x) < 0.01 else _f(x, 2)
+
+
 def _count(sizes: str) -> str:
     return ", ".join(f"{int(n):,}" for n in sizes.split(", "))
 
@@ -198,7 +203,7 @@ def interaction_sentence(sec: FactorialSection, key: str = "final_val_loss") -> 
     """The sentence on the interaction: claimed only when its test rejects (after Holm across outcomes)."""
     r = sec.results[key]
     h = next(x for x in sec.hypotheses if x.id == f"factorial/{key}/interaction")
-    share = f"{_f(r.share, 2)}, 95% CI [{_f(r.share_lo, 2)}, {_f(r.share_hi, 2)}]"
+    share = f"{_small(r.share)}, 95% CI [{_small(r.share_lo)}, {_small(r.share_hi)}]"
     if h.significant:
         return (f"The activation's effect on {r.outcome} depends on {sec.factor}: activation × {sec.factor} "
                 f"{_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}; the interaction is "

@@ -269,3 +269,10 @@ def test_experiments_of_one_model_size_are_a_replication_not_a_test_across_scale
     scales = fr.build_section(_levels(np.random.default_rng(23), f=2, sizes=["804096", "10800000"]), "experiment",
                               fa.NESTED)
     assert fr.verdicts(scales)[0].startswith("**Claim 'activation insensitivity persists at both scales'**")
+
+
+def test_a_small_share_keeps_two_significant_digits():
+    from nanoact.analysis.factorial_report import _small
+
+    assert [_small(x) for x in (9.1e-05, 0.00075, 0.0017, 0.0, 0.5)] == ["0.000091", "0.00075", "0.0017", "0.00",
+                                                                         "0.50"]
