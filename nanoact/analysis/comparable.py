@@ -11,6 +11,12 @@ from nanoact.errors import NanoactError
 from nanoact.tracking import schema
 
 
+def _listed(rs: list[RunRecord]) -> str:
+    """The first four runs of a group, named by id, activation and seed, and how many more there are."""
+    return ", ".join(f"{r.run_id} ({r.activation} s{r.seed})" for r in rs[:4]) + (
+        f" and {len(rs) - 4} more" if len(rs) > 4 else "")
+
+
 def eval_set(er: ExperimentRuns, notes: list[str]) -> str | None:
     """The evaluation set's hash the runs share (None when none is tagged); an error when they differ."""
     groups: dict[str, list[RunRecord]] = defaultdict(list)
@@ -19,11 +25,7 @@ def eval_set(er: ExperimentRuns, notes: list[str]) -> str | None:
         h = r.tags.get(schema.EVAL_SET_SHA256)
         (groups[h] if h else untagged).append(r)
     if len(groups) > 1:
-        parts = []
-        for h, rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-            ids = ", ".join(f"{r.run_id} ({r.activation} s{r.seed})" for r in rs[:4])
-            more = f" and {len(rs) - 4} more" if len(rs) > 4 else ""
-            parts.append(f"eval set {h[:12]}…: {ids}{more}")
+        parts = [f"eval set {h[:12]}…: {_listed(rs)}" for h, rs in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
         raise NanoactError(
             f"experiment {er.name!r}: runs were evaluated on different evaluation sets, so their PD is meaningless "
             f"— {'; '.join(parts)}; rerun them on one eval set or report them as separate experiments"
@@ -53,8 +55,7 @@ def dtypes(er: ExperimentRuns, notes: list[str], allow_mixed: bool) -> str | Non
         notes.append(f"{len(unknown)} run(s) logged no train.dtype_resolved or train.dtype param; their compute dtype "
                      "is unknown: " + ", ".join(r.run_id for r in unknown))
     if len(groups) > 1:
-        parts = [f"{d}: " + ", ".join(f"{r.run_id} ({r.activation} s{r.seed})" for r in rs[:4])
-                 + (f" and {len(rs) - 4} more" if len(rs) > 4 else "") for d, rs in sorted(groups.items())]
+        parts = [f"{d}: {_listed(rs)}" for d, rs in sorted(groups.items())]
         if not allow_mixed:
             raise NanoactError(
                 f"experiment {er.name!r}: runs computed in different dtypes ({'; '.join(parts)}), so PD and loss "
