@@ -11,6 +11,7 @@ progress goes to the ``progress`` callback, user mistakes raise
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import itertools
 import json
 from collections.abc import Callable, Mapping
@@ -266,15 +267,16 @@ def _check_experiments(experiments: list[str]) -> None:
         raise NanoactError(f"experiment listed twice: {experiments}")
 
 
-def _write_and_log(store: Store, args: tuple, fac, where: Mapping[str, str] | None, log_to_parent: bool, say
-                   ) -> tuple[Path, Path]:
-    """Write report.md, report.html and summary.json (``args``: ``_write``'s first seven), then log them and the
-    PNGs to the parent runs; a run that cannot take them is named in the rewritten report's logging notes."""
-    out, experiments, _uri, analyses, headline = args[:5]
+def _write_and_log(store: Store, write: Callable[..., tuple[Path, Path]], *, out: Path, experiments: list[str],
+                   analyses: list[ExperimentAnalysis], headline: str, fac, where: Mapping[str, str] | None,
+                   log_to_parent: bool, say: Callable[[str], None]) -> tuple[Path, Path]:
+    """Write report.md, report.html and summary.json with ``write(notes, fac)`` (``_write`` with its other
+    arguments bound), then log them and the PNGs to the parent runs; a run that cannot take them is named in the
+    rewritten report's logging notes."""
     art_path = _artifact_path(experiments, where)
     notes = {an.er.name: _logging_note(an, log_to_parent, art_path, None) for an in analyses}
     say("writing report.md, report.html and summary.json")
-    report_md, summary_json = _write(*args, notes, fac)
+    report_md, summary_json = write(notes, fac)
     if log_to_parent:
         files = [report_md, out / "report.html", summary_json] + [out / f for an in analyses for f in an.plots.values()]
         files += [out / f for f in (fac[1].values() if fac else ())]
@@ -282,7 +284,7 @@ def _write_and_log(store: Store, args: tuple, fac, where: Mapping[str, str] | No
                               per_activation=fac is None or multi_experiment(experiments))
         if failed:
             notes.update(failed)
-            report_md, summary_json = _write(*args, notes, fac)
+            report_md, summary_json = write(notes, fac)
     return report_md, summary_json
 
 
@@ -339,7 +341,9 @@ def run_report(
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
     if factorial is not None and not anomalies:
         headline = f"On {' + '.join(experiments)}, {fr.headline(factorial)}."
-    args = (out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
-    report_md, summary_json = _write_and_log(store, args, fac, where, log_to_parent, say)
+    write = functools.partial(_write, out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
+    report_md, summary_json = _write_and_log(store, write, out=out, experiments=experiments, analyses=analyses,
+                                             headline=headline, fac=fac, where=where, log_to_parent=log_to_parent,
+                                             say=say)
     return ReportResult(out_dir=out, report_md=report_md, summary_json=summary_json, anomalies=anomalies,
                         headline=headline)
