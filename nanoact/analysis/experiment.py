@@ -310,7 +310,7 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
         eval_acc=pp.eval_acc, fingerprints=pp.fingerprints, pairs=pairs, pair_values=pp.pair_values,
         heatmap=pp.heat, pd_score=pp.scores, within=_within_summary(runs, pairs, pp.pair_values, steps),
         cross=_cross_summary(runs, pairs, pp.pair_values, steps), outcomes=outcomes, pd=pd,
-        sources=sources, guards=_guards(er, pp, outcomes, pd, steps[-1]),
+        sources=sources, guards=_guards(er, pp, outcomes, pd, steps, pairs),
         parent_run_id=er.parent_run_id(), eval_iters=", ".join(sorted(eval_iters)) or None, best_equals_final=same,
         dtypes=dtypes,
     )
@@ -319,14 +319,31 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     return an
 
 
+def _init_same_seed(runs: list[RunRecord], pairs, pair_values, steps: list[int], acts: list[str]) -> np.ndarray | None:
+    """(k, k) median over seeds of the same-seed pd_tv at step 0 (None when step 0 was not evaluated)."""
+    if steps[0] != 0:
+        return None
+    by_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for k, (i, j, kind) in enumerate(pairs):
+        if kind == "same_seed":
+            by_pair[tuple(sorted((runs[i].activation, runs[j].activation)))].append(pair_values["pd_tv"][k, 0])
+    out = np.zeros((len(acts), len(acts)))
+    for i, a in enumerate(acts):
+        for j, b in enumerate(acts):
+            v = by_pair.get(tuple(sorted((a, b))))
+            out[i, j] = np.median(v) if v else 0.0
+    return out
+
+
 def _guards(er: ExperimentRuns, pp: _PDPass, outcomes: list[OutcomeStats], pd: pt.PDResult | None,
-            step: int) -> list[gd.GuardResult]:
-    runs = er.runs
+            steps: list[int], pairs) -> list[gd.GuardResult]:
+    runs, step = er.runs, steps[-1]
     ratio = pd.same_seed_ratio if pd is not None else np.zeros((0, 0))
+    init = _init_same_seed(runs, pairs, pp.pair_values, steps, pd.activations) if pd is not None else None
     return [
         gd.check_identical_outcomes(runs),
         gd.check_identical_predictions(runs, pp.fingerprints, step),
-        gd.check_near_identity(pd.activations if pd else [], ratio, len(pd.seeds) if pd else 0),
+        gd.check_near_identity(pd.activations if pd else [], ratio, len(pd.seeds) if pd else 0, init),
         gd.check_variance((o.label, o.rcbd.ss_a, o.rcbd.ss_e, o.rcbd.ss_a + o.rcbd.ss_s + o.rcbd.ss_e)
                           for o in outcomes if o.rcbd is not None),
         gd.check_pd_self(pp.self_pd, pp.asym),
