@@ -186,10 +186,15 @@ def test_the_section_claims_an_interaction_only_when_its_test_rejects():
     assert "Claim 'architecture dominance'" in verdict and "contradicted" in verdict
     means = np.asarray(sec.results["final_val_loss"].means).mean(axis=0)  # the architectures' spread, in loss units
     assert f"mean final val loss (over activations) spans {np.ptp(means):.4f}" in verdict
+    gaps = [s.gap for s in sec.results["final_val_loss"].simple]  # here one planted gap exceeds the spread
+    assert np.ptp(means) < max(gaps) and "the activation gap within at least one architecture is as large" in verdict
     md = "\n".join(fr.render_md(sec))
     assert md.index("## Executive summary") < md.index(verdict) < md.index("## Does the activation effect depend")
     quiet = fr.build_section(_levels(np.random.default_rng(21)), "model.name", fa.CROSSED)
     words = fr.interaction_sentence(quiet)
+    spread = np.ptp(np.asarray(quiet.results["final_val_loss"].means).mean(axis=0))
+    assert spread > max(s.gap for s in quiet.results["final_val_loss"].simple)  # no planted gap: the models differ more
+    assert "the architectures differ more than the activations within any one of them" in fr.verdicts(quiet)[0]
     if not next(h for h in quiet.hypotheses if h.id == "factorial/final_val_loss/interaction").significant:
         assert words.startswith("No dependence") and "Not detected is not absent" in words
     md = "\n".join(fr.render_md(quiet))
