@@ -319,19 +319,30 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
     return an
 
 
-def _init_same_seed(runs: list[RunRecord], pairs, pair_values, steps: list[int], acts: list[str]) -> np.ndarray | None:
-    """(k, k) median over seeds of the same-seed pd_tv at step 0 (None when step 0 was not evaluated)."""
+def _init_same_seed(runs: list[RunRecord], pairs, pair_values, steps: list[int], pd: pt.PDResult) -> np.ndarray | None:
+    """(k, k) median over the analysed seeds of the same-seed pd_tv at step 0, in ``pd.activations`` order; None
+    when step 0 was not evaluated. NaN for a pair of activations whose same-seed runs did not start from the same
+    weights in the same dtype (different parameter counts, as a gated activation gives, or dtypes), where step 0
+    says nothing about whether the activation was applied."""
     if steps[0] != 0:
         return None
+    seeds = set(pd.seeds)
     by_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
     for k, (i, j, kind) in enumerate(pairs):
-        if kind == "same_seed":
-            by_pair[tuple(sorted((runs[i].activation, runs[j].activation)))].append(pair_values["pd_tv"][k, 0])
-    out = np.zeros((len(acts), len(acts)))
+        a, b = runs[i], runs[j]
+        if kind != "same_seed" or a.seed not in seeds:
+            continue
+        same_start = (a.tags.get(schema.N_PARAMS) == b.tags.get(schema.N_PARAMS)
+                      and comparable.run_dtype(a) == comparable.run_dtype(b))
+        by_pair[tuple(sorted((a.activation, b.activation)))].append(pair_values["pd_tv"][k, 0] if same_start
+                                                                     else math.nan)
+    acts = pd.activations
+    out = np.full((len(acts), len(acts)), np.nan)
     for i, a in enumerate(acts):
         for j, b in enumerate(acts):
             v = by_pair.get(tuple(sorted((a, b))))
-            out[i, j] = np.median(v) if v else 0.0
+            if v and not np.isnan(v).any():
+                out[i, j] = np.median(v)
     return out
 
 
@@ -339,7 +350,7 @@ def _guards(er: ExperimentRuns, pp: _PDPass, outcomes: list[OutcomeStats], pd: p
             steps: list[int], pairs) -> list[gd.GuardResult]:
     runs, step = er.runs, steps[-1]
     ratio = pd.same_seed_ratio if pd is not None else np.zeros((0, 0))
-    init = _init_same_seed(runs, pairs, pp.pair_values, steps, pd.activations) if pd is not None else None
+    init = _init_same_seed(runs, pairs, pp.pair_values, steps, pd) if pd is not None else None
     return [
         gd.check_identical_outcomes(runs),
         gd.check_identical_predictions(runs, pp.fingerprints, step),

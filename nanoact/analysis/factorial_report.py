@@ -216,27 +216,28 @@ def interaction_sentence(sec: FactorialSection, key: str = "final_val_loss") -> 
             f"of the activation-related variation is {share}.")
 
 
-def _dominance(sec: FactorialSection, r, simple, hits, within: str) -> str:
+def _dominance(r, simple, hits, within: str) -> str:
     """The verdict on 'architecture dominance': is the architecture effect larger (descriptive ranges of means,
     and the main effects' partial η²), and does it overwhelm every activation difference (simple effects)?"""
     level_means = np.asarray(r.means, dtype=float).mean(axis=0)  # each architecture's mean over activations
-    gaps = [h.estimate for h in simple] or [np.nan]
+    gaps = [h.estimate for h in simple]
     f_term, a_term = r.factor_term, r.activation
-    spread = (f"the architectures' mean final val loss (over activations) spans {_f(np.ptp(level_means))} "
+    spread = (f"The architectures' mean final val loss (over activations) spans {_f(np.ptp(level_means))} "
               f"({r.levels[int(np.argmin(level_means))]} lowest, {r.levels[int(np.argmax(level_means))]} highest), "
-              f"against best-to-worst activation gaps of {_f(min(gaps))}–{_f(max(gaps))} within "
-              "the architectures (ranges of means, descriptive)")
-    larger = ("so the architectures differ more than the activations within any one of them" if
-              np.ptp(level_means) > max(gaps) else "so the activation gap within at least one architecture is as large "
-              "as the architectures' spread")
+              f"against best-to-worst activation gaps of {_f(min(gaps))}–{_f(max(gaps))} within the architectures "
+              "(ranges of means, descriptive), so " + (
+                  "the architectures differ more than the activations within any one of them" if np.ptp(level_means)
+                  > max(gaps) else "the activation gap within at least one architecture is as large as the "
+                  "architectures' spread") + "; " if gaps else "")
     eta = (f"the architecture main effect has partial η² {_f(f_term.partial_eta2, 2)} [{_f(f_term.eta2_lo, 2)}, "
            f"{_f(f_term.eta2_hi, 2)}] against the activation's {_f(a_term.partial_eta2, 2)} [{_f(a_term.eta2_lo, 2)}, "
-           f"{_f(a_term.eta2_hi, 2)}] (each against its own error term)")
+           f"{_f(a_term.eta2_hi, 2)}] (each against its own error term, so not one scale)")
     verdict = ("contradicted as stated: activation differences remain detectable within architectures" if hits else
                "not supported as stated: 'completely overwhelms' would need the activation differences within each "
                "architecture to be shown small (an equivalence margin), and they were only not detected")
+    body = spread + eta
     return (f"**Claim 'architecture dominance'** (the architecture's capacity completely overwhelms any activation "
-            f"difference): {verdict}. {spread[0].upper()}{spread[1:]}, {larger}; {eta}; {within}.")
+            f"difference): {verdict}. {body[0].upper()}{body[1:]}; {within}.")
 
 
 def verdicts(sec: FactorialSection) -> list[str]:
@@ -253,7 +254,7 @@ def verdicts(sec: FactorialSection) -> list[str]:
               f"the activation effect on final val loss is not detected within any of the {len(simple)} levels (RCBD F "
               "within each level, Holm across levels), which at these seeds is not evidence that it is absent")
     if sec.factor == "model.name":
-        return [_dominance(sec, r, simple, hits, within)]
+        return [_dominance(r, simple, hits, within)]
     if sec.factor == "experiment" and len(set(sec.n_params.values())) == 1 and all(sec.n_params.values()):
         return [f"**Replication, not a test across scales**: the experiments train models of one size "
                 f"({_count(next(iter(sec.n_params.values())))} parameters), so they do not speak to the claim "
