@@ -56,8 +56,12 @@ def _no_pair_detected(fam: list[Hypothesis], what: str, how: str, tail: str) -> 
     mdd = [h.mdd for h in fam if math.isfinite(h.mdd)]
     power = (f"; with {big.n_seeds} seeds the smallest difference detected with 80% power is about {sig(max(mdd), 3)}"
              f"{_margin_seeds(fam)}" if mdd else "")
+    lo, hi = big.ci
+    unadjusted = (f", unadjusted for the {len(fam)} pairs, so it can exclude 0 where Holm does not reject"
+                  if len(fam) > 1 and (lo > 0 or hi < 0) else "")
     return _item(f"{what}: no difference detected ({how}, Holm over {len(fam)} pairs; largest estimate "
-                 f"{_pair_est(big)}, {interval_text(big)}{power}). Not detected is not the same as equal.{tail}", fam)
+                 f"{_pair_est(big)}, {interval_text(big)}{unadjusted}{power}). Not detected is not the same as "
+                 f"equal.{tail}", fam)
 
 
 def _margin_seeds(fam: list[Hypothesis]) -> str:
