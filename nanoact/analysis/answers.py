@@ -69,7 +69,12 @@ def question(h: Hypothesis) -> str:
 def interval_text(h: Hypothesis, d: int = 4) -> str:
     """The 95% interval and, when it is not the inverted test, how it was made."""
     text = ci_text(h, d)
-    return f"{text} ({h.interval})" if "separate" in h.interval and text != "no interval" else text
+    if "separate" not in h.interval or text == "no interval":
+        return text
+    lo, hi = h.ci
+    disagree = ("; it includes 0 although the test rejects: the two methods disagree near the boundary, and at "
+                f"{h.n_seeds} seeds the interval is the less sensitive" if h.significant and lo <= 0 <= hi else "")
+    return f"{text} ({h.interval}{disagree})"
 
 
 def _absence(h: Hypothesis) -> str:

@@ -24,3 +24,16 @@ def test_a_pair_interval_that_excludes_0_without_a_holm_rejection_is_called_unad
     inside = [_pair("relu", "smelu_1", -0.003, [-0.007, 0.001], 0.5), _pair("gelu", "relu", 0.001, [-0.002, 0.004], 1)]
     text = " ".join(item["text"] for item in executive_summary(inside, 3) if "by pair" in item["text"])
     assert "no difference detected" in text and "unadjusted" not in text
+
+
+def test_a_separate_interval_that_includes_0_beside_a_rejecting_test_says_so():
+    from nanoact.analysis.answers import interval_text
+
+    # the zoo's charlm: cross-vs-within Δ = 0.00027, jackknife CI [-0.00052, 0.0011], exact relabelling p = 0.0035
+    h = Hypothesis(id="pd_tv/cross_vs_within", kind="pd_cross_within", measure="pd_tv", family="pd_distribution",
+                   subjects=["gelu", "relu"], method="within-seed relabelling (exact)", statistic_name="Δ",
+                   statistic=0.00027, df=[], p=0.0035, estimate=0.00027, ci=[-0.00052, 0.0011], n_seeds=3,
+                   interval="delete-one-seed jackknife t on 2 df, separate from the test", significant=True)
+    assert "it includes 0 although the test rejects" in interval_text(h)
+    h.ci = [0.0001, 0.0011]
+    assert "includes 0" not in interval_text(h) and "separate from the test" in interval_text(h)
