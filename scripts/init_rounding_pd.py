@@ -5,8 +5,8 @@ a gated one does); if the activation were not applied, their step-0 predictions 
 (a nondeterministic forward pass). This prints pd_tv between one initialised model's predictions computed in
 float64 and in float32, and with bfloat16 autocast and in float32 (a bound on rounding: a whole dtype change),
 each stored as the tracker stores them (float16 probabilities), on 256 random contexts: every model at the zoo's
-size, and nanotransformer at the size of `full`. The guard's floor (``nanoact.analysis.guards.INIT_FLOOR``) must
-sit above these.
+size, and nanotransformer at the size of `full`. The guard's floors (``nanoact.analysis.guards.INIT_FLOORS``) must
+sit above these: float64 vs float32 bounds float32 rounding, bfloat16 vs float32 bounds bfloat16 rounding.
 
     python scripts/init_rounding_pd.py
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from nanoact.analysis.guards import INIT_FLOOR
+from nanoact.analysis.guards import INIT_FLOORS
 from nanoact.config import ModelConfig
 from nanoact.models import build_model, model_names
 
@@ -42,13 +42,16 @@ def main() -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     cases = [(name, "zoo", ZOO) for name in model_names()] + [("nanotransformer", "full", FULL)]
-    worst = 0.0
+    worst32 = worst16 = 0.0
     for name, label, size in cases:
         idx = torch.randint(65, (256, size["block_size"]), generator=g)
         a, b = measure(name, size, idx)
-        worst = max(worst, a, b)
+        worst32, worst16 = max(worst32, a), max(worst16, b)
         print(f"{name:16s} {label:4s}  float64 vs float32 {a:.2e}   bfloat16 autocast vs float32 {b:.2e}")
-    print(f"largest {worst:.2e}; the guard's floor INIT_FLOOR = {INIT_FLOOR:g} ({INIT_FLOOR / worst:.1f}x above)")
+    for dtype, worst in (("float32", worst32), ("bfloat16", worst16)):
+        floor = INIT_FLOORS[dtype]
+        above = f"{floor / worst:.0f}x above" if worst > 0 else "above"
+        print(f"{dtype}: largest rounding {worst:.2e}; the guard's floor {floor:g} ({above})")
 
 
 if __name__ == "__main__":

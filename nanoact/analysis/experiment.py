@@ -310,7 +310,7 @@ def analyse_experiment(client, name: str, fetcher: ArtifactFetcher, progress: Ca
         eval_acc=pp.eval_acc, fingerprints=pp.fingerprints, pairs=pairs, pair_values=pp.pair_values,
         heatmap=pp.heat, pd_score=pp.scores, within=_within_summary(runs, pairs, pp.pair_values, steps),
         cross=_cross_summary(runs, pairs, pp.pair_values, steps), outcomes=outcomes, pd=pd,
-        sources=sources, guards=_guards(er, pp, outcomes, pd, steps, pairs),
+        sources=sources, guards=_guards(er, pp, outcomes, pd, steps, pairs, dtypes),
         parent_run_id=er.parent_run_id(), eval_iters=", ".join(sorted(eval_iters)) or None, best_equals_final=same,
         dtypes=dtypes,
     )
@@ -347,14 +347,15 @@ def _init_same_seed(runs: list[RunRecord], pairs, pair_values, steps: list[int],
 
 
 def _guards(er: ExperimentRuns, pp: _PDPass, outcomes: list[OutcomeStats], pd: pt.PDResult | None,
-            steps: list[int], pairs) -> list[gd.GuardResult]:
+            steps: list[int], pairs, dtypes: str | None) -> list[gd.GuardResult]:
     runs, step = er.runs, steps[-1]
     ratio = pd.same_seed_ratio if pd is not None else np.zeros((0, 0))
     init = _init_same_seed(runs, pairs, pp.pair_values, steps, pd) if pd is not None else None
     return [
         gd.check_identical_outcomes(runs),
         gd.check_identical_predictions(runs, pp.fingerprints, step),
-        gd.check_near_identity(pd.activations if pd else [], ratio, len(pd.seeds) if pd else 0, init),
+        gd.check_near_identity(pd.activations if pd else [], ratio, len(pd.seeds) if pd else 0, init,
+                               gd.init_floor(dtypes)),
         gd.check_variance((o.label, o.rcbd.ss_a, o.rcbd.ss_e, o.rcbd.ss_a + o.rcbd.ss_s + o.rcbd.ss_e)
                           for o in outcomes if o.rcbd is not None),
         gd.check_pd_self(pp.self_pd, pp.asym),

@@ -112,13 +112,22 @@ def check_pd_self(
 
 
 NEAR_IDENTITY_RATIO = 0.2  # honest runs of the cpu experiment: 0.88-1.17
-# pd_tv at step 0 between copies of one model (same weights, same dtype, float16-stored probabilities) is 0 across
-# CPU thread counts; even a whole dtype change (bfloat16 autocast vs float32) reaches only 5e-4 at the zoo's size
-# and 9.7e-4 at full's (``python scripts/init_rounding_pd.py``)
-INIT_FLOOR = 1e-3
+# pd_tv at step 0 between copies of one model (same weights, same dtype) is float rounding at most
+# (``python scripts/init_rounding_pd.py``, float16-stored probabilities, the zoo's size and full's): 0 across CPU
+# thread counts; float64 vs float32 forward <= 1e-7, which bounds float32 rounding; bfloat16 autocast vs float32
+# 2.7e-4 to 9.7e-4, which bounds bfloat16 rounding. Each floor is far above its dtype's bound (100x for float32,
+# 2x for bfloat16); a dtype the runs do not record gets the larger one.
+INIT_FLOORS = {"float32": 1e-5, "bfloat16": 2e-3}
 
 
-def check_near_identity(activations: Sequence[str], ratio, n_seeds: int, init_same=None) -> GuardResult:
+def init_floor(dtypes: str | None) -> float:
+    """The step-0 floor for runs computed in ``dtypes`` (comma-separated, as the analysis records them)."""
+    names = [d.strip() for d in (dtypes or "").split(",") if d.strip()]
+    return max((INIT_FLOORS.get(d, max(INIT_FLOORS.values())) for d in names), default=max(INIT_FLOORS.values()))
+
+
+def check_near_identity(activations: Sequence[str], ratio, n_seeds: int, init_same=None,
+                        floor: float = INIT_FLOORS["float32"]) -> GuardResult:
     """Alarm when two activations at the same seed predict far more alike than one activation across seeds.
 
     ``ratio[a][b]`` = median over seeds of PD(a, s; b, s) / mean within-activation PD of a and b (different seeds).
@@ -129,12 +138,13 @@ def check_near_identity(activations: Sequence[str], ratio, n_seeds: int, init_sa
     ``init_same[a][b]`` = median over seeds of pd_tv(a, s; b, s) at step 0 (None when step 0 was not evaluated;
     NaN for a pair whose runs did not start from the same weights in the same dtype). With the same weights the
     activation is the only difference at step 0, and copies of one model differ there by rounding at most, below
-    INIT_FLOOR. A pair whose ratio is low but which differed at step 0 by INIT_FLOOR or more was not the same model
+    ``floor`` (``init_floor`` of the runs' dtype). A pair whose ratio is low but which differed at step 0 by
+    ``floor`` or more was not the same model
     at initialisation; it passes, and the details say that its trained models predict alike. (A fallback that
     acted only in training mode would pass too; the run-start wiring check evaluates in eval mode as well.)
     """
     title = (f"same-seed PD across activations is not far below seed-to-seed PD (ratio >= {NEAR_IDENTITY_RATIO}), "
-             f"or was >= {INIT_FLOOR:g} at step 0")
+             f"or was >= {floor:g} at step 0")
     if n_seeds < 2 or len(activations) < 2:
         return GuardResult("near-identity", title, True, ["needs at least 2 activations and 2 seeds"], verified=False)
     details, notes = [], []
@@ -145,14 +155,14 @@ def check_near_identity(activations: Sequence[str], ratio, n_seeds: int, init_sa
                 continue
             pair = f"{activations[i]} vs {activations[j]}: same-seed PD is {r:.3g} x the seed-to-seed PD"
             init = None if init_same is None else float(init_same[i][j])
-            if init is not None and init >= INIT_FLOOR:
+            if init is not None and init >= floor:
                 notes.append(f"{pair} at the final step, but at step 0 (same initial weights) their pd_tv was "
-                             f"{init:.2g} (>= {INIT_FLOOR:g}, above rounding): not the same model at initialisation; "
+                             f"{init:.2g} (>= {floor:g}, above rounding): not the same model at initialisation; "
                              "the trained models predict alike")
                 continue
             at0 = ("" if init_same is None else "; step 0 is not comparable (different parameter counts or dtypes)"
                    if math.isnan(init) else f"; at step 0 (same initial weights) it was {init:.2g}, below "
-                   f"{INIT_FLOOR:g}")
+                   f"{floor:g}")
             details.append(f"{pair}{at0}: the two activations are nearly the same model (was the activation "
                            "applied?)")
     return GuardResult("near-identity", title, not details, details or notes)
