@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanoact.analysis import factorial as fa
+from nanoact.analysis.factorial_words import interaction_sentence, term_name, verdicts
 from nanoact.analysis.formatting import fixed, p_text
 from nanoact.analysis.hypotheses import Hypothesis, adjust
 from nanoact.analysis.stats import ALPHA
@@ -22,6 +23,7 @@ from nanoact.tracking import schema
 
 OUTCOMES = (("final_val_loss", "final val loss", True), ("final_val_acc", "final val acc", False))
 PD_ESTIMANDS = ("cross-vs-within", "activation-only")
+_f, _p = fixed, p_text  # the report's number and p-value formats
 
 
 @dataclass(frozen=True)
@@ -176,97 +178,6 @@ def hypotheses(sec: FactorialSection) -> list[Hypothesis]:
     return out
 
 
-_f, _p = fixed, p_text  # the report's number and p-value formats
-
-
-def _small(x: float) -> str:
-    """A share: 2 decimals, or 2 significant digits below 0.01 (so 0.00009 is not printed as 0.00)."""
-    return f"{x:.{1 - math.floor(math.log10(abs(x)))}f}" if 0 < abs(x) < 0.01 else _f(x, 2)
-
-
-def _count(sizes: str) -> str:
-    return ", ".join(f"{int(n):,}" for n in sizes.split(", "))
-
-
-def _named(text: str, factor: str) -> str:
-    """A term's generic name with the factor's own name: "activation x factor x seed" -> "activation × model.name
-    × seed"."""
-    return text.replace(" x ", " × ").replace("factor", factor)
-
-
-def _term_words(t: fa.Term, factor: str) -> str:
-    return (f"F({t.df}, {t.df_error}) = {_f(t.f, 2)}, p {_p(t.p)} (against {_named(t.error, factor)}); partial η² = "
-            f"{_f(t.partial_eta2, 2)}, 95% CI [{_f(t.eta2_lo, 2)}, {_f(t.eta2_hi, 2)}]")
-
-
-def interaction_sentence(sec: FactorialSection, key: str = "final_val_loss") -> str:
-    """The sentence on the interaction: claimed only when its test rejects (after Holm across outcomes)."""
-    r = sec.results[key]
-    h = next(x for x in sec.hypotheses if x.id == f"factorial/{key}/interaction")
-    share = f"{_small(r.share)}, 95% CI [{_small(r.share_lo)}, {_small(r.share_hi)}]"
-    if h.significant:
-        return (f"The activation's effect on {r.outcome} depends on {sec.factor}: activation × {sec.factor} "
-                f"{_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}; the interaction is "
-                f"{share} of the "
-                "activation-related variation (SS_A×F / (SS_A + SS_A×F)).")
-    return (f"No dependence of the activation's effect on {sec.factor} was detected for {r.outcome} (activation × "
-            f"{sec.factor} {_term_words(r.interaction, sec.factor)}, Holm-adjusted p {_p(h.p_adjusted)}). "
-            "Not detected is not "
-            f"absent: an interaction of partial η² up to {_f(r.interaction.eta2_hi, 2)} is not excluded, and its share "
-            f"of the activation-related variation is {share}.")
-
-
-def _dominance(r, simple, hits, within: str) -> str:
-    """The verdict on 'architecture dominance': is the architecture effect larger (descriptive ranges of means,
-    and the main effects' partial η²), and does it overwhelm every activation difference (simple effects)?"""
-    level_means = np.asarray(r.means, dtype=float).mean(axis=0)  # each architecture's mean over activations
-    gaps = [h.estimate for h in simple]
-    f_term, a_term = r.factor_term, r.activation
-    spread = (f"The architectures' mean final val loss (over activations) spans {_f(np.ptp(level_means))} "
-              f"({r.levels[int(np.argmin(level_means))]} lowest, {r.levels[int(np.argmax(level_means))]} highest), "
-              f"against best-to-worst activation gaps of {_f(min(gaps))}–{_f(max(gaps))} within the architectures "
-              "(ranges of means, descriptive), so " + (
-                  "the architectures differ more than the activations within any one of them" if np.ptp(level_means)
-                  > max(gaps) else "the activation gap within at least one architecture is as large as the "
-                  "architectures' spread") + "; " if gaps else "")
-    eta = (f"the architecture main effect has partial η² {_f(f_term.partial_eta2, 2)} [{_f(f_term.eta2_lo, 2)}, "
-           f"{_f(f_term.eta2_hi, 2)}] against the activation's {_f(a_term.partial_eta2, 2)} [{_f(a_term.eta2_lo, 2)}, "
-           f"{_f(a_term.eta2_hi, 2)}] (each against its own error term, so not one scale)")
-    verdict = ("contradicted as stated: activation differences remain detectable within architectures" if hits else
-               "not supported as stated: 'completely overwhelms' would need the activation differences within each "
-               "architecture to be shown small (an equivalence margin), and they were only not detected")
-    body = spread + eta
-    return (f"**Claim 'architecture dominance'** (the architecture's capacity completely overwhelms any activation "
-            f"difference): {verdict}. {body[0].upper()}{body[1:]}; {within}.")
-
-
-def verdicts(sec: FactorialSection) -> list[str]:
-    """An explicit verdict on the re-examined study's two claims, where this factor speaks to one."""
-    if "final_val_loss" not in sec.results:
-        return []
-    r = sec.results["final_val_loss"]
-    simple = [h for h in sec.hypotheses if h.id.startswith("factorial/final_val_loss/simple/")]
-    hits = [h for h in simple if h.significant]
-    found = ", ".join(f"{h.subjects[0]}: worst {h.extra['worst']}, best {h.extra['best']}, gap {_f(h.estimate)}"
-                      for h in hits)
-    within = (f"the activation effect on final val loss is detected within {len(hits)} of {len(simple)} levels "
-              f"({found}; RCBD F within each level, Holm across levels)" if hits else
-              f"the activation effect on final val loss is not detected within any of the {len(simple)} levels (RCBD F "
-              "within each level, Holm across levels), which at these seeds is not evidence that it is absent")
-    if sec.factor == "model.name":
-        return [_dominance(r, simple, hits, within)]
-    if sec.factor == "experiment" and len(set(sec.n_params.values())) == 1 and all(sec.n_params.values()):
-        return [f"**Replication, not a test across scales**: the experiments train models of one size "
-                f"({_count(next(iter(sec.n_params.values())))} parameters), so they do not speak to the claim "
-                f"'activation insensitivity persists at both scales'; {within}."]
-    if sec.factor == "experiment":
-        verdict = ("contradicted at " + ", ".join(h.subjects[0] for h in hits) if hits else
-                   "not supported: insensitivity would need equivalence within each scale, and the activation effect "
-                   "was only not detected")
-        return [f"**Claim 'activation insensitivity persists at both scales'**: {verdict}; {within}."]
-    return []
-
-
 def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> list[str]:
     plots = plots or {}
     design = ("seed crossed with both factors: activation tested against activation × seed, the factor against factor "
@@ -283,8 +194,8 @@ def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> lis
         md += [f"### {r.outcome}", "", interaction_sentence(sec, key), "",
                "| term | F | df | p | error term | partial η² [95% CI] |", "|---|---|---|---|---|---|"]
         for t in r.terms():
-            md.append(f"| {_named(t.name, sec.factor)} | {_f(t.f, 2)} | {t.df}, {t.df_error} | {_p(t.p)} | "
-                      f"{_named(t.error, sec.factor)} | "
+            md.append(f"| {term_name(t.name, sec.factor)} | {_f(t.f, 2)} | {t.df}, {t.df_error} | {_p(t.p)} | "
+                      f"{term_name(t.error, sec.factor)} | "
                       f"{_f(t.partial_eta2, 2)} [{_f(t.eta2_lo, 2)}, {_f(t.eta2_hi, 2)}] |")
         md += ["", "Simple effects (the activation's RCBD F within each level, Holm across levels):", "",
                "| level | F | df | p | Holm p | best | worst | gap |", "|---|---|---|---|---|---|---|---|"]
@@ -345,20 +256,6 @@ def from_analyses(analyses, levels: Sequence[str], factor: str, seeds: str) -> F
         return build_section(data, factor, seeds) if len(data) >= 2 else None
     except ValueError:
         return None
-
-
-def headline(sec: FactorialSection) -> str:
-    """The factorial finding in one sentence for the report's headline (its interaction test on final val loss)."""
-    r = sec.results.get("final_val_loss")
-    if r is None:
-        return ""
-    h = next(x for x in sec.hypotheses if x.id == "factorial/final_val_loss/interaction")
-    t = r.interaction
-    stat = f"F({t.df}, {t.df_error}) = {_f(t.f, 2)}, Holm p {_p(h.p_adjusted)}"
-    if h.significant:
-        return f"the activation's effect on final val loss depends on {sec.factor} ({stat})"
-    return (f"a dependence of the activation's effect on final val loss on {sec.factor} was not detected ({stat}; "
-            f"partial η² up to {_f(t.eta2_hi, 2)} not excluded)")
 
 
 def make_plots(sec: FactorialSection, out, prefix: str = "") -> dict[str, str]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from nanoact.analysis import factorial as fa
 from nanoact.analysis import factorial_report as fr
+from nanoact.analysis import factorial_words as fw
 from nanoact.analysis import render as rd
 from nanoact.analysis import sequential_report as seqrep
 from nanoact.analysis import summary as sm
@@ -340,7 +341,7 @@ def run_report(
                  for an in analyses for g in an.guards for a in g.anomalies()]
     headline = _scope(analyses, where) + rd.headline(analyses, anomalies)
     if factorial is not None and not anomalies:
-        headline = f"On {' + '.join(experiments)}, {fr.headline(factorial)}."
+        headline = f"On {' + '.join(experiments)}, {fw.headline(factorial)}."
     write = functools.partial(_write, out, experiments, uri, analyses, headline, anomalies, allow_anomalies)
     report_md, summary_json = _write_and_log(store, write, out=out, experiments=experiments, analyses=analyses,
                                              headline=headline, fac=fac, where=where, log_to_parent=log_to_parent,

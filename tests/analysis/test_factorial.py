@@ -176,25 +176,31 @@ def _levels(rng, f=3, k=3, n=4, planted=0.0, eval_sets=None, sizes=None):
 
 def test_the_section_claims_an_interaction_only_when_its_test_rejects():
     from nanoact.analysis import factorial_report as fr
+    from nanoact.analysis import factorial_words as fw
 
     sec = fr.build_section(_levels(np.random.default_rng(20), planted=0.08), "model.name", fa.CROSSED)
     ids = {h.id for h in sec.hypotheses}
     assert {"factorial/final_val_loss/interaction", "factorial/final_val_acc/interaction",
             "factorial/final_val_loss/simple/m0", "factorial/pd_tv/cross-vs-within/m0-m1"} <= ids
-    assert "depends on model.name" in fr.interaction_sentence(sec)
-    verdict = fr.verdicts(sec)[0]
+    assert "depends on model.name" in fw.interaction_sentence(sec)
+    verdict = fw.verdicts(sec)[0]
     assert "Claim 'architecture dominance'" in verdict and "contradicted" in verdict
     means = np.asarray(sec.results["final_val_loss"].means).mean(axis=0)  # the architectures' spread, in loss units
     assert f"mean final val loss (over activations) spans {np.ptp(means):.4f}" in verdict
     gaps = [s.gap for s in sec.results["final_val_loss"].simple]  # here one planted gap exceeds the spread
     assert np.ptp(means) < max(gaps) and "the activation gap within at least one architecture is as large" in verdict
+    head = fw.headline(sec)
+    hits = [h.subjects[0] for h in sec.hypotheses if h.id.startswith("factorial/final_val_loss/simple/")
+            and h.significant]
+    assert "[`factorial/final_val_loss/interaction`]" in head and "'architecture dominance' is contradicted" in head
+    assert f"detected within {len(hits)} of 3 architectures ({', '.join(hits)}; RCBD F" in head
     md = "\n".join(fr.render_md(sec))
     assert md.index("## Executive summary") < md.index(verdict) < md.index("## Does the activation effect depend")
     quiet = fr.build_section(_levels(np.random.default_rng(21)), "model.name", fa.CROSSED)
-    words = fr.interaction_sentence(quiet)
+    words = fw.interaction_sentence(quiet)
     spread = np.ptp(np.asarray(quiet.results["final_val_loss"].means).mean(axis=0))
     assert spread > max(s.gap for s in quiet.results["final_val_loss"].simple)  # no planted gap: the models differ more
-    assert "the architectures differ more than the activations within any one of them" in fr.verdicts(quiet)[0]
+    assert "the architectures differ more than the activations within any one of them" in fw.verdicts(quiet)[0]
     if not next(h for h in quiet.hypotheses if h.id == "factorial/final_val_loss/interaction").significant:
         assert words.startswith("No dependence") and "Not detected is not absent" in words
     md = "\n".join(fr.render_md(quiet))
@@ -203,13 +209,14 @@ def test_the_section_claims_an_interaction_only_when_its_test_rejects():
 
 def test_pd_is_not_compared_between_levels_with_different_evaluation_sets():
     from nanoact.analysis import factorial_report as fr
+    from nanoact.analysis import factorial_words as fw
 
     levels = _levels(np.random.default_rng(22), f=2, eval_sets=["e1", "e2"], sizes=["765000", "10800000"])
     sec = fr.build_section(levels, "experiment", fa.NESTED)
     assert "different evaluation sets" in sec.pd_refused and not sec.pd_contrasts
     assert not any(h.id.startswith("factorial/pd_tv") for h in sec.hypotheses)
     assert "Not compared: the levels were evaluated on different evaluation sets" in "\n".join(fr.render_md(sec))
-    assert "activation insensitivity persists at both scales" in fr.verdicts(sec)[0]
+    assert "activation insensitivity persists at both scales" in fw.verdicts(sec)[0]
 
 
 @pytest.mark.slow
@@ -264,20 +271,21 @@ def test_two_experiments_are_levels_of_the_factor_experiment(tmp_path):
 
 def test_experiments_of_one_model_size_are_a_replication_not_a_test_across_scales():
     from nanoact.analysis import factorial_report as fr
+    from nanoact.analysis import factorial_words as fw
 
     sec = fr.build_section(_levels(np.random.default_rng(23), f=2, sizes=["804096", "804096"]), "experiment",
                            fa.NESTED)
-    verdict = fr.verdicts(sec)[0]
+    verdict = fw.verdicts(sec)[0]
     assert verdict.startswith("**Replication, not a test across scales**: the experiments train models of one size "
                               "(804,096 parameters), so they do not speak to the claim")
     assert fr.summary(sec)["n_params"] == {"m0": "804096", "m1": "804096"}
     scales = fr.build_section(_levels(np.random.default_rng(23), f=2, sizes=["804096", "10800000"]), "experiment",
                               fa.NESTED)
-    assert fr.verdicts(scales)[0].startswith("**Claim 'activation insensitivity persists at both scales'**")
+    assert fw.verdicts(scales)[0].startswith("**Claim 'activation insensitivity persists at both scales'**")
 
 
 def test_a_small_share_keeps_two_significant_digits():
-    from nanoact.analysis.factorial_report import _small
+    from nanoact.analysis.factorial_words import _small
 
     assert [_small(x) for x in (9.1e-05, 0.00075, 0.0017, 0.0, 0.5)] == ["0.000091", "0.00075", "0.0017", "0.00",
                                                                          "0.50"]
