@@ -184,6 +184,32 @@ def test_near_identity_guard_is_silent_on_the_committed_cpu_runs():
     assert gd.check_near_identity(res.activations, res.same_seed_ratio, len(set(res.seeds))).status == "PASS"
 
 
+def test_near_identity_guard_passes_the_committed_zoo_charlm_runs_only_through_step_0():
+    """The zoo's charlm (docs/results/zoo, float32): four pairs of activations train into alike models (ratio below
+    0.2), which the ratio alone calls copies; their step-0 same-seed pd_tv (same weights) clears the float32 floor."""
+    import json
+    from collections import defaultdict
+    from pathlib import Path
+
+    from nanoact.analysis import pdtests as pt
+
+    e = json.loads((Path(__file__).parents[2] / "docs/results/zoo/summary.json").read_text())["per_experiment"][
+        "zoo[model.name=charlm]"]
+    res = pt.analyse_pd(np.array(e["heatmap"]["pd_tv"]), [r["activation"] for r in e["runs"]],
+                        [r["seed"] for r in e["runs"]], "pd_tv", 200, np.random.default_rng(0))
+    at0 = defaultdict(list)
+    for p in e["pairs"]:
+        if p["kind"] == "same_seed":
+            at0[frozenset((p["activation_a"], p["activation_b"]))].append(p["pd_tv"][0])
+    acts = res.activations
+    init = np.array([[np.median(at0[frozenset((a, b))]) if a != b else 0.0 for b in acts] for a in acts])
+    n = len(set(res.seeds))
+    alone = gd.check_near_identity(acts, res.same_seed_ratio, n)
+    assert alone.status == "FAIL" and len(alone.details) == 4
+    g = gd.check_near_identity(acts, res.same_seed_ratio, n, init, gd.init_floor(e["evaluation"]["dtypes"]))
+    assert g.status == "PASS" and len(g.details) == 4 and init[init > 0].min() > 10 * gd.init_floor("float32")
+
+
 def test_the_guards_table_of_many_levels_has_one_row_per_outcome_naming_its_levels():
     """A guard that passes at every level is one row ("all 3"); where it fails at one, that level has its own row."""
     from types import SimpleNamespace
