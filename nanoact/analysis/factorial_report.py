@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nanoact.analysis import factorial as fa
-from nanoact.analysis.factorial_words import interaction_sentence, term_name, verdicts
+from nanoact.analysis.factorial_words import interaction_sentence, pd_sentences, term_name, verdicts
 from nanoact.analysis.formatting import fixed, p_text
 from nanoact.analysis.hypotheses import Hypothesis, adjust
 from nanoact.analysis.stats import ALPHA
@@ -185,7 +185,8 @@ def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> lis
               "seeds nested in the levels (split-plot): the factor tested against seeds within levels, activation and "
               "the interaction against activation × seeds within levels")
     md = ["## Executive summary", ""] + [f"- {line}" for line in
-                                         verdicts(sec) + [interaction_sentence(sec, key) for key in sec.results]]
+                                         verdicts(sec) + [interaction_sentence(sec, key) for key in sec.results]
+                                         + pd_sentences(sec)]
     md += ["", f"## Does the activation effect depend on {sec.factor}?", "",
            f"{len(sec.levels)} levels of `{sec.factor}` ({', '.join(sec.levels)}) × {len(sec.activations)} "
            f"activations × {sec.n_seeds} seeds; {design}.", ""]
@@ -212,7 +213,8 @@ def render_md(sec: FactorialSection, plots: dict[str, str] | None = None) -> lis
     if sec.pd_refused:
         md += [f"Not compared: {sec.pd_refused}.", ""]
         return md
-    md += ["Each level's PD estimands (pd_tv at the final step, between runs of that level only; seed-jackknife 95% "
+    md += [*(f"- {x}" for x in pd_sentences(sec)), "",
+           "Each level's PD estimands (pd_tv at the final step, between runs of that level only; seed-jackknife 95% "
            "CI), and each pair of levels' difference (Holm across pairs of levels, per estimand):", "",
            "| estimand | level | estimate [95% CI] |", "|---|---|---|"]
     for name, rows in sec.pd_levels.items():
@@ -289,5 +291,5 @@ def summary(sec: FactorialSection) -> dict:
                       "means": r.means, "ci_half": r.ci_half} for k, r in sec.results.items()},
         "pair_effects": {k: [asdict(p) for p in v] for k, v in sec.pairs.items()},
         "pd_levels": {k: [list(row) for row in v] for k, v in sec.pd_levels.items()},
-        "verdicts": verdicts(sec),
+        "verdicts": verdicts(sec), "pd_across_levels": pd_sentences(sec),
     }

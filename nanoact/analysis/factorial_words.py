@@ -132,3 +132,34 @@ def headline(sec: FactorialSection) -> str:
     _, hits, within = _within(sec, "architectures")
     verdict = "contradicted as stated" if hits else "not supported as stated"
     return f"{out}; the claim 'architecture dominance' is {verdict}: {within} [`factorial/final_val_loss/simple/*`]"
+
+
+PD_WORDS = {"cross-vs-within": "how far apart the activations' distributions of fitted functions are (the "
+                               "cross-vs-within excess of pd_tv)",
+            "activation-only": "how far changing only the activation moves predictions against reseeding (the "
+                               "same-seed activation-only excess of pd_tv)"}
+
+
+def pd_sentences(sec: FactorialSection) -> list[str]:
+    """One sentence per PD estimand: in how many pairs of levels it differs (jackknife t, Holm), the largest
+    difference with its interval, and what was not detected."""
+    if sec.pd_refused or not sec.pd_contrasts:
+        return []
+    byid = {h.id: h for h in sec.hypotheses}
+    out = []
+    for name, words in PD_WORDS.items():
+        rows = [(c, byid[f"factorial/pd_tv/{name}/{c.a}-{c.b}"]) for c in sec.pd_contrasts if c.estimand == name]
+        if not rows:
+            continue
+        hits = [(c, h) for c, h in rows if h.significant]
+        c, h = max(hits or rows, key=lambda ch: abs(ch[0].diff))
+        big = f"{c.a} − {c.b} = {_f(c.diff)}, 95% CI [{_f(c.lo)}, {_f(c.hi)}], Holm p {_p(h.p_adjusted)}"
+        test = f"seed-jackknife t, Holm over {len(rows)} pairs of levels; [`factorial/pd_tv/{name}/*`]"
+        if hits:
+            out.append(f"PD: {words} differs between levels of {sec.factor} in {len(hits)} of {len(rows)} pairs "
+                       f"(largest {big}; {test}); in the other {len(rows) - len(hits)} a difference was not detected.")
+        else:
+            out.append(f"PD: a difference between levels of {sec.factor} in {words} was not detected in any of the "
+                       f"{len(rows)} pairs (largest {big}; {test}); not detected is not absent.")
+    return out
+

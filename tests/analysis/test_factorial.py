@@ -207,6 +207,27 @@ def test_the_section_claims_an_interaction_only_when_its_test_rejects():
     assert "## Does the activation effect depend on model.name?" in md and "| activation × model.name |" in md
 
 
+def test_the_pd_sentences_say_in_how_many_pairs_of_levels_each_estimand_differs():
+    from nanoact.analysis import factorial_report as fr
+    from nanoact.analysis import factorial_words as fw
+
+    for seed, planted in ((20, 0.08), (21, 0.0)):
+        sec = fr.build_section(_levels(np.random.default_rng(seed), planted=planted), "model.name", fa.CROSSED)
+        sentences = fw.pd_sentences(sec)
+        assert len(sentences) == 2  # cross-vs-within, then activation-only
+        for name, text in zip(fw.PD_WORDS, sentences):
+            tests = [h for h in sec.hypotheses if h.id.startswith(f"factorial/pd_tv/{name}/")]
+            hits = [h for h in tests if h.significant]
+            assert f"[`factorial/pd_tv/{name}/*`]" in text and f"Holm over {len(tests)} pairs" in text
+            if hits:
+                assert f"differs between levels of model.name in {len(hits)} of {len(tests)} pairs" in text
+            else:
+                assert "was not detected in any" in text and "not detected is not absent" in text
+        md = "\n".join(fr.render_md(sec))
+        assert md.index(sentences[0]) < md.index("## Does the activation effect depend")  # executive summary
+        assert f"- {sentences[0]}" in md.split("### Prediction difference across levels")[1]
+
+
 def test_pd_is_not_compared_between_levels_with_different_evaluation_sets():
     from nanoact.analysis import factorial_report as fr
     from nanoact.analysis import factorial_words as fw
