@@ -155,6 +155,12 @@ def pd_sentences(sec: FactorialSection) -> list[str]:
         c, h = max(hits or rows, key=lambda ch: abs(ch[0].diff))
         big = f"{c.a} − {c.b} = {_f(c.diff)}, 95% CI [{_f(c.lo)}, {_f(c.hi)}], Holm p {_p(h.p_adjusted)}"
         test = f"seed-jackknife t, Holm over {len(rows)} pairs of levels; [`factorial/pd_tv/{name}/*`]"
+        if len(rows) == 1:
+            verb = "differs" if hits else "was not detected to differ"
+            out.append(f"PD: {words} {verb} between the two levels of {sec.factor} ({big.replace('Holm p', 'p')}; "
+                       f"seed-jackknife t; [`factorial/pd_tv/{name}/*`])" + ("." if hits else
+                                                                             "; not detected is not absent."))
+            continue
         if hits:
             out.append(f"PD: {words} differs between levels of {sec.factor} in {len(hits)} of {len(rows)} pairs "
                        f"(largest {big}; {test}); in the other {len(rows) - len(hits)} a difference was not detected.")

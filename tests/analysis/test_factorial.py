@@ -226,6 +226,10 @@ def test_the_pd_sentences_say_in_how_many_pairs_of_levels_each_estimand_differs(
         md = "\n".join(fr.render_md(sec))
         assert md.index(sentences[0]) < md.index("## Does the activation effect depend")  # executive summary
         assert f"- {sentences[0]}" in md.split("### Prediction difference across levels")[1]
+    two = fr.build_section(_levels(np.random.default_rng(22), f=2), "experiment", fa.NESTED)
+    one = fw.pd_sentences(two)  # one pair of levels: no "1 of 1 pairs", no Holm over one
+    assert len(one) == 2 and all("between the two levels of experiment (m0 − m1 = " in x for x in one)
+    assert not any("Holm" in x or "pairs" in x for x in one)
 
 
 def test_pd_is_not_compared_between_levels_with_different_evaluation_sets():
