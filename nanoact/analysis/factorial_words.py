@@ -153,19 +153,19 @@ def pd_sentences(sec: FactorialSection) -> list[str]:
             continue
         hits = [(c, h) for c, h in rows if h.significant]
         c, h = max(hits or rows, key=lambda ch: abs(ch[0].diff))
-        big = f"{c.a} − {c.b} = {_f(c.diff)}, 95% CI [{_f(c.lo)}, {_f(c.hi)}], Holm p {_p(h.p_adjusted)}"
-        test = f"seed-jackknife t, Holm over {len(rows)} pairs of levels; [`factorial/pd_tv/{name}/*`]"
-        if len(rows) == 1:
+        est, ids = f"{c.a} − {c.b} = {_f(c.diff)}, 95% CI [{_f(c.lo)}, {_f(c.hi)}]", f"[`factorial/pd_tv/{name}/*`]"
+        if len(rows) == 1:  # one pair of levels: its p needs no adjustment
             verb = "differs" if hits else "was not detected to differ"
-            out.append(f"PD: {words} {verb} between the two levels of {sec.factor} ({big.replace('Holm p', 'p')}; "
-                       f"seed-jackknife t; [`factorial/pd_tv/{name}/*`])" + ("." if hits else
-                                                                             "; not detected is not absent."))
+            out.append(f"PD: {words} {verb} between the two levels of {sec.factor} ({est}, p {_p(h.p_adjusted)}; "
+                       f"seed-jackknife t; {ids})" + ("." if hits else "; not detected is not absent."))
             continue
+        big = (f"largest {est}, Holm p {_p(h.p_adjusted)}; seed-jackknife t, Holm over {len(rows)} pairs of levels; "
+               f"{ids}")
         if hits:
             out.append(f"PD: {words} differs between levels of {sec.factor} in {len(hits)} of {len(rows)} pairs "
-                       f"(largest {big}; {test}); in the other {len(rows) - len(hits)} a difference was not detected.")
+                       f"({big}); in the other {len(rows) - len(hits)} a difference was not detected.")
         else:
             out.append(f"PD: a difference between levels of {sec.factor} in {words} was not detected in any of the "
-                       f"{len(rows)} pairs (largest {big}; {test}); not detected is not absent.")
+                       f"{len(rows)} pairs ({big}); not detected is not absent.")
     return out
 

@@ -139,9 +139,9 @@ def check_near_identity(activations: Sequence[str], ratio, n_seeds: int, init_sa
     NaN for a pair whose runs did not start from the same weights in the same dtype). With the same weights the
     activation is the only difference at step 0, and copies of one model differ there by rounding at most, below
     ``floor`` (``init_floor`` of the runs' dtype). A pair whose ratio is low but which differed at step 0 by
-    ``floor`` or more was not the same model
-    at initialisation; it passes, and the details say that its trained models predict alike. (A fallback that
-    acted only in training mode would pass too; the run-start wiring check evaluates in eval mode as well.)
+    ``floor`` or more was not the same model at initialisation; it passes, and the details say that its trained
+    models predict alike. (A fallback that acted only in training mode would pass too; the run-start wiring check
+    evaluates in eval mode as well.)
     """
     title = (f"same-seed PD across activations is not far below seed-to-seed PD (ratio >= {NEAR_IDENTITY_RATIO}), "
              f"or was >= {floor:g} at step 0")
